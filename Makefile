@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11, git and make:
+#   make demo   the main job on the offline default (synthetic) data
+#   make test   the test suite
+PYTHON ?= python3.11
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+# Quiet TensorFlow's C++ start-up chatter; errors still show.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_USE_LEGACY_KERAS := 1
+
+.PHONY: setup demo test test-fast benchmark clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==0.13.9
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --all-extras --python $(PYTHON)
+	touch $@
+
+setup: $(VENV)/.synced
+
+demo: setup
+	$(PY) -m pipelines.demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+benchmark: setup
+	$(PY) -m pipelines.benchmark --dataset ml-100k --protocol P1
+	$(PY) -m pipelines.benchmark --dataset ml-100k --protocol P2
+
+clean:
+	rm -rf $(TOOLS) $(VENV) runs

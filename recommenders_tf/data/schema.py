@@ -1,0 +1,72 @@
+"""The canonical schema every loader produces and every stage consumes.
+
+Interactions, items and users are pandas DataFrames with fixed column names and dtypes, so a
+split, a vocabulary or a benchmark never has to know which file format the data came from.
+Ids are strings everywhere (raw ids go into the towers' StringLookup layers unchanged).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional
+
+import pandas as pd
+
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+RATING = "rating"  # explicit rating, or an implicit weight (1.0) when the data has none
+TIMESTAMP = "timestamp"  # int64 seconds since the epoch
+
+INTERACTION_COLUMNS = (USER_ID, ITEM_ID, RATING, TIMESTAMP)
+INTERACTION_DTYPES = {USER_ID: "object", ITEM_ID: "object", RATING: "float32", TIMESTAMP: "int64"}
+
+TITLE = "title"
+TEXT = "text"  # free text for the language model: title + genres + tags/description
+GENRES = "genres"  # '|'-separated labels, "" when unknown
+ITEM_REQUIRED = (ITEM_ID, TITLE, TEXT)
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What a loader saw, kept, and flagged; nothing is dropped without being counted here.
+
+    Args:
+      source: the file(s) or TFDS name read.
+      rows_read: data rows parsed from the interactions source.
+      duplicates: (user, item, timestamp) rows seen more than once; kept, counted.
+      out_of_range: ratings outside `rating_range`; kept, counted.
+      notes: human-readable remarks (e.g. which rows were duplicates, first few only).
+    """
+
+    source: str
+    rows_read: int = 0
+    duplicates: int = 0
+    out_of_range: int = 0
+    rating_range: Optional[tuple] = None
+    counts: Dict[str, int] = dataclasses.field(default_factory=dict)
+    notes: List[str] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class RecDataset:
+    """A loaded dataset in the canonical schema.
+
+    Args:
+      name: short name used in artifact paths and benchmark tables ("ml-100k", "synthetic").
+      interactions: DataFrame with INTERACTION_COLUMNS.
+      items: DataFrame with at least ITEM_REQUIRED (may list items with no interactions).
+      users: DataFrame with USER_ID and any user feature columns, or None.
+      report: the LoadReport of the load.
+      predefined_splits: optional named (train, test) interaction frames shipped with the data
+        (MovieLens 100K's u1.base/u1.test), used by protocol P2.
+    """
+
+    name: str
+    interactions: pd.DataFrame
+    items: Optional[pd.DataFrame] = None
+    users: Optional[pd.DataFrame] = None
+    report: Optional[LoadReport] = None
+    predefined_splits: Dict[str, tuple] = dataclasses.field(default_factory=dict)
+    rating_range: Optional[tuple] = None  # (min, max) for explicit ratings, None if implicit
