@@ -70,3 +70,35 @@ class RecDataset:
     report: Optional[LoadReport] = None
     predefined_splits: Dict[str, tuple] = dataclasses.field(default_factory=dict)
     rating_range: Optional[tuple] = None  # (min, max) for explicit ratings, None if implicit
+    # Side information that is not a model input: the synthetic generator's ground truth
+    # (user topic preferences, item topic matrix, cold item ids) lives here so tests can check
+    # learnability without the truth leaking into feature columns.
+    extras: Dict[str, object] = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> str:
+        n = len(self.interactions)
+        users = self.interactions[USER_ID].nunique()
+        items = self.interactions[ITEM_ID].nunique()
+        catalog = len(self.items) if self.items is not None else items
+        return (f"{self.name}: {n} interactions, {users} users, {items} items with interactions "
+                f"({catalog} in catalog), rating range {self.rating_range}")
+
+
+def canonical_interactions(frame: pd.DataFrame) -> pd.DataFrame:
+    """Returns `frame`'s interaction columns in canonical order and dtypes (ids as object str).
+
+    pandas >= 3 infers a dedicated string dtype for text columns; the schema keeps ids as plain
+    Python-str `object` columns so every stage sees the same thing whatever built the frame.
+    """
+    return pd.DataFrame({
+        USER_ID: pd.Series(frame[USER_ID].astype(str).to_numpy(dtype=object), dtype=object),
+        ITEM_ID: pd.Series(frame[ITEM_ID].astype(str).to_numpy(dtype=object), dtype=object),
+        RATING: pd.Series(frame[RATING].to_numpy(dtype="float32"), dtype="float32"),
+        TIMESTAMP: pd.Series(frame[TIMESTAMP].to_numpy(dtype="int64"), dtype="int64"),
+    })
+
+
+def object_column(values) -> pd.Series:
+    """A plain `object` string column (pandas >= 3 would otherwise infer its `str` dtype)."""
+    series = values if isinstance(values, pd.Series) else pd.Series(values)
+    return pd.Series(series.astype(str).to_numpy(dtype=object), index=series.index, dtype=object)

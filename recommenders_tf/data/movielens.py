@@ -1,0 +1,259 @@
+"""Raw MovieLens directories: the 100K, 1M and latest / latest-small layouts, auto-detected.
+
+- ml-100k: `u.data` (tab-separated user, item, rating, timestamp), `u.item` ('|', latin-1, 19
+  genre flags), `u.user` ('|': age, gender, occupation, zip), `u.genre`, and the canonical
+  splits `u1.base`/`u1.test` … `u5`, `ua`, `ub`, kept as `predefined_splits`.
+- ml-1m (and ml-10m): `ratings.dat`, `movies.dat`, `users.dat` ('::', latin-1).
+- ml-latest / ml-latest-small: `ratings.csv`, `movies.csv` and optional `tags.csv` (UTF-8).
+
+Item text is what a language model should read about a movie: title, genres, year and, when the
+data has them, the most frequent user tags.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import pandas as pd
+
+from recommenders_tf.data import schema
+from recommenders_tf.data.validation import (DataValidationError, build_report, parse_ids,
+                                             parse_ratings, parse_timestamps, read_delimited,
+                                             require_columns)
+
+ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+                 "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+                 "Romance", "Sci-Fi", "Thriller", "War", "Western")
+# MovieLens 1M encodes occupations as integers; names from its README.
+ML1M_OCCUPATIONS = ("other", "academic/educator", "artist", "clerical/admin",
+                    "college/grad student", "customer service", "doctor/health care",
+                    "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer",
+                    "programmer", "retired", "sales/marketing", "scientist", "self-employed",
+                    "technician/engineer", "tradesman/craftsman", "unemployed", "writer")
+MAX_TAGS_IN_TEXT = 10
+_RATING_COLUMNS = [schema.USER_ID, schema.ITEM_ID, schema.RATING, schema.TIMESTAMP]
+_YEAR = re.compile(r"\((\d{4})\)\s*$")
+
+
+def detect_layout(path) -> str:
+    """Returns "ml-100k", "ml-1m" or "ml-latest" from the files present in `path`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataValidationError("not a directory (expected a MovieLens folder)", file=path)
+    if (path / "u.data").exists():
+        return "ml-100k"
+    if (path / "ratings.dat").exists():
+        return "ml-1m"
+    if (path / "ratings.csv").exists():
+        return "ml-latest"
+    raise DataValidationError(
+        "no MovieLens ratings file found: expected u.data (ml-100k), ratings.dat (ml-1m) or "
+        f"ratings.csv (ml-latest); found {sorted(p.name for p in path.iterdir())[:20]}",
+        file=path)
+
+
+def load_movielens_dir(path, name: Optional[str] = None) -> schema.RecDataset:
+    """Loads a raw MovieLens directory in the 100K, 1M or latest layout.
+
+    Args:
+      path: the directory (e.g. `../shared/data/ml-100k`).
+      name: dataset name; defaults to the directory name when it starts with "ml-", else the
+        detected layout.
+
+    Returns:
+      A RecDataset with items (item_id, title, text, genres, year[, tags]), users (user_id and,
+      for 100K/1M, age, gender, occupation, zip as strings), `rating_range` and, for 100K, the
+      predefined splits.
+    """
+    path = Path(path)
+    layout = detect_layout(path)
+    if name is None:
+        name = path.resolve().name if path.resolve().name.startswith("ml-") else layout
+    loader = {"ml-100k": _load_100k, "ml-1m": _load_1m, "ml-latest": _load_latest}[layout]
+    dataset = loader(path)
+    dataset.name = name
+    return dataset
+
+
+def _ratings(frame: pd.DataFrame) -> pd.DataFrame:
+    return schema.canonical_interactions(pd.DataFrame({
+        schema.USER_ID: parse_ids(frame, schema.USER_ID),
+        schema.ITEM_ID: parse_ids(frame, schema.ITEM_ID),
+        schema.RATING: parse_ratings(frame, schema.RATING),
+        schema.TIMESTAMP: parse_timestamps(frame, schema.TIMESTAMP),
+    }))
+
+
+def _read_raw(path: Path, delimiter: str, names: List[str], encoding: str) -> pd.DataFrame:
+    frame = read_delimited(path, delimiter=delimiter, header=False, names=names,
+                           encoding=encoding, quoting=csv.QUOTE_NONE)
+    if len(frame.columns) != len(names):
+        raise DataValidationError(f"expected {len(names)} fields separated by {delimiter!r}",
+                                  file=path, line=1)
+    return frame
+
+
+def _item_text(titles: pd.Series, genres: pd.Series, years: pd.Series,
+               tags: Optional[pd.Series] = None) -> pd.Series:
+    """"Title. Genres: A, B. Year: 1995. Tags: x, y." — empty parts left out."""
+    out = []
+    tag_values = tags if tags is not None else pd.Series([""] * len(titles))
+    for title, genre, year, tag in zip(titles, genres, years, tag_values):
+        parts = [title]
+        if genre:
+            parts.append("Genres: " + genre.replace("|", ", "))
+        if year:
+            parts.append(f"Year: {year}")
+        if tag:
+            parts.append("Tags: " + tag.replace("|", ", "))
+        out.append(". ".join(parts) + ".")
+    return pd.Series(out, dtype=object)
+
+
+def _years_from_titles(titles: pd.Series) -> pd.Series:
+    return titles.str.extract(_YEAR, expand=False).fillna("").astype(str)
+
+
+def _finish(name: str, interactions: pd.DataFrame, items: pd.DataFrame,
+            users: Optional[pd.DataFrame], rating_range: tuple, sources: List[Path],
+            lines, notes: List[str]) -> schema.RecDataset:
+    known = set(items[schema.ITEM_ID])
+    unknown = sorted(set(interactions[schema.ITEM_ID].unique()) - known)
+    if unknown:
+        raise DataValidationError(
+            f"{len(unknown)} rated item ids are missing from the movies file, e.g. "
+            f"{unknown[:5]}", file=sources[0], field=schema.ITEM_ID)
+    report = build_report(" + ".join(str(s) for s in sources), interactions, rating_range,
+                          lines=lines, notes=notes)
+    report.counts["catalog_items"] = int(len(items))
+    return schema.RecDataset(name=name, interactions=interactions, items=items, users=users,
+                             report=report, rating_range=rating_range)
+
+
+def _load_100k(path: Path) -> schema.RecDataset:
+    ratings_frame = _read_raw(path / "u.data", "\t", _RATING_COLUMNS, "latin-1")
+    interactions = _ratings(ratings_frame)
+    genre_names = list(ML100K_GENRES)
+    if (path / "u.genre").exists():
+        genre_frame = _read_raw(path / "u.genre", "|", ["genre", "index"], "latin-1")
+        genre_names = list(genre_frame["genre"])
+    item_names = [schema.ITEM_ID, schema.TITLE, "release_date", "video_release_date", "url"]
+    item_frame = _read_raw(path / "u.item", "|", item_names + genre_names, "latin-1")
+    flags = item_frame[genre_names].to_numpy() == "1"
+    genres = pd.Series(["|".join(g for g, on in zip(genre_names, row) if on and g != "unknown")
+                        for row in flags], dtype=object)
+    titles = item_frame[schema.TITLE].str.strip()
+    years = item_frame["release_date"].str.extract(r"(\d{4})$", expand=False).fillna("")
+    years = years.where(years != "", _years_from_titles(titles))
+    items = pd.DataFrame({
+        schema.ITEM_ID: parse_ids(item_frame, schema.ITEM_ID),
+        schema.TITLE: schema.object_column(titles),
+        schema.TEXT: _item_text(titles, genres, years),
+        schema.GENRES: genres,
+        "year": schema.object_column(years),
+    })
+    users = None
+    if (path / "u.user").exists():
+        user_frame = _read_raw(path / "u.user", "|",
+                               [schema.USER_ID, "age", "gender", "occupation", "zip"], "latin-1")
+        users = _users_frame(user_frame)
+    dataset = _finish("ml-100k", interactions, items, users, (1.0, 5.0), [path / "u.data"],
+                      ratings_frame.attrs["lines"], [])
+    for fold in ("u1", "u2", "u3", "u4", "u5", "ua", "ub"):
+        base, test = path / f"{fold}.base", path / f"{fold}.test"
+        if base.exists() and test.exists():
+            dataset.predefined_splits[fold] = (
+                _ratings(_read_raw(base, "\t", _RATING_COLUMNS, "latin-1")),
+                _ratings(_read_raw(test, "\t", _RATING_COLUMNS, "latin-1")))
+    if dataset.predefined_splits:
+        dataset.report.notes.append(
+            f"predefined splits: {', '.join(sorted(dataset.predefined_splits))}")
+    return dataset
+
+
+def _users_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    users = pd.DataFrame({schema.USER_ID: parse_ids(frame, schema.USER_ID)})
+    for column in ("age", "gender", "occupation", "zip"):
+        users[column] = schema.object_column(frame[column].str.strip().reset_index(drop=True))
+    return users
+
+
+def _load_1m(path: Path) -> schema.RecDataset:
+    ratings_frame = _read_raw(path / "ratings.dat", "::", _RATING_COLUMNS, "latin-1")
+    interactions = _ratings(ratings_frame)
+    movie_frame = _read_raw(path / "movies.dat", "::",
+                            [schema.ITEM_ID, schema.TITLE, schema.GENRES], "latin-1")
+    items = _movies_items(movie_frame)
+    users = None
+    if (path / "users.dat").exists():
+        user_frame = _read_raw(path / "users.dat", "::",
+                               [schema.USER_ID, "gender", "age", "occupation", "zip"],
+                               "latin-1")
+        codes = pd.to_numeric(user_frame["occupation"], errors="coerce")
+        names = [ML1M_OCCUPATIONS[int(c)] if c == c and 0 <= c < len(ML1M_OCCUPATIONS)
+                 else str(raw) for c, raw in zip(codes, user_frame["occupation"])]
+        user_frame["occupation"] = names
+        users = _users_frame(user_frame)
+    return _finish("ml-1m", interactions, items, users, (1.0, 5.0), [path / "ratings.dat"],
+                   ratings_frame.attrs["lines"], [])
+
+
+def _movies_items(movie_frame: pd.DataFrame, tags: Optional[pd.Series] = None) -> pd.DataFrame:
+    ids = parse_ids(movie_frame, schema.ITEM_ID)
+    titles = movie_frame[schema.TITLE].astype(str).str.strip().reset_index(drop=True)
+    genres = movie_frame[schema.GENRES].astype(str).str.strip().reset_index(drop=True)
+    genres = genres.where(genres != "(no genres listed)", "")
+    years = _years_from_titles(titles)
+    tag_text = None
+    if tags is not None:
+        tag_text = pd.Series(ids.map(tags).fillna("").to_numpy(dtype=object), dtype=object)
+    items = pd.DataFrame({
+        schema.ITEM_ID: ids,
+        schema.TITLE: schema.object_column(titles),
+        schema.TEXT: _item_text(titles, genres, years, tag_text),
+        schema.GENRES: schema.object_column(genres),
+        "year": schema.object_column(years),
+    })
+    if tag_text is not None:
+        items["tags"] = tag_text
+    return items
+
+
+def _top_tags(tag_frame: pd.DataFrame) -> pd.Series:
+    """item_id → '|'-joined most frequent tags (ties alphabetical), at most MAX_TAGS_IN_TEXT."""
+    tags = pd.DataFrame({schema.ITEM_ID: parse_ids(tag_frame, schema.ITEM_ID),
+                         "tag": tag_frame["tag"].astype(str).str.strip().str.lower()
+                         .reset_index(drop=True)})
+    tags = tags[tags["tag"] != ""]
+    counts = tags.groupby([schema.ITEM_ID, "tag"]).size().rename("n").reset_index()
+    counts = counts.sort_values([schema.ITEM_ID, "n", "tag"], ascending=[True, False, True])
+    counts = counts.groupby(schema.ITEM_ID).head(MAX_TAGS_IN_TEXT)
+    return counts.groupby(schema.ITEM_ID)["tag"].agg("|".join)
+
+
+def _load_latest(path: Path) -> schema.RecDataset:
+    ratings_frame = read_delimited(path / "ratings.csv", delimiter=",")
+    ratings_frame = ratings_frame.rename(columns={"userId": schema.USER_ID,
+                                                  "movieId": schema.ITEM_ID})
+    require_columns(ratings_frame, _RATING_COLUMNS, mapping_hint=False)
+    interactions = _ratings(ratings_frame)
+    movie_frame = read_delimited(path / "movies.csv", delimiter=",")
+    movie_frame = movie_frame.rename(columns={"movieId": schema.ITEM_ID})
+    require_columns(movie_frame, [schema.ITEM_ID, schema.TITLE, schema.GENRES],
+                    mapping_hint=False)
+    tags = None
+    notes = []
+    if (path / "tags.csv").exists():
+        tag_frame = read_delimited(path / "tags.csv", delimiter=",")
+        tag_frame = tag_frame.rename(columns={"movieId": schema.ITEM_ID})
+        require_columns(tag_frame, [schema.ITEM_ID, "tag"], mapping_hint=False)
+        tags = _top_tags(tag_frame)
+        notes.append(f"tags.csv: tags for {len(tags)} items added to item text")
+    items = _movies_items(movie_frame, tags)
+    users = pd.DataFrame({schema.USER_ID: schema.object_column(
+        np.sort(interactions[schema.USER_ID].unique()))})
+    return _finish("ml-latest", interactions, items, users, (0.5, 5.0),
+                   [path / "ratings.csv"], ratings_frame.attrs["lines"], notes)
