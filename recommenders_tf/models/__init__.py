@@ -1,0 +1,29 @@
+"""Models: the shared tower builder, stage-1 retrieval, and the reusable training loop."""
+from recommenders_tf.models.retrieval import (
+    ItemSamplingProbability,
+    RetrievalConfig,
+    RetrievalModel,
+    build_retrieval_model,
+    build_retrieval_task,
+    item_sampling_probabilities,
+)
+from recommenders_tf.models.towers import (
+    CandidateTower,
+    ItemIdEmbedding,
+    QueryTower,
+    TowerConfig,
+    adapt_title_vocabulary,
+    build_candidate_tower,
+    build_item_id_embedding,
+    build_query_tower,
+    build_towers,
+)
+from recommenders_tf.models.training import FitResult, TrainingConfig, fit_model, make_optimizer
+
+__all__ = [
+    "CandidateTower", "FitResult", "ItemIdEmbedding", "ItemSamplingProbability", "QueryTower",
+    "RetrievalConfig", "RetrievalModel", "TowerConfig", "TrainingConfig",
+    "adapt_title_vocabulary", "build_candidate_tower", "build_item_id_embedding",
+    "build_query_tower", "build_retrieval_model", "build_retrieval_task", "build_towers",
+    "fit_model", "item_sampling_probabilities", "make_optimizer",
+]

@@ -1,0 +1,337 @@
+"""A reusable Keras training loop: resumable checkpoints, early stopping, logs, curves, speed.
+
+`fit_model` trains any compiled-or-not `tf.keras.Model` whose `fit` understands the given
+datasets (the TFRS models here compute their own loss). Per epoch it saves the model, the
+optimizer state and the loop state (epoch, best value, patience counter) with a
+`tf.train.CheckpointManager` under `run_dir/checkpoints`; calling `fit_model` again on the same
+`run_dir` with a freshly built model resumes after the last finished epoch and stops at
+`config.epochs` in total.
+
+Distribution: the caller owns the `tf.distribute.Strategy`. Build the model inside
+`strategy.scope()` and pass the same strategy here; `fit_model` creates the optimizer inside
+that scope (optimizer slots must live with the model variables) and Keras distributes the
+datasets. With `strategy=None` the default (single-device) strategy is used.
+
+Run directory layout:
+  checkpoints/        latest epochs (model + optimizer + loop state), best/ (best weights)
+  tensorboard/        TensorBoard event files
+  history.json        per-epoch metrics, including epochs from interrupted sessions
+  training_curves.png one panel per metric, train vs validation
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
+import tensorflow as tf
+
+_OPTIMIZERS = {
+    "adam": tf.keras.optimizers.Adam,
+    "adagrad": tf.keras.optimizers.Adagrad,
+    "sgd": tf.keras.optimizers.SGD,
+    "rmsprop": tf.keras.optimizers.RMSprop,
+}
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """How to train.
+
+    Args:
+      optimizer: one of "adam", "adagrad", "sgd", "rmsprop".
+      learning_rate: optimizer learning rate.
+      epochs: total epochs of the run (a resumed run counts the ones already done).
+      batch_size: examples per batch (used by whoever batches the datasets).
+      patience: epochs without improvement of `monitor` before stopping; 0 disables early
+        stopping.
+      monitor: metric watched by early stopping and best-weight restore ("val_" prefix for
+        the validation value; falls back to the train value when there is no validation set).
+      monitor_mode: "min" or "max".
+      min_delta: smallest change that counts as an improvement.
+      restore_best: load the best epoch's weights at the end.
+      max_checkpoints: recent epoch checkpoints kept.
+      seed: global seed set before the model is built.
+      verbose: Keras verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+    """
+
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    epochs: int = 10
+    batch_size: int = 256
+    patience: int = 3
+    monitor: str = "val_example_loss"
+    monitor_mode: str = "min"
+    min_delta: float = 0.0
+    restore_best: bool = True
+    max_checkpoints: int = 2
+    seed: int = 0
+    verbose: int = 2
+
+    def __post_init__(self):
+        self.validate_training()
+
+    def validate_training(self) -> None:
+        if self.optimizer not in _OPTIMIZERS:
+            raise ValueError(f"TrainingConfig.optimizer must be one of {sorted(_OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
+        if self.monitor_mode not in ("min", "max"):
+            raise ValueError(f"TrainingConfig.monitor_mode must be 'min' or 'max', "
+                             f"got {self.monitor_mode!r}")
+        for name in ("epochs", "batch_size", "max_checkpoints"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainingConfig.{name} must be >= 1, "
+                                 f"got {getattr(self, name)!r}")
+        if self.patience < 0 or not self.learning_rate > 0:
+            raise ValueError("TrainingConfig needs patience >= 0 and learning_rate > 0, got "
+                             f"{self.patience!r}, {self.learning_rate!r}")
+
+
+def make_optimizer(config: TrainingConfig) -> tf.keras.optimizers.Optimizer:
+    return _OPTIMIZERS[config.optimizer](learning_rate=config.learning_rate)
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What `fit_model` did.
+
+    Args:
+      history: metric name -> per-epoch values over the whole run (all sessions).
+      epochs_done: epochs finished in total.
+      initial_epoch: epochs already done when this session started (> 0 means resumed).
+      best_epoch: 1-based epoch with the best `monitor` value (None if never evaluated).
+      best_value: that value.
+      stopped_early: early stopping ended the run before `config.epochs`.
+      examples_per_second: training throughput over this session's epochs after its first
+        (the first includes tracing); None if fewer than two epochs ran in this session.
+      first_epoch_examples_per_second: throughput of this session's first epoch.
+      train_seconds: wall time of this session's training (without validation).
+      examples_per_epoch: examples in one pass over the train dataset.
+      run_dir: where the artifacts are.
+    """
+
+    history: Dict[str, List[float]]
+    epochs_done: int
+    initial_epoch: int
+    best_epoch: Optional[int]
+    best_value: Optional[float]
+    stopped_early: bool
+    examples_per_second: Optional[float]
+    first_epoch_examples_per_second: Optional[float]
+    train_seconds: float
+    examples_per_epoch: int
+    run_dir: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def count_examples(dataset: tf.data.Dataset) -> int:
+    """Examples in a batched dataset of (nested) tensors: sum of the leading dimensions."""
+    def batch_size(*element):
+        return tf.cast(tf.shape(tf.nest.flatten(element)[0])[0], tf.int64)
+    return int(dataset.map(batch_size).reduce(tf.constant(0, tf.int64), lambda a, b: a + b))
+
+
+class _LoopState(tf.Module):
+    """Epoch counter and early-stopping state, checkpointed with the model."""
+
+    def __init__(self, mode: str):
+        super().__init__(name="loop_state")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.best = tf.Variable(math.inf if mode == "min" else -math.inf, dtype=tf.float64,
+                                trainable=False)
+        self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.wait = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+
+class _CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
+    """Saves every epoch, tracks the best monitored value, stops after `patience` epochs."""
+
+    def __init__(self, config: TrainingConfig, state: _LoopState,
+                 manager: tf.train.CheckpointManager, best_manager: tf.train.CheckpointManager,
+                 has_validation: bool, history: Dict[str, List[float]], history_path: str):
+        super().__init__()
+        self.config, self.state = config, state
+        self.manager, self.best_manager = manager, best_manager
+        self.has_validation = has_validation
+        self.history, self.history_path = history, history_path
+        self.stopped_early = False
+
+    def _monitored(self, logs: dict) -> float:
+        key = self.config.monitor
+        if key not in logs and not self.has_validation and key.startswith("val_"):
+            key = key[len("val_"):]
+        if key not in logs:
+            raise KeyError(f"early-stopping monitor {self.config.monitor!r} is not among the "
+                           f"epoch metrics {sorted(logs)}; set TrainingConfig.monitor")
+        return float(logs[key])
+
+    def on_epoch_end(self, epoch: int, logs=None):
+        logs = dict(logs or {})
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+        value = self._monitored(logs)
+        better = (value < self.state.best.numpy() - self.config.min_delta
+                  if self.config.monitor_mode == "min"
+                  else value > self.state.best.numpy() + self.config.min_delta)
+        self.state.epoch.assign(epoch + 1)
+        if better and math.isfinite(value):
+            self.state.best.assign(value)
+            self.state.best_epoch.assign(epoch + 1)
+            self.state.wait.assign(0)
+            self.best_manager.save(checkpoint_number=epoch + 1)
+        else:
+            self.state.wait.assign_add(1)
+        # History first: a crash between the two leaves a history the checkpoint can trim.
+        _write_json(self.history_path, self.history)
+        self.manager.save(checkpoint_number=epoch + 1)
+        if self.config.patience and self.state.wait.numpy() >= self.config.patience:
+            self.stopped_early = True
+            self.model.stop_training = True
+
+
+class _Throughput(tf.keras.callbacks.Callback):
+    """Per-epoch training seconds, excluding the validation pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: List[float] = []
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_test_begin(self, logs=None):
+        # Validation runs inside the epoch; stop the clock once per epoch when it starts.
+        if self._start is not None:
+            self.seconds.append(time.perf_counter() - self._start)
+            self._start = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._start is not None:
+            self.seconds.append(time.perf_counter() - self._start)
+            self._start = None
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def plot_history(history: Dict[str, List[float]], path: str) -> str:
+    """One panel per metric (train and val_ curves together), saved as PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(k for k in history if not k.startswith("val_"))
+    names += sorted(k[4:] for k in history if k.startswith("val_") and k[4:] not in history)
+    fig, axes = plt.subplots(len(names) or 1, 1, figsize=(6, 2.6 * max(1, len(names))),
+                             squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        for key, label in ((name, "train"), ("val_" + name, "validation")):
+            if key in history:
+                values = history[key]
+                ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def fit_model(model: tf.keras.Model, train_ds: tf.data.Dataset,
+              val_ds: Optional[tf.data.Dataset], config: TrainingConfig, run_dir: str,
+              strategy: Optional[tf.distribute.Strategy] = None,
+              callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+              examples_per_epoch: Optional[int] = None) -> FitResult:
+    """Trains `model` for `config.epochs` epochs in total, resuming from `run_dir` if possible.
+
+    Args:
+      model: the model, built inside `strategy.scope()` if a strategy is used. If it has no
+        optimizer yet it is compiled with `make_optimizer(config)` inside that scope.
+      train_ds: batched training dataset (not repeated).
+      val_ds: batched validation dataset, or None (early stopping then watches train values).
+      config: TrainingConfig (or a subclass such as RetrievalConfig).
+      run_dir: artifact folder; reused as-is to resume an interrupted run.
+      strategy: the tf.distribute strategy the model was built under, or None.
+      callbacks: extra Keras callbacks, run after the checkpointing ones.
+      examples_per_epoch: size of one pass over `train_ds`; counted once if not given.
+
+    Returns:
+      FitResult. The model holds the best epoch's weights if `config.restore_best`.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    os.makedirs(run_dir, exist_ok=True)
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    history_path = os.path.join(run_dir, "history.json")
+    with strategy.scope():
+        if getattr(model, "optimizer", None) is None:
+            model.compile(optimizer=make_optimizer(config))
+        state = _LoopState(config.monitor_mode)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, loop=state)
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=config.max_checkpoints)
+    best_checkpoint = tf.train.Checkpoint(model=model)
+    best_manager = tf.train.CheckpointManager(best_checkpoint, os.path.join(ckpt_dir, "best"),
+                                              max_to_keep=1)
+    history: Dict[str, List[float]] = {}
+    if manager.latest_checkpoint:
+        # Restoring before the first step: deferred restoration fills the optimizer slots
+        # when Keras creates them on the first apply_gradients.
+        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        if os.path.exists(history_path):
+            with open(history_path) as f:
+                history = json.load(f)
+        done = int(state.epoch.numpy())
+        history = {k: v[:done] for k, v in history.items()}
+    initial_epoch = int(state.epoch.numpy())
+    if examples_per_epoch is None:
+        examples_per_epoch = count_examples(train_ds)
+
+    keeper = _CheckpointAndEarlyStop(config, state, manager, best_manager, val_ds is not None,
+                                     history, history_path)
+    timer = _Throughput()
+    # A resumed run that already exhausted its patience must not train further.
+    exhausted = bool(config.patience) and int(state.wait.numpy()) >= config.patience
+    if initial_epoch < config.epochs and not exhausted:
+        model.fit(
+            train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+            verbose=config.verbose,
+            callbacks=[timer, keeper,
+                       tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
+                                                      write_graph=False, profile_batch=0),
+                       *callbacks])
+    _write_json(history_path, history)
+
+    best_epoch = int(state.best_epoch.numpy()) or None
+    if config.restore_best and best_manager.latest_checkpoint:
+        best_checkpoint.restore(best_manager.latest_checkpoint).expect_partial()
+    if history:
+        plot_history(history, os.path.join(run_dir, "training_curves.png"))
+
+    seconds = timer.seconds
+    after_first = seconds[1:]
+    return FitResult(
+        history=history,
+        epochs_done=int(state.epoch.numpy()),
+        initial_epoch=initial_epoch,
+        best_epoch=best_epoch,
+        best_value=float(state.best.numpy()) if best_epoch else None,
+        stopped_early=((keeper.stopped_early or exhausted)
+                       and int(state.epoch.numpy()) < config.epochs),
+        examples_per_second=(examples_per_epoch * len(after_first) / sum(after_first)
+                             if after_first else None),
+        first_epoch_examples_per_second=(examples_per_epoch / seconds[0] if seconds else None),
+        train_seconds=float(sum(seconds)),
+        examples_per_epoch=int(examples_per_epoch),
+        run_dir=run_dir,
+    )
