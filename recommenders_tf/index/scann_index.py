@@ -1,0 +1,426 @@
+"""One retrieval-index interface over TFRS's BruteForce (the exact reference) and ScaNN (fast path).
+
+`build_index` validates its inputs up front (k against the number of candidates, embedding
+shapes and dtypes, unique non-empty string ids), sorts the candidates by id, and returns a
+`RetrievalIndex`: the TFRS top-k layer plus the arrays it was built from.
+
+Two details the raw TFRS layers leave to the caller, handled here once:
+
+* Ties. `tf.math.top_k` puts the lower index first among equal scores, so storing candidates
+  in id order makes BruteForce break score ties by item id (lexicographic string order), as
+  the benchmark protocols require.
+* Short ScaNN answers. When the searched leaves hold fewer candidates than asked for, or the
+  reordering budget is smaller than k, ScaNN returns fewer columns and pads with index 0 and a
+  NaN score. `search_tensors` turns such slots into the id `""` with score `-inf` and always
+  returns exactly k columns, so callers never mistake a pad for candidate 0.
+
+Queries go through the query tower outside the TFRS layer (the layer is built without a
+`query_model`), so the same index answers raw-feature queries and pre-computed embeddings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+INDEX_KINDS = ("bruteforce", "scann")
+PAD_ID = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScannParams:
+    """Parameters of a ScaNN tree + asymmetric-hashing index with exact reordering.
+
+    Args:
+        num_leaves: k-means partitions of the candidates (about sqrt(n) is a good start).
+        num_leaves_to_search: partitions scored per query; more is slower and more accurate.
+        dimensions_per_block: dimensions quantised together by asymmetric hashing; more is
+            faster and coarser.
+        num_reordering_candidates: candidates re-scored exactly after the approximate pass, or
+            None for no reordering. It caps how many results one query can return, so it must
+            be at least the largest k ever asked (k + exclusion width when excluding items).
+        training_iterations: k-means iterations when building the tree.
+        parallelize_batch_searches: search the queries of a batch on several threads.
+
+    Example:
+        >>> ScannParams(num_leaves=300, num_leaves_to_search=15, num_reordering_candidates=100)
+    """
+
+    num_leaves: int = 100
+    num_leaves_to_search: int = 10
+    dimensions_per_block: int = 2
+    num_reordering_candidates: int | None = 100
+    training_iterations: int = 12
+    parallelize_batch_searches: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def normalize_ids(ids: Any, field: str) -> np.ndarray:
+    """Returns `ids` as a 1-D numpy array of `str`, or raises naming the field and row.
+
+    Accepts lists or arrays of `str` or `bytes` (what TensorFlow hands back). Ids must be
+    non-empty (`""` is the padding / "no exclusion" id) and must not contain line breaks (the
+    candidate store writes one id per line).
+    """
+    arr = np.asarray(ids, dtype=object) if not isinstance(ids, np.ndarray) else ids
+    if arr.ndim != 1:
+        raise ValueError(f"{field} must be a 1-D sequence of string ids, got shape {arr.shape}.")
+    if arr.dtype.kind in ("U",):
+        out = arr.astype(str)
+    elif arr.dtype.kind in ("S", "O"):
+        values = []
+        for row, value in enumerate(arr.tolist()):
+            if isinstance(value, bytes):
+                value = value.decode("utf-8")
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"{field}[{row}] is {type(value).__name__} {value!r}; ids must be strings "
+                    "(the schema keeps user_id/item_id as str: convert with .astype(str))."
+                )
+            values.append(value)
+        out = np.asarray(values, dtype=str) if values else np.asarray([], dtype=str)
+    else:
+        raise TypeError(
+            f"{field} has dtype {arr.dtype}; ids must be strings (the schema keeps "
+            "user_id/item_id as str: convert with .astype(str))."
+        )
+    for row, value in enumerate(out.tolist()):
+        if value == PAD_ID:
+            raise ValueError(
+                f"{field}[{row}] is the empty string, which is reserved as the padding / "
+                "no-exclusion id; drop that row or give it a real id."
+            )
+        if "\n" in value or "\r" in value:
+            raise ValueError(f"{field}[{row}] ({value!r}) contains a line break.")
+    return out
+
+
+def check_unique_ids(ids: np.ndarray, field: str) -> None:
+    """Raises if `ids` repeats a value, naming up to five repeated ids and their rows."""
+    uniq, counts = np.unique(ids, return_counts=True)
+    repeated = uniq[counts > 1]
+    if len(repeated):
+        details = "; ".join(
+            f"{str(value)!r} at rows {np.flatnonzero(ids == value).tolist()}"
+            for value in repeated[:5]
+        )
+        raise ValueError(
+            f"{field} must be unique; {len(repeated)} id(s) repeat: {details}. "
+            "Deduplicate the candidates (keep one embedding per item) before indexing."
+        )
+
+
+def check_embeddings(embeddings: Any, field: str, num_rows: int | None = None) -> np.ndarray:
+    """Returns `embeddings` as a C-contiguous float32 [n, d] array, or raises naming the row."""
+    arr = np.asarray(embeddings)
+    if arr.ndim != 2:
+        raise ValueError(f"{field} must be a 2-D [num_items, dim] array, got shape {arr.shape}.")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(f"{field} must hold floats, got dtype {arr.dtype}.")
+    if num_rows is not None and arr.shape[0] != num_rows:
+        raise ValueError(
+            f"{field} has {arr.shape[0]} rows but there are {num_rows} ids; "
+            "ids and embeddings must be aligned row by row."
+        )
+    if arr.shape[1] == 0:
+        raise ValueError(f"{field} has zero columns; embeddings need at least one dimension.")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise ValueError(f"{field} row {row} contains NaN or inf: {arr[row][:8].tolist()}...")
+    return arr
+
+
+def check_k(k: int, num_candidates: int, what: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"{what} must be a positive integer, got {k!r}.")
+    if k > num_candidates:
+        raise ValueError(
+            f"{what}={k} is larger than the number of candidates ({num_candidates}); "
+            f"ask for at most {num_candidates} results or index more candidates."
+        )
+    return int(k)
+
+
+def _check_scann_params(params: ScannParams, num_candidates: int, dim: int, k: int) -> None:
+    problems = []
+    if not 1 <= params.num_leaves <= num_candidates:
+        problems.append(
+            f"num_leaves={params.num_leaves} must be between 1 and the number of candidates "
+            f"({num_candidates}); about sqrt(n) = {int(np.sqrt(num_candidates))} is typical"
+        )
+    if not 1 <= params.num_leaves_to_search <= params.num_leaves:
+        problems.append(
+            f"num_leaves_to_search={params.num_leaves_to_search} must be between 1 and "
+            f"num_leaves={params.num_leaves}"
+        )
+    if not 1 <= params.dimensions_per_block <= dim:
+        problems.append(
+            f"dimensions_per_block={params.dimensions_per_block} must be between 1 and the "
+            f"embedding dim ({dim})"
+        )
+    reorder = params.num_reordering_candidates
+    if reorder is not None and reorder < k:
+        problems.append(
+            f"num_reordering_candidates={reorder} is smaller than k={k}; ScaNN returns at "
+            f"most that many results, so set it to at least k"
+        )
+    if problems:
+        raise ValueError("Invalid ScaNN parameters: " + "; ".join(problems) + ".")
+
+
+def pad_and_mask(scores: tf.Tensor, ids: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Marks ScaNN's NaN-scored pad slots as (-inf, "") and pads to exactly k columns."""
+    valid = tf.math.logical_not(tf.math.is_nan(scores))
+    scores = tf.where(valid, scores, tf.constant(-np.inf, scores.dtype))
+    ids = tf.where(valid, ids, tf.constant(PAD_ID))
+    missing = tf.maximum(k - tf.shape(scores)[1], 0)
+    scores = tf.pad(scores, [[0, 0], [0, missing]], constant_values=-np.inf)
+    ids = tf.pad(ids, [[0, 0], [0, missing]], constant_values=PAD_ID)
+    scores = tf.reshape(scores[:, :k], [-1, k])
+    ids = tf.reshape(ids[:, :k], [-1, k])
+    return scores, ids
+
+
+def top_k_excluding(
+    scores: tf.Tensor, ids: tf.Tensor, exclude_ids: tf.Tensor, k: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Keeps the k best of `ids` per row after removing any id listed in that row of `exclude_ids`.
+
+    Excluded and pad slots get score -inf before the top k, and any -inf slot that survives
+    (too few non-excluded candidates) comes back as id "" with score -inf, so an excluded id can
+    never appear in the output. `exclude_ids` is [B, W]; "" in it excludes nothing.
+    """
+    excluded = tf.reduce_any(tf.equal(ids[:, :, None], exclude_ids[:, None, :]), axis=-1)
+    masked = tf.where(excluded, tf.constant(-np.inf, scores.dtype), scores)
+    width = tf.shape(masked)[1]
+    masked = tf.pad(masked, [[0, 0], [0, tf.maximum(k - width, 0)]], constant_values=-np.inf)
+    ids = tf.pad(ids, [[0, 0], [0, tf.maximum(k - width, 0)]], constant_values=PAD_ID)
+    values, positions = tf.math.top_k(masked, k=k)
+    kept = tf.gather(ids, positions, batch_dims=1)
+    kept = tf.where(tf.math.is_inf(values) & (values < 0), tf.constant(PAD_ID), kept)
+    return values, kept
+
+
+@dataclasses.dataclass
+class RetrievalIndex:
+    """A built top-k index over candidate embeddings; make it with `build_index`.
+
+    Args:
+        kind: "bruteforce" (exact) or "scann" (approximate).
+        layer: the TFRS top-k layer, built without a query model (it takes embeddings).
+        query_model: tower mapping raw query features to embeddings, or None.
+        candidate_ids: [n] str, in index order (sorted by id).
+        candidate_embeddings: [n, d] float32, aligned with `candidate_ids`.
+        k: default number of results.
+        scann_params: the ScaNN parameters, None for brute force.
+        build_seconds: wall time of `layer.index(...)`.
+
+    Example:
+        >>> index = build_index("bruteforce", tower, ids, embeddings, k=10)
+        >>> scores, item_ids = index.query({"user_id": ["u1"], "history": [["i3", ""]]})
+    """
+
+    kind: str
+    layer: tfrs.layers.factorized_top_k.TopK
+    query_model: Any
+    candidate_ids: np.ndarray
+    candidate_embeddings: np.ndarray
+    k: int
+    scann_params: ScannParams | None
+    build_seconds: float
+
+    @property
+    def num_candidates(self) -> int:
+        return int(self.candidate_ids.shape[0])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.candidate_embeddings.shape[1])
+
+    @property
+    def requires_scann_ops(self) -> bool:
+        return self.kind == "scann"
+
+    @property
+    def max_k(self) -> int:
+        """The largest k one query can return (ScaNN is capped by its reordering budget)."""
+        reorder = self.scann_params.num_reordering_candidates if self.scann_params else None
+        return min(self.num_candidates, reorder) if reorder else self.num_candidates
+
+    def check_query_k(self, k: int, what: str = "k") -> int:
+        k = check_k(k, self.num_candidates, what)
+        if k > self.max_k:
+            raise ValueError(
+                f"{what}={k} exceeds this ScaNN index's num_reordering_candidates "
+                f"({self.max_k}), which caps the results per query; rebuild the index with "
+                f"num_reordering_candidates >= {k}."
+            )
+        return k
+
+    def search_tensors(self, query_embeddings: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+        """Graph-safe search: [B, d] float32 -> (scores [B, k] float32, ids [B, k] string)."""
+        scores, ids = self.layer(query_embeddings, k=k)
+        return pad_and_mask(scores, ids, k)
+
+    def embed_queries(self, features: Mapping[str, Any]) -> tf.Tensor:
+        if self.query_model is None:
+            raise ValueError(
+                "This index was built without a query_model; pass query embeddings to "
+                "`search` or rebuild with build_index(..., query_model=tower)."
+            )
+        tensors = {name: tf.convert_to_tensor(value) for name, value in features.items()}
+        return check_query_embeddings(self.query_model(tensors), self.embedding_dim)
+
+    def search(self, query_embeddings: Any, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k for pre-computed query embeddings: (scores [B, k], ids [B, k] str)."""
+        k = self.check_query_k(self.k if k is None else k)
+        queries = check_query_embeddings(query_embeddings, self.embedding_dim)
+        scores, ids = self.search_tensors(queries, k)
+        return scores.numpy(), _decode(ids.numpy())
+
+    def query(self, features: Mapping[str, Any], k: int | None = None):
+        """Top-k for raw query features, through the query tower."""
+        return self.search(self.embed_queries(features), k)
+
+    def search_with_exclusions(
+        self, query_embeddings: Any, exclude_ids: Any, k: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k that never contains an id of the query's row of `exclude_ids` ([B, W])."""
+        k = self.check_query_k(self.k if k is None else k)
+        exclude = to_string_tensor(exclude_ids)
+        if exclude.shape.rank != 2:
+            raise ValueError(f"exclude_ids must be [batch, width], got shape {exclude.shape}.")
+        width = min(k + int(exclude.shape[1]), self.num_candidates)
+        self.check_query_k(width, "k + exclusion width")
+        queries = check_query_embeddings(query_embeddings, self.embedding_dim)
+        scores, ids = self.search_tensors(queries, width)
+        scores, ids = top_k_excluding(scores, ids, exclude, k)
+        return scores.numpy(), _decode(ids.numpy())
+
+
+def check_query_embeddings(queries: Any, dim: int) -> tf.Tensor:
+    """Returns queries as a float32 [B, dim] tensor or raises with the mismatch spelled out."""
+    tensor = tf.convert_to_tensor(queries)
+    if tensor.shape.rank != 2 or tensor.shape[-1] != dim:
+        raise ValueError(
+            f"Query embeddings must be [batch, {dim}] to match the candidate embeddings, got "
+            f"shape {tensor.shape}; the query and candidate towers must share an output dim."
+        )
+    if tensor.dtype != tf.float32:
+        if tensor.dtype in (tf.float16, tf.float64, tf.bfloat16) and not isinstance(
+            queries, (tf.Tensor, tf.Variable)
+        ):
+            return tf.cast(tensor, tf.float32)
+        raise TypeError(
+            f"Query embeddings are {tensor.dtype.name} but candidate embeddings are float32; "
+            "make the query tower output float32 (e.g. a final layer with dtype='float32' "
+            "under mixed precision)."
+        )
+    return tensor
+
+
+def to_string_tensor(values: Any) -> tf.Tensor:
+    """Converts nested lists/arrays of str or bytes (or a string tensor) to a tf.string tensor."""
+    if isinstance(values, tf.Tensor):
+        return values
+    arr = np.asarray(values, dtype=object)
+    flat = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in arr.ravel().tolist()]
+    return tf.constant(np.asarray(flat, dtype=str).reshape(arr.shape), dtype=tf.string)
+
+
+def _decode(ids: np.ndarray) -> np.ndarray:
+    return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(ids).astype(str)
+
+
+def _check_query_model_output(query_model: Any, dim: int) -> None:
+    """Checks a functional tower's declared output against the candidates, when it declares one."""
+    try:
+        shape = tf.TensorShape(query_model.output_shape)
+        dtype = tf.as_dtype(query_model.outputs[0].dtype)
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return  # subclassed towers declare nothing; checked at the first query instead
+    if shape.rank != 2 or shape[-1] != dim:
+        raise ValueError(
+            f"query_model outputs shape {shape} but candidate embeddings have dim {dim}; the "
+            "query and candidate towers must share an output dim."
+        )
+    if dtype != tf.float32:
+        raise TypeError(f"query_model outputs {dtype.name}; candidate embeddings are float32.")
+
+
+def build_index(
+    kind: str,
+    query_model: Any,
+    candidate_ids: Sequence[str] | np.ndarray,
+    candidate_embeddings: Any,
+    k: int = 10,
+    scann_params: ScannParams | None = None,
+) -> RetrievalIndex:
+    """Validates the candidates and builds a top-k index over them.
+
+    Args:
+        kind: "bruteforce" (exact reference) or "scann" (approximate, fast).
+        query_model: tower mapping raw query features to [B, d] float32, or None to query
+            with embeddings only.
+        candidate_ids: n unique, non-empty string ids.
+        candidate_embeddings: [n, d] float array aligned with `candidate_ids`.
+        k: default number of results; must not exceed n.
+        scann_params: ScaNN settings (see `tune_scann`); defaults to `ScannParams()` capped
+            at n, with a reordering budget of at least k. Ignored for brute force.
+
+    Returns:
+        A `RetrievalIndex` whose candidates are sorted by id (so exact ties break by id).
+    """
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"Unknown index kind {kind!r}; choose one of {INDEX_KINDS}.")
+    ids = normalize_ids(candidate_ids, "candidate_ids")
+    embeddings = check_embeddings(candidate_embeddings, "candidate_embeddings", len(ids))
+    if len(ids) == 0:
+        raise ValueError("No candidates to index: candidate_ids is empty.")
+    check_unique_ids(ids, "candidate_ids")
+    k = check_k(k, len(ids))
+    if query_model is not None:
+        _check_query_model_output(query_model, embeddings.shape[1])
+
+    order = np.argsort(ids, kind="stable")
+    ids, embeddings = ids[order], np.ascontiguousarray(embeddings[order])
+
+    params = None
+    if kind == "bruteforce":
+        layer = tfrs.layers.factorized_top_k.BruteForce(k=k)
+    else:
+        params = scann_params or ScannParams(
+            num_leaves=min(ScannParams.num_leaves, len(ids)),
+            num_leaves_to_search=min(ScannParams.num_leaves_to_search, len(ids)),
+            num_reordering_candidates=min(len(ids), max(100, k)),
+        )
+        _check_scann_params(params, len(ids), embeddings.shape[1], k)
+        layer = tfrs.layers.factorized_top_k.ScaNN(
+            k=k,
+            distance_measure="dot_product",
+            num_leaves=params.num_leaves,
+            num_leaves_to_search=params.num_leaves_to_search,
+            training_iterations=params.training_iterations,
+            dimensions_per_block=params.dimensions_per_block,
+            num_reordering_candidates=params.num_reordering_candidates,
+            parallelize_batch_searches=params.parallelize_batch_searches,
+        )
+    start = time.perf_counter()
+    layer.index(tf.constant(embeddings), tf.constant(ids))
+    build_seconds = time.perf_counter() - start
+    index = RetrievalIndex(kind, layer, query_model, ids, embeddings, k, params, build_seconds)
+    # A TFRS index layer must be called once before it can be saved; doing it here also
+    # surfaces ScaNN failures at build time rather than at export.
+    index.search_tensors(tf.zeros([1, embeddings.shape[1]], tf.float32), k)
+    return index
