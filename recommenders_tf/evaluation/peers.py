@@ -1,0 +1,545 @@
+"""Peer baselines run beside the project's models in every benchmark (BENCHMARK.md P1, P2).
+
+Top-K peers (`task == "topk"`) follow one interface::
+
+    peer = PEERS["implicit-ALS"](item_ids=evaluator.item_ids)
+    peer.fit(train, validation=val)        # returns self; peer.notes says what was chosen
+    scores = peer.score(user_ids)          # float [len(user_ids), len(item_ids)]
+    evaluator.evaluate(peer.score)
+
+Users unseen in training get the train popularity counts as scores (the most-popular ranking),
+for every top-K peer alike; items unseen in training score below every seen item.
+
+Rating peers (`task == "rating"`) have `fit(train, validation=None)` and
+`predict(pairs) -> np.ndarray`, clipped to the rating range; unknown users and items fall back
+to the global mean (Surprise does this through its baselines).
+
+Hyperparameters of the `implicit` peers are chosen on `validation`, interactions held out
+from `train` (disjoint from it, e.g. the P1 temporal split applied again to train), by NDCG@10
+from `TopKEvaluator`; the chosen setting is then refit on train + validation so the peer sees
+the same data as an untuned model. TensorFlow, `implicit` and `scikit-surprise` are imported
+lazily so that importing this module is cheap.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Type
+
+import numpy as np
+import pandas as pd
+
+from recommenders_tf.data.schema import ITEM_ID, RATING, TITLE, USER_ID
+from recommenders_tf.evaluation.metrics import clip_ratings
+from recommenders_tf.evaluation.protocol import TopKEvaluator, check_frame
+
+__all__ = [
+    "TopKPeer",
+    "RatingPeer",
+    "MostPopular",
+    "ImplicitALS",
+    "ImplicitBPR",
+    "TFRSTutorialRetrieval",
+    "GlobalMean",
+    "SurpriseSVD",
+    "SurpriseSVDpp",
+    "PEERS",
+    "TOPK_PEERS",
+    "RATING_PEERS",
+]
+
+
+class TopKPeer:
+    """Base of the top-K peers: item alignment, popularity fallback, fit timing.
+
+    Args:
+      item_ids: column order of `score` (usually `TopKEvaluator.item_ids`); default the sorted
+        train items. Can also be passed to `score`.
+    """
+
+    name = "peer"
+    task = "topk"
+
+    def __init__(self, item_ids: Optional[Iterable[str]] = None):
+        self.item_ids = None if item_ids is None else np.asarray(list(item_ids), dtype=object)
+        self.notes = ""
+        self.fit_seconds = 0.0
+        self._train_items: Optional[pd.Index] = None
+        self._popularity: Optional[np.ndarray] = None  # aligned with _train_items
+
+    def fit(self, train: pd.DataFrame, validation: Optional[pd.DataFrame] = None) -> "TopKPeer":
+        check_frame(train, "train", [USER_ID, ITEM_ID])
+        if validation is not None:
+            check_frame(validation, "validation", [USER_ID, ITEM_ID])
+        start = time.perf_counter()
+        self._fit(train, validation)
+        self.fit_seconds = time.perf_counter() - start
+        return self
+
+    def _fit(self, train: pd.DataFrame, validation: Optional[pd.DataFrame]) -> None:
+        raise NotImplementedError
+
+    def _set_catalog(self, train: pd.DataFrame) -> None:
+        counts = train[ITEM_ID].astype(str).value_counts()
+        self._train_items = pd.Index(np.sort(counts.index.to_numpy().astype(str)).astype(object))
+        self._popularity = counts.reindex(self._train_items).to_numpy(np.float64)
+        if self.item_ids is None:
+            self.item_ids = self._train_items.to_numpy()
+
+    def _columns(self, item_ids: Optional[Iterable[str]]) -> Tuple[np.ndarray, np.ndarray]:
+        if self._train_items is None:
+            raise RuntimeError(f"{type(self).__name__}.score called before fit")
+        ids = self.item_ids if item_ids is None else np.asarray(list(item_ids), dtype=object)
+        pos = self._train_items.get_indexer(ids)
+        return pos, pos >= 0
+
+    def _known_user_scores(
+        self, users: np.ndarray, cols: np.ndarray
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """Scores [n_users, len(cols)] over train-item columns and a mask of known users."""
+        raise NotImplementedError
+
+    def score(
+        self, user_ids: Sequence[str], item_ids: Optional[Iterable[str]] = None
+    ) -> np.ndarray:
+        """Float scores [len(user_ids), len(item_ids)], higher is better."""
+        users = np.asarray([str(u) for u in user_ids], dtype=object)
+        pos, known_item = self._columns(item_ids)
+        cols = pos[known_item]
+        out = np.empty((len(users), len(pos)), dtype=np.float64)
+        sub, known_user = self._known_user_scores(users, cols)
+        sub = np.where(known_user[:, None], sub, self._popularity[cols][None, :])
+        out[:, known_item] = sub
+        if (~known_item).any():
+            # Unseen items rank below every seen item of the row.
+            floor = sub.min(axis=1, keepdims=True) - 1.0 if sub.size else np.zeros((len(users), 1))
+            out[:, ~known_item] = floor
+        return out
+
+
+class MostPopular(TopKPeer):
+    """Ranks items by their number of train interactions, the same list for every user.
+
+    Args:
+      item_ids: see `TopKPeer`.
+    """
+
+    name = "most-popular"
+
+    def _fit(self, train, validation):
+        self._set_catalog(train)
+        self.notes = "train interaction counts"
+
+    def _known_user_scores(self, users, cols):
+        return np.tile(self._popularity[cols], (len(users), 1)), np.zeros(len(users), dtype=bool)
+
+
+class _ImplicitPeer(TopKPeer):
+    """Shared code of the `implicit` matrix-factorization peers: CSR input, grid search."""
+
+    default_params: Dict[str, float] = {}
+    default_grid: Dict[str, Sequence[float]] = {}
+
+    def __init__(
+        self,
+        item_ids: Optional[Iterable[str]] = None,
+        grid: Optional[Dict[str, Sequence[float]]] = None,
+        iterations: int = 15,
+        random_state: int = 0,
+        num_threads: int = 1,
+        **params,
+    ):
+        super().__init__(item_ids)
+        self.grid = dict(self.default_grid if grid is None else grid)
+        self.params = {**self.default_params, **params}
+        self.iterations = int(iterations)
+        self.random_state = int(random_state)
+        # One thread keeps BPR's Hogwild SGD deterministic and leaves cores to other jobs.
+        self.num_threads = int(num_threads)
+        self.chosen_params: Dict[str, float] = dict(self.params)
+        self._model = None
+        self._user_index: Optional[pd.Index] = None
+
+    def _make_model(self, params):
+        raise NotImplementedError
+
+    def _train(self, train: pd.DataFrame, params) -> Tuple[object, pd.Index, pd.Index]:
+        import implicit.cpu.als  # noqa: F401  (loads its BLAS before the thread limit below)
+        import implicit.cpu.bpr  # noqa: F401
+        import scipy.sparse as sp
+        from threadpoolctl import threadpool_limits
+
+        users = pd.Index(np.unique(train[USER_ID].astype(str).to_numpy()).astype(object))
+        items = pd.Index(np.unique(train[ITEM_ID].astype(str).to_numpy()).astype(object))
+        rows = users.get_indexer(train[USER_ID].astype(str).to_numpy())
+        cols = items.get_indexer(train[ITEM_ID].astype(str).to_numpy())
+        # Every rating is one implicit interaction (P1); repeats collapse to a single 1.
+        matrix = sp.csr_matrix(
+            (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(users), len(items))
+        )
+        matrix.data[:] = 1.0
+        # implicit warns (and slows down) when BLAS runs multi-threaded beside its own threads;
+        # it checks at construction, so both steps run under the limit.
+        with threadpool_limits(limits=1, user_api="blas"):
+            model = self._make_model(params)
+            model.fit(matrix, show_progress=False)
+        return model, users, items
+
+    def _install(self, model, users: pd.Index, train: pd.DataFrame) -> None:
+        self._model, self._user_index = model, users
+        self._set_catalog(train)
+        self._item_factors = np.asarray(model.item_factors, dtype=np.float64)
+        self._user_factors = np.asarray(model.user_factors, dtype=np.float64)
+
+    def _fit(self, train, validation):
+        if validation is None or not self.grid:
+            self.chosen_params = dict(self.params)
+            model, users, _ = self._train(train, self.chosen_params)
+            self._install(model, users, train)
+            self.notes = f"{_fmt(self.chosen_params)} (defaults, no validation)"
+            return
+        evaluator = TopKEvaluator(train, validation, ks=(10,))
+        keys = sorted(self.grid)
+        results: List[Tuple[float, Dict[str, float]]] = []
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            params = {**self.params, **dict(zip(keys, values))}
+            model, users, _ = self._train(train, params)
+            self._install(model, users, train)
+            result = evaluator.evaluate(lambda u: self.score(u, evaluator.item_ids))
+            ndcg = result.metrics["ndcg@10"]
+            results.append((ndcg, params))
+        # max() keeps the first of equal scores, i.e. grid order decides ties.
+        best_ndcg, best = max(results, key=lambda r: r[0])
+        self.chosen_params = best
+        full = pd.concat([train, validation], ignore_index=True)
+        model, users, _ = self._train(full, best)
+        self._install(model, users, full)
+        self.notes = (
+            f"{_fmt({k: best[k] for k in keys})} chosen on validation by ndcg@10="
+            f"{best_ndcg:.4f} over {len(results)} settings of {_fmt(self.grid)}; refit on "
+            f"train+validation"
+        )
+
+    def _known_user_scores(self, users, cols):
+        upos = self._user_index.get_indexer(users)
+        known = upos >= 0
+        scores = np.zeros((len(users), len(cols)), dtype=np.float64)
+        if known.any():
+            # Item rows of the model follow the sorted train items, as does _train_items.
+            scores[known] = self._user_factors[upos[known]] @ self._item_factors[cols].T
+        return scores, known
+
+
+def _fmt(params: Dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
+
+
+class ImplicitALS(_ImplicitPeer):
+    """`implicit` alternating least squares on the binary user x item matrix.
+
+    Args:
+      item_ids: see `TopKPeer`.
+      grid: {param: values} searched on validation; default factors {32, 64} x
+        regularization {0.01, 0.1, 1, 10}.
+      iterations: ALS sweeps (fixed, not tuned).
+      random_state: seed of the factor initialisation.
+      num_threads: threads of implicit's solver.
+      **params: fixed values (factors, regularization, alpha) used when not tuned.
+    """
+
+    name = "implicit-ALS"
+    default_params = {"factors": 64, "regularization": 0.01, "alpha": 1.0}
+    default_grid = {"factors": (32, 64), "regularization": (0.01, 0.1, 1.0, 10.0)}
+
+    def _make_model(self, params):
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        return AlternatingLeastSquares(
+            factors=int(params["factors"]),
+            regularization=float(params["regularization"]),
+            alpha=float(params["alpha"]),
+            iterations=self.iterations,
+            num_threads=self.num_threads,
+            random_state=self.random_state,
+        )
+
+
+class ImplicitBPR(_ImplicitPeer):
+    """`implicit` Bayesian personalized ranking (SGD with sampled negatives).
+
+    Args:
+      item_ids: see `TopKPeer`.
+      grid: default learning_rate {0.01, 0.05, 0.1} x regularization {0.001, 0.01}.
+      iterations: SGD epochs (fixed, default 100 as in implicit).
+      random_state, num_threads, **params: as for `ImplicitALS` (factors, learning_rate,
+        regularization).
+    """
+
+    name = "implicit-BPR"
+    default_params = {"factors": 64, "learning_rate": 0.01, "regularization": 0.01}
+    default_grid = {"learning_rate": (0.01, 0.05, 0.1), "regularization": (0.001, 0.01)}
+
+    def __init__(
+        self,
+        item_ids: Optional[Iterable[str]] = None,
+        grid: Optional[Dict[str, Sequence[float]]] = None,
+        iterations: int = 100,
+        random_state: int = 0,
+        num_threads: int = 1,
+        **params,
+    ):
+        super().__init__(item_ids, grid, iterations, random_state, num_threads, **params)
+
+    def _make_model(self, params):
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        return BayesianPersonalizedRanking(
+            factors=int(params["factors"]),
+            learning_rate=float(params["learning_rate"]),
+            regularization=float(params["regularization"]),
+            iterations=self.iterations,
+            num_threads=self.num_threads,
+            random_state=self.random_state,
+        )
+
+
+class TFRSTutorialRetrieval(TopKPeer):
+    """The TFRS "basic retrieval" tutorial model, as published.
+
+    User-id and movie-title towers (StringLookup + Embedding(32)), `tfrs.tasks.Retrieval`
+    with in-batch softmax (no FactorizedTopK metrics, for speed), Adagrad(0.1), 3 epochs,
+    batch 8192, training examples shuffled once (seeded) and cached as in the tutorial.
+    Items sharing a title share an embedding, as in the tutorial.
+
+    Args:
+      item_ids: see `TopKPeer`.
+      items: optional items frame with `item_id` and `title`; without it the item id is the
+        title.
+      embedding_dim, epochs, batch_size, learning_rate: tutorial values by default.
+      seed: seeds TF (`tf.keras.utils.set_random_seed`) and the shuffle.
+    """
+
+    name = "tfrs-tutorial"
+
+    def __init__(
+        self,
+        item_ids: Optional[Iterable[str]] = None,
+        items: Optional[pd.DataFrame] = None,
+        embedding_dim: int = 32,
+        epochs: int = 3,
+        batch_size: int = 8192,
+        learning_rate: float = 0.1,
+        seed: int = 0,
+    ):
+        super().__init__(item_ids)
+        self.items = items
+        self.embedding_dim = int(embedding_dim)
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.learning_rate = float(learning_rate)
+        self.seed = int(seed)
+        self.history: Optional[Dict[str, List[float]]] = None
+
+    def _titles(self, item_ids: np.ndarray) -> np.ndarray:
+        if self.items is None or TITLE not in getattr(self.items, "columns", ()):
+            return np.asarray(item_ids, dtype=str)
+        check_frame(self.items, "items", [ITEM_ID, TITLE])
+        lookup = pd.Series(self.items[TITLE].astype(str).to_numpy(),
+                           index=self.items[ITEM_ID].astype(str).to_numpy())
+        lookup = lookup[~lookup.index.duplicated()]
+        titles = lookup.reindex(np.asarray(item_ids, dtype=str))
+        # Items the frame does not describe fall back to their id rather than failing.
+        ids = np.asarray(item_ids, dtype=str)
+        return np.where(titles.isna(), ids, titles.astype(str)).astype(str)
+
+    def _fit(self, train, validation):
+        import recommenders_tf  # noqa: F401  (tf-keras before TensorFlow)
+        import tensorflow as tf
+        import tensorflow_recommenders as tfrs
+
+        self._set_catalog(train)
+        tf.keras.utils.set_random_seed(self.seed)
+        users = train[USER_ID].astype(str).to_numpy()
+        titles = self._titles(train[ITEM_ID].astype(str).to_numpy())
+        unique_users = np.unique(users)
+        # Vocabulary: titles of train items and of every item we will be asked to score.
+        candidate_ids = np.union1d(
+            self._train_items.to_numpy().astype(str), np.asarray(self.item_ids, dtype=str)
+        )
+        unique_titles = np.unique(self._titles(candidate_ids))
+
+        user_model = tf.keras.Sequential([
+            tf.keras.layers.StringLookup(vocabulary=unique_users, mask_token=None),
+            tf.keras.layers.Embedding(len(unique_users) + 1, self.embedding_dim),
+        ])
+        movie_model = tf.keras.Sequential([
+            tf.keras.layers.StringLookup(vocabulary=unique_titles, mask_token=None),
+            tf.keras.layers.Embedding(len(unique_titles) + 1, self.embedding_dim),
+        ])
+
+        class MovielensModel(tfrs.Model):
+            def __init__(self, user_model, movie_model):
+                super().__init__()
+                self.movie_model = movie_model
+                self.user_model = user_model
+                self.task = tfrs.tasks.Retrieval()
+
+            def compute_loss(self, features, training=False):
+                user_embeddings = self.user_model(features["user_id"])
+                positive_movie_embeddings = self.movie_model(features["movie_title"])
+                return self.task(user_embeddings, positive_movie_embeddings)
+
+        model = MovielensModel(user_model, movie_model)
+        model.compile(optimizer=tf.keras.optimizers.Adagrad(learning_rate=self.learning_rate))
+        order = np.random.default_rng(self.seed).permutation(len(users))
+        data = tf.data.Dataset.from_tensor_slices(
+            {"user_id": users[order], "movie_title": titles[order]}
+        )
+        cached_train = data.batch(self.batch_size).cache()
+        hist = model.fit(cached_train, epochs=self.epochs, verbose=0)
+        self.history = {k: [float(x) for x in v] for k, v in hist.history.items()}
+        self._user_index = pd.Index(unique_users.astype(object))
+        self._user_emb = user_model(tf.constant(unique_users)).numpy().astype(np.float64)
+        self._movie_model = movie_model
+        self.notes = (
+            f"tutorial settings: dim={self.embedding_dim}, Adagrad({self.learning_rate}), "
+            f"{self.epochs} epochs, batch {self.batch_size}, seed {self.seed}"
+        )
+
+    def _known_user_scores(self, users, cols):
+        import tensorflow as tf
+
+        item_titles = self._titles(self._train_items.to_numpy()[cols].astype(str))
+        item_emb = self._movie_model(tf.constant(item_titles)).numpy().astype(np.float64) \
+            if len(cols) else np.zeros((0, self.embedding_dim))
+        upos = self._user_index.get_indexer(users)
+        known = upos >= 0
+        scores = np.zeros((len(users), len(cols)), dtype=np.float64)
+        if known.any():
+            scores[known] = self._user_emb[upos[known]] @ item_emb.T
+        return scores, known
+
+
+class RatingPeer:
+    """Base of the rating-prediction peers.
+
+    Args:
+      rating_range: (min, max) used to clip predictions; default the train min and max.
+      seed: random seed of the algorithm.
+    """
+
+    name = "rating-peer"
+    task = "rating"
+
+    def __init__(self, rating_range: Optional[Tuple[float, float]] = None, seed: int = 0):
+        self.rating_range = (
+            None if rating_range is None else (float(rating_range[0]), float(rating_range[1]))
+        )
+        self.seed = int(seed)
+        self.notes = ""
+        self.fit_seconds = 0.0
+
+    def fit(self, train: pd.DataFrame, validation: Optional[pd.DataFrame] = None) -> "RatingPeer":
+        """Fits on `train`; `validation` is accepted for a uniform interface and not used."""
+        check_frame(train, "train", [USER_ID, ITEM_ID, RATING])
+        if self.rating_range is None:
+            r = train[RATING].to_numpy(np.float64)
+            self.rating_range = (float(r.min()), float(r.max()))
+        start = time.perf_counter()
+        self._fit(train)
+        self.fit_seconds = time.perf_counter() - start
+        return self
+
+    def _fit(self, train: pd.DataFrame) -> None:
+        raise NotImplementedError
+
+    def predict(self, pairs: pd.DataFrame) -> np.ndarray:
+        """Predicted ratings for the (user_id, item_id) rows of `pairs`, clipped to the range."""
+        check_frame(pairs, "pairs", [USER_ID, ITEM_ID])
+        if self.rating_range is None:
+            raise RuntimeError(f"{type(self).__name__}.predict called before fit")
+        return clip_ratings(self._predict(pairs), self.rating_range)
+
+    def _predict(self, pairs: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+
+class GlobalMean(RatingPeer):
+    """Predicts the mean train rating for every pair.
+
+    Args:
+      rating_range, seed: see `RatingPeer`.
+    """
+
+    name = "global-mean"
+
+    def _fit(self, train):
+        self.mean_ = float(train[RATING].to_numpy(np.float64).mean())
+        self.notes = f"mean={self.mean_:.4f}"
+
+    def _predict(self, pairs):
+        return np.full(len(pairs), self.mean_, dtype=np.float64)
+
+
+class _SurprisePeer(RatingPeer):
+    def _algorithm(self):
+        raise NotImplementedError
+
+    def _fit(self, train):
+        from surprise import Dataset, Reader
+
+        frame = pd.DataFrame({
+            "u": train[USER_ID].astype(str).to_numpy(),
+            "i": train[ITEM_ID].astype(str).to_numpy(),
+            "r": train[RATING].to_numpy(np.float64),
+        })
+        data = Dataset.load_from_df(frame, Reader(rating_scale=self.rating_range))
+        self._algo = self._algorithm()
+        self._algo.fit(data.build_full_trainset())
+        self.notes = "scikit-surprise defaults, random_state=%d" % self.seed
+
+    def _predict(self, pairs):
+        users = pairs[USER_ID].astype(str).to_numpy()
+        items = pairs[ITEM_ID].astype(str).to_numpy()
+        # Surprise falls back to the global mean plus any known bias for unknown ids.
+        return np.fromiter((self._algo.predict(u, i).est for u, i in zip(users, items)),
+                           dtype=np.float64, count=len(users))
+
+
+class SurpriseSVD(_SurprisePeer):
+    """Surprise's SVD (Funk MF with biases), default settings, seeded.
+
+    Args:
+      rating_range, seed: see `RatingPeer`.
+    """
+
+    name = "surprise-SVD"
+
+    def _algorithm(self):
+        from surprise import SVD
+
+        return SVD(random_state=self.seed)
+
+
+class SurpriseSVDpp(_SurprisePeer):
+    """Surprise's SVD++ (SVD with implicit feedback of rated items), default settings, seeded.
+
+    Args:
+      rating_range, seed: see `RatingPeer`.
+    """
+
+    name = "surprise-SVD++"
+
+    def _algorithm(self):
+        from surprise import SVDpp
+
+        return SVDpp(random_state=self.seed)
+
+
+PEERS: Dict[str, Type] = {
+    cls.name: cls
+    for cls in (MostPopular, ImplicitALS, ImplicitBPR, TFRSTutorialRetrieval, GlobalMean,
+                SurpriseSVD, SurpriseSVDpp)
+}
+TOPK_PEERS = tuple(n for n, c in PEERS.items() if c.task == "topk")
+RATING_PEERS = tuple(n for n, c in PEERS.items() if c.task == "rating")

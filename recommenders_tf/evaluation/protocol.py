@@ -1,0 +1,433 @@
+"""Full-catalog top-K evaluation (BENCHMARK.md P1, P3, P4) and rating evaluation (P2).
+
+`TopKEvaluator` fixes the candidate set and the per-user exclusions once, then scores any model
+through a `score_fn(user_ids) -> scores[len(user_ids), len(item_ids)]` called in user batches,
+so a TFRS model, an `implicit` model or a popularity count are all evaluated by the same code.
+
+P1 rules implemented here:
+  * candidates are every item in train (or `candidate_items`, e.g. the held-out items of P3),
+    in sorted id order: column j of every score matrix is `evaluator.item_ids[j]`;
+  * items the user has in train are excluded from that user's ranking;
+  * each user's relevant set is their distinct test items, including items that are not
+    candidates (absent from train) or that the user also has in train: they stay in the recall
+    denominator and can never be hit;
+  * ties in score are broken by item id (lower id first), independently of batch size.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import (
+    Callable,
+    Dict,
+    Hashable,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
+
+import numpy as np
+import pandas as pd
+
+from recommenders_tf.data.schema import GENRES, ITEM_ID, USER_ID
+from recommenders_tf.evaluation import metrics as M
+
+__all__ = [
+    "EvalResult",
+    "TopKEvaluator",
+    "evaluate_ratings",
+    "select_topk",
+    "sparsity_buckets",
+    "genre_features",
+]
+
+ScoreFn = Callable[[np.ndarray], np.ndarray]
+
+_RANK_METRICS = {
+    "recall": M.recall_at_k,
+    "precision": M.precision_at_k,
+    "f1": M.f1_at_k,
+    "ndcg": M.ndcg_at_k,
+    "hr": M.hit_rate_at_k,
+    "mrr": M.mrr_at_k,
+    "map": M.map_at_k,
+}
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """Metrics of one model under one protocol.
+
+    Args:
+      metrics: mean over evaluated users, keys like `recall@10`, `ndcg@10`, `coverage@10`,
+        plus `n_users`.
+      by_group: {label: {metric: mean over the group's users, 'n_users': n}} when user groups
+        were given (P4 sparsity buckets), else {}.
+      per_user: one row per evaluated user (`user_id` and the per-user metrics), for paired
+        comparisons between models.
+    """
+
+    metrics: Dict[str, float]
+    by_group: Dict[Hashable, Dict[str, float]] = dataclasses.field(default_factory=dict)
+    per_user: Optional[pd.DataFrame] = None
+
+
+def select_topk(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k best scores per row, best first, ties broken by lower index.
+
+    `-inf` marks excluded columns; rows with fewer than k finite scores are padded with -1.
+    argpartition finds the k-th best value, then every column strictly above it plus the
+    lowest-index columns equal to it are kept, so the result is exact under ties.
+    """
+    scores = np.asarray(scores)
+    n_rows, n_cols = scores.shape
+    k_eff = min(k, n_cols)
+    out = np.full((n_rows, k), -1, dtype=np.int64)
+    if n_rows == 0 or k_eff == 0:
+        return out
+    neg = -scores
+    part = np.argpartition(neg, k_eff - 1, axis=1)[:, :k_eff]
+    kth = np.take_along_axis(neg, part, axis=1).max(axis=1)  # k-th smallest of -score
+    above = neg < kth[:, None]
+    equal = neg == kth[:, None]
+    need = k_eff - above.sum(axis=1)
+    chosen = above | (equal & (np.cumsum(equal, axis=1) <= need[:, None]))
+    cols = np.nonzero(chosen)[1].reshape(n_rows, k_eff)  # ascending column index per row
+    chosen_neg = np.take_along_axis(neg, cols, axis=1)
+    # Stable sort on -score over columns already in id order: equal scores keep id order.
+    order = np.argsort(chosen_neg, axis=1, kind="stable")
+    top = np.take_along_axis(cols, order, axis=1)
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    out[:, :k_eff] = np.where(np.isneginf(top_scores), -1, top)
+    return out
+
+
+class _Csr:
+    """Per-user item-index lists in CSR form (no scipy dependency in the evaluator)."""
+
+    def __init__(self, rows: np.ndarray, cols: np.ndarray, n_rows: int):
+        order = np.lexsort((cols, rows))
+        rows, cols = rows[order], cols[order]
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_rows))])
+        self.indices = cols
+
+    def dense(self, row_ids: np.ndarray, n_cols: int) -> np.ndarray:
+        starts, ends = self.indptr[row_ids], self.indptr[row_ids + 1]
+        lengths = ends - starts
+        mask = np.zeros((len(row_ids), n_cols), dtype=bool)
+        total = int(lengths.sum())
+        if total:
+            r = np.repeat(np.arange(len(row_ids)), lengths)
+            # Position j of row r's slice is starts[r] + j: offsets from a flat arange.
+            take = np.arange(total) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+            mask[r, self.indices[take]] = True
+        return mask
+
+
+def check_frame(df: pd.DataFrame, name: str, columns: Sequence[str]) -> pd.DataFrame:
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name} is missing column(s) {missing}; has {list(df.columns)}")
+    for c in columns:
+        null = df[c].isna().to_numpy()
+        if null.any():
+            row = int(np.flatnonzero(null)[0])
+            raise ValueError(f"{name} row {row}: field '{c}' is missing")
+    return df
+
+
+def genre_features(items: pd.DataFrame, column: str = GENRES) -> pd.DataFrame:
+    """One-hot genre matrix indexed by item id, from '|'-separated genre labels.
+
+    Suitable as `item_features` for intra-list diversity.
+    """
+    check_frame(items, "items", [ITEM_ID])
+    if column not in items.columns:
+        raise ValueError(f"items has no '{column}' column; has {list(items.columns)}")
+    labels = items[column].fillna("").astype(str)
+    onehot = labels.str.get_dummies(sep="|")
+    # An empty label string means "no genre", not a genre named "".
+    onehot = onehot.drop(columns=[c for c in onehot.columns if not str(c).strip()])
+    onehot.index = items[ITEM_ID].astype(str).to_numpy()
+    return onehot.astype(np.float32)
+
+
+def sparsity_buckets(
+    train: pd.DataFrame, user_ids: Iterable[str], edges: Sequence[int] = (20, 50, 150)
+) -> Dict[str, str]:
+    """P4 labels by number of train interactions: '1-20', '21-50', '51-150', '>150' (and '0').
+
+    Args:
+      train: train interactions.
+      user_ids: users to label (usually `TopKEvaluator.user_ids`).
+      edges: inclusive upper bounds of all but the last bucket.
+    """
+    check_frame(train, "train", [USER_ID])
+    counts = train[USER_ID].astype(str).value_counts()
+    bounds = [0, *edges]
+    labels = [f"{lo + 1}-{hi}" for lo, hi in zip(bounds[:-1], bounds[1:])] + [f">{edges[-1]}"]
+    out = {}
+    for u in user_ids:
+        n = int(counts.get(u, 0))
+        if n == 0:
+            out[u] = "0"
+        else:
+            out[u] = labels[int(np.searchsorted(np.asarray(edges), n, side="left"))]
+    return out
+
+
+class TopKEvaluator:
+    """Ranks the candidate catalog for every test user and computes top-K metrics.
+
+    Args:
+      train: train interactions (canonical schema); defines candidates, exclusions and
+        item popularity for novelty.
+      test: test interactions; its users are the evaluated users.
+      ks: cut-offs; metrics are reported for each.
+      candidate_items: restrict ranking to these items (P3 cold-start ranks held-out items
+        only); default every item in train.
+      item_features: for intra-list diversity: a DataFrame indexed by item id with numeric
+        columns (e.g. `genre_features(items)`), or an array aligned with `item_ids`.
+      user_batch_size: users scored per `score_fn` call.
+
+    Example:
+      >>> ev = TopKEvaluator(train, test, ks=(10, 50))
+      >>> pop = train.item_id.value_counts().reindex(ev.item_ids).to_numpy(float)
+      >>> ev.evaluate(lambda users: np.tile(pop, (len(users), 1))).metrics["ndcg@10"]
+    """
+
+    def __init__(
+        self,
+        train: pd.DataFrame,
+        test: pd.DataFrame,
+        ks: Sequence[int] = (10, 50),
+        candidate_items: Optional[Iterable[str]] = None,
+        item_features: Union[pd.DataFrame, np.ndarray, None] = None,
+        user_batch_size: int = 1024,
+    ):
+        check_frame(train, "train", [USER_ID, ITEM_ID])
+        check_frame(test, "test", [USER_ID, ITEM_ID])
+        self.ks: Tuple[int, ...] = tuple(sorted({int(k) for k in ks}))
+        if not self.ks or self.ks[0] < 1:
+            raise ValueError(f"ks must be positive integers, got {ks}")
+        if user_batch_size < 1:
+            raise ValueError("user_batch_size must be >= 1")
+        self.user_batch_size = int(user_batch_size)
+        train_users = train[USER_ID].astype(str).to_numpy()
+        train_items = train[ITEM_ID].astype(str).to_numpy()
+        test_users = test[USER_ID].astype(str).to_numpy()
+        test_items = test[ITEM_ID].astype(str).to_numpy()
+
+        if candidate_items is None:
+            self.item_ids = np.unique(train_items).astype(object)
+        else:
+            self.item_ids = np.unique(np.asarray(list(candidate_items), dtype=str)).astype(object)
+        if len(self.item_ids) == 0:
+            raise ValueError("no candidate items: train is empty and no candidate_items given")
+        self.user_ids = np.unique(test_users).astype(object)
+        if len(self.user_ids) == 0:
+            raise ValueError("test has no interactions, nothing to evaluate")
+        self._item_pos = pd.Index(self.item_ids)
+        user_pos = pd.Index(self.user_ids)
+
+        # Exclusions: train items of test users that are candidates.
+        tr_u = user_pos.get_indexer(train_users)
+        tr_i = self._item_pos.get_indexer(train_items)
+        keep = (tr_u >= 0) & (tr_i >= 0)
+        self._seen = _Csr(tr_u[keep], tr_i[keep], len(self.user_ids))
+
+        # Relevant sets: distinct test items per user; only candidates can be hit.
+        pairs = pd.DataFrame({"u": user_pos.get_indexer(test_users), "i": test_items})
+        pairs = pairs.drop_duplicates()
+        self.n_relevant = np.bincount(pairs["u"].to_numpy(), minlength=len(self.user_ids))
+        te_i = self._item_pos.get_indexer(pairs["i"].to_numpy())
+        hit_ok = te_i >= 0
+        self._relevant = _Csr(pairs["u"].to_numpy()[hit_ok], te_i[hit_ok], len(self.user_ids))
+
+        # Novelty: share of train users who interacted with each candidate (Zhou et al. 2010).
+        n_train_users = max(len(np.unique(train_users)), 1)
+        user_counts = (
+            pd.DataFrame({"u": train_users, "i": train_items}).drop_duplicates()["i"].value_counts()
+        )
+        counts = user_counts.reindex(self.item_ids).fillna(0).to_numpy(np.float64)
+        # Candidates unseen in train (P3) get the share of one user: maximally novel but finite.
+        self.item_popularity = np.maximum(counts, 1.0) / n_train_users
+
+        self._features = self._align_features(item_features)
+
+    def _align_features(self, item_features) -> Optional[np.ndarray]:
+        if item_features is None:
+            return None
+        if isinstance(item_features, pd.DataFrame):
+            idx = item_features.index.astype(str)
+            if idx.has_duplicates:
+                dup = idx[idx.duplicated()][0]
+                raise ValueError(f"item_features has duplicate rows for item id '{dup}'")
+            pos = idx.get_indexer(self.item_ids)
+            if np.any(pos < 0):
+                missing = list(self.item_ids[pos < 0][:5])
+                raise ValueError(
+                    f"item_features has no row for {int((pos < 0).sum())} candidate item(s), "
+                    f"e.g. {missing}"
+                )
+            return item_features.to_numpy(np.float64)[pos]
+        feats = np.asarray(item_features, dtype=np.float64)
+        if feats.ndim != 2 or feats.shape[0] != len(self.item_ids):
+            raise ValueError(
+                f"item_features array must be [{len(self.item_ids)} items, dims] aligned with "
+                f"item_ids, got shape {feats.shape}"
+            )
+        return feats
+
+    def _batches(self, user_rows: np.ndarray):
+        for start in range(0, len(user_rows), self.user_batch_size):
+            yield user_rows[start : start + self.user_batch_size]
+
+    def _scores(self, score_fn: ScoreFn, rows: np.ndarray) -> np.ndarray:
+        users = self.user_ids[rows]
+        scores = np.asarray(score_fn(users))
+        expected = (len(rows), len(self.item_ids))
+        if scores.shape != expected:
+            raise ValueError(
+                f"score_fn returned shape {scores.shape} for {len(rows)} users; expected "
+                f"{expected} (columns in the order of TopKEvaluator.item_ids)"
+            )
+        bad = ~np.isfinite(scores)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise ValueError(
+                f"score_fn returned a non-finite score ({scores[r, c]}) for user "
+                f"'{users[r]}', item '{self.item_ids[c]}'"
+            )
+        scores = scores.astype(np.float64, copy=True)
+        scores[self._seen.dense(rows, len(self.item_ids))] = -np.inf
+        return scores
+
+    def topk(
+        self, score_fn: ScoreFn, k: int = 10, users: Optional[Iterable[str]] = None
+    ) -> Dict[str, List[str]]:
+        """Recommended item ids per user, best first (train items excluded).
+
+        Args:
+          score_fn: as for `evaluate`.
+          k: list length.
+          users: test users to rank (default all of `user_ids`).
+        """
+        user_pos = pd.Index(self.user_ids)
+        if users is None:
+            rows = np.arange(len(self.user_ids))
+        else:
+            wanted = np.asarray([str(u) for u in users], dtype=object)
+            rows = user_pos.get_indexer(wanted)
+            if np.any(rows < 0):
+                raise ValueError(f"not test users: {list(wanted[rows < 0][:5])}")
+        out: Dict[str, List[str]] = {}
+        for batch in self._batches(rows):
+            top = select_topk(self._scores(score_fn, batch), k)
+            for r, idx in zip(batch, top):
+                out[self.user_ids[r]] = [self.item_ids[j] for j in idx if j >= 0]
+        return out
+
+    def expected_random(self) -> Dict[str, float]:
+        """Exact expected metrics of a uniformly random ranking (the chance level of P3).
+
+        With c rankable candidates of which h are relevant, each rank holds a relevant item
+        with probability h / c, so E[hits@K] = h * min(K, c) / c and E[DCG@K] is h / c times
+        the sum of the first min(K, c) discounts; HR@K is 1 - C(c - h, K) / C(c, K).
+        """
+        n_items = len(self.item_ids)
+        c_parts, h_parts = [], []
+        for rows in self._batches(np.arange(len(self.user_ids))):
+            seen = self._seen.dense(rows, n_items)
+            relevant = self._relevant.dense(rows, n_items) & ~seen
+            c_parts.append(n_items - seen.sum(axis=1))
+            h_parts.append(relevant.sum(axis=1))
+        c = np.concatenate(c_parts).astype(np.float64)
+        h = np.concatenate(h_parts).astype(np.float64)
+        n_rel = self.n_relevant.astype(np.float64)
+        p = np.divide(h, c, out=np.zeros_like(h), where=c > 0)
+        out: Dict[str, float] = {}
+        for k in self.ks:
+            disc = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+            cum = np.concatenate([[0.0], np.cumsum(disc)])
+            shown = np.minimum(k, c).astype(np.int64)
+            out[f"recall@{k}"] = float(np.mean(p * shown / n_rel))
+            out[f"precision@{k}"] = float(np.mean(p * shown / k))
+            ideal = cum[np.minimum(n_rel, k).astype(np.int64)]
+            out[f"ndcg@{k}"] = float(np.mean(p * cum[shown] / ideal))
+            i = np.arange(k, dtype=np.float64)[None, :]
+            # P(no relevant item in the first K) = prod_i (c - h - i) / (c - i), 0 once negative.
+            ratio = (c[:, None] - h[:, None] - i) / np.maximum(c[:, None] - i, 1.0)
+            ratio = np.clip(ratio, 0.0, 1.0)
+            ratio = np.where(i < c[:, None], ratio, 1.0)
+            out[f"hr@{k}"] = float(np.mean(1.0 - np.prod(ratio, axis=1)))
+        out["n_users"] = int(len(self.user_ids))
+        return out
+
+    def evaluate(
+        self, score_fn: ScoreFn, user_groups: Optional[Mapping[str, Hashable]] = None
+    ) -> EvalResult:
+        """Scores every test user in batches and averages the top-K metrics.
+
+        Args:
+          score_fn: maps an array of user ids to float scores [n_users, len(item_ids)].
+          user_groups: optional {user_id: label} covering every test user; metrics are also
+            averaged per label (P4 sparsity buckets).
+        """
+        if user_groups is not None:
+            missing = [u for u in self.user_ids if u not in user_groups]
+            if missing:
+                raise ValueError(
+                    f"user_groups has no label for {len(missing)} test user(s), e.g. {missing[:5]}"
+                )
+        kmax = self.ks[-1]
+        n_items = len(self.item_ids)
+        per_user: Dict[str, List[np.ndarray]] = {}
+        covered = {k: np.zeros(n_items, dtype=bool) for k in self.ks}
+
+        def add(name: str, values: np.ndarray) -> None:
+            per_user.setdefault(name, []).append(values)
+
+        for rows in self._batches(np.arange(len(self.user_ids))):
+            top = select_topk(self._scores(score_fn, rows), kmax)
+            relevant = self._relevant.dense(rows, n_items)
+            hits = np.take_along_axis(relevant, np.maximum(top, 0), axis=1) & (top >= 0)
+            n_rel = self.n_relevant[rows]
+            for k in self.ks:
+                for name, fn in _RANK_METRICS.items():
+                    add(f"{name}@{k}", fn(hits, n_rel, k))
+                topk_k = top[:, :k]
+                covered[k][topk_k[topk_k >= 0]] = True
+                add(f"novelty@{k}", M.novelty(topk_k, self.item_popularity))
+                if self._features is not None:
+                    add(f"diversity@{k}", M.intra_list_diversity(topk_k, self._features))
+
+        table = pd.DataFrame({name: np.concatenate(v) for name, v in per_user.items()})
+        metrics = {name: float(np.nanmean(table[name].to_numpy())) for name in table.columns}
+        for k in self.ks:
+            metrics[f"coverage@{k}"] = float(covered[k].mean())
+        metrics["n_users"] = int(len(self.user_ids))
+        table.insert(0, USER_ID, self.user_ids)
+
+        by_group: Dict[Hashable, Dict[str, float]] = {}
+        if user_groups is not None:
+            labels = pd.Series([user_groups[u] for u in self.user_ids])
+            for label, idx in labels.groupby(labels, sort=True).groups.items():
+                sub = table.drop(columns=[USER_ID]).iloc[np.asarray(idx)]
+                group = {c: float(np.nanmean(sub[c].to_numpy())) for c in sub.columns}
+                group["n_users"] = int(len(sub))
+                by_group[label] = group
+        return EvalResult(metrics=metrics, by_group=by_group, per_user=table)
+
+
+def evaluate_ratings(
+    y_true, y_pred, rating_range: Optional[Sequence[float]] = None
+) -> Dict[str, float]:
+    """P2 metrics: RMSE and MAE after clipping predictions into `rating_range`."""
+    pred = M.clip_ratings(y_pred, rating_range)
+    return {"rmse": M.rmse(y_true, pred), "mae": M.mae(y_true, pred)}
