@@ -1,0 +1,1 @@
+"""Pipeline steps: one `python -m pipelines.<step>` per step, each a thin `main(config) -> dict`."""
