@@ -59,6 +59,9 @@ class TopKPeer:
 
     name = "peer"
     task = "topk"
+    # Peers with nothing to tune train on train + validation, so every model in a benchmark
+    # ends up fitted on the same interactions (all of the protocol's train part).
+    tunes_on_validation = False
 
     def __init__(self, item_ids: Optional[Iterable[str]] = None):
         self.item_ids = None if item_ids is None else np.asarray(list(item_ids), dtype=object)
@@ -71,6 +74,8 @@ class TopKPeer:
         check_frame(train, "train", [USER_ID, ITEM_ID])
         if validation is not None:
             check_frame(validation, "validation", [USER_ID, ITEM_ID])
+        if validation is not None and not self.tunes_on_validation:
+            train, validation = pd.concat([train, validation], ignore_index=True), None
         start = time.perf_counter()
         self._fit(train, validation)
         self.fit_seconds = time.perf_counter() - start
@@ -139,6 +144,7 @@ class _ImplicitPeer(TopKPeer):
 
     default_params: Dict[str, float] = {}
     default_grid: Dict[str, Sequence[float]] = {}
+    tunes_on_validation = True
 
     def __init__(
         self,
@@ -239,8 +245,8 @@ class ImplicitALS(_ImplicitPeer):
 
     Args:
       item_ids: see `TopKPeer`.
-      grid: {param: values} searched on validation; default factors {32, 64} x
-        regularization {0.01, 0.1, 1, 10}.
+      grid: {param: values} searched on validation; default factors {32, 64, 128} x
+        regularization {0.1, 1, 10, 30, 100} (a first grid stopped at its edge, 10, on ml-100k).
       iterations: ALS sweeps (fixed, not tuned).
       random_state: seed of the factor initialisation.
       num_threads: threads of implicit's solver.
@@ -249,7 +255,7 @@ class ImplicitALS(_ImplicitPeer):
 
     name = "implicit-ALS"
     default_params = {"factors": 64, "regularization": 0.01, "alpha": 1.0}
-    default_grid = {"factors": (32, 64), "regularization": (0.01, 0.1, 1.0, 10.0)}
+    default_grid = {"factors": (32, 64, 128), "regularization": (0.1, 1.0, 10.0, 30.0, 100.0)}
 
     def _make_model(self, params):
         from implicit.cpu.als import AlternatingLeastSquares
@@ -269,7 +275,7 @@ class ImplicitBPR(_ImplicitPeer):
 
     Args:
       item_ids: see `TopKPeer`.
-      grid: default learning_rate {0.01, 0.05, 0.1} x regularization {0.001, 0.01}.
+      grid: default learning_rate {0.003, 0.01, 0.05} x regularization {0.0001, 0.001, 0.01}.
       iterations: SGD epochs (fixed, default 100 as in implicit).
       random_state, num_threads, **params: as for `ImplicitALS` (factors, learning_rate,
         regularization).
@@ -277,7 +283,7 @@ class ImplicitBPR(_ImplicitPeer):
 
     name = "implicit-BPR"
     default_params = {"factors": 64, "learning_rate": 0.01, "regularization": 0.01}
-    default_grid = {"learning_rate": (0.01, 0.05, 0.1), "regularization": (0.001, 0.01)}
+    default_grid = {"learning_rate": (0.003, 0.01, 0.05), "regularization": (0.0001, 0.001, 0.01)}
 
     def __init__(
         self,

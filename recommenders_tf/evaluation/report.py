@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 from recommenders_tf.config import atomic_write_text, machine_info, today, write_json
 
 METRIC_ORDER = [
-    "recall@10", "recall@50", "ndcg@10", "hr@10", "mrr@10", "precision@10", "map@10",
+    "recall@10", "recall@50", "ndcg@10", "hr@10", "mrr@10",
     "coverage@10", "diversity@10", "novelty@10", "rmse", "mae",
     "build_seconds", "qps_single", "qps_batch256", "recall@10_vs_exact",
     "latency_p50_ms", "latency_p99_ms", "examples_per_second",
@@ -70,12 +70,9 @@ def _fmt(value: Any) -> str:
 
 def render_table(payload: Dict[str, Any]) -> str:
     rows = payload["rows"]
-    metric_keys: List[str] = []
-    for row in rows:
-        for key in row["metrics"]:
-            if key not in metric_keys:
-                metric_keys.append(key)
-    metric_keys.sort(key=lambda k: (METRIC_ORDER.index(k) if k in METRIC_ORDER else len(METRIC_ORDER), k))
+    # The table shows the protocol's headline metrics; the JSON file keeps every metric.
+    present = {key for row in rows for key in row["metrics"]}
+    metric_keys = [k for k in METRIC_ORDER if k in present]
     has_bucket = any("bucket" in r for r in rows)
     has_seconds = any(r.get("train_seconds") is not None for r in rows)
     header = ["model", "kind"] + (["bucket", "users"] if has_bucket else []) + metric_keys
