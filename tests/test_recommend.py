@@ -1,0 +1,120 @@
+"""pipelines.recommend run as a command in a fresh process against tiny exports: the user's
+history read from a dataset's train part, seen items excluded through the exclusion signature,
+the answer equal to the exact top k of the towers, and the printed REST body and curl line."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import recommenders_tf  # noqa: F401
+import tensorflow as tf
+
+from pipelines import recommend
+from recommenders_tf.data import load_dataset, split_for_protocol
+from recommenders_tf.index import ScannParams, build_index
+from recommenders_tf.serving.client import build_rest_request
+from recommenders_tf.serving.export import export_retrieval
+from tiny_retrieval import (ITEM_GENRES, ITEM_TITLES, ITEMS, GenreCandidateTower,
+                            GenreQueryTower, item_features, write_interactions)
+
+REPO = Path(__file__).resolve().parents[1]
+K, W = 5, 12
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recommend")
+    query, candidate = GenreQueryTower(), GenreCandidateTower()
+    embeddings = candidate(item_features(ITEMS, ITEM_TITLES, ITEM_GENRES)).numpy()
+    bf = build_index("bruteforce", query, ITEMS, embeddings, k=K)
+    sc = build_index("scann", query, ITEMS, embeddings, k=K, scann_params=ScannParams(
+        num_leaves=10, num_leaves_to_search=10, num_reordering_candidates=60))
+    paths = {kind: export_retrieval(query, index, base_dir=root / "saved_models", k=K,
+                                    exclusion_width=W) for kind, index in
+             (("bruteforce", bf), ("scann", sc))}
+    interactions = write_interactions(root / "interactions.csv")
+    return dict(root=root, paths=paths, query=query, embeddings=embeddings,
+                dataset=f"file:{interactions}")
+
+
+def exact_top_k(exports, user, history, exclude, k=K):
+    query = exports["query"]({"user_id": tf.constant([user]),
+                              "history": tf.constant([history or [""]])}).numpy()[0]
+    scores = exports["embeddings"] @ query
+    order = [i for i in np.argsort(-scores, kind="stable") if ITEMS[i] not in set(exclude)]
+    return [ITEMS[i] for i in order[:k]]
+
+
+def run_cli(exports, args, tmp_path):
+    out = tmp_path / "out.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.recommend", *args,
+                           "--set", f"output_json={out}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_cli_reads_history_from_dataset_and_excludes_seen(exports, tmp_path):
+    model_dir = exports["paths"]["bruteforce"].parent  # model dir: newest version is used
+    stdout, got = run_cli(exports, ["--export", str(model_dir), "--user-id", "u3",
+                                    "--dataset", exports["dataset"],
+                                    "--set", "history_len=4"], tmp_path)
+    train = split_for_protocol("P1", load_dataset(exports["dataset"])).train
+    seen = train[train.user_id == "u3"].sort_values("timestamp").item_id.tolist()
+    assert len(seen) == 7  # 8 interactions, the last one is the P1 test item
+    assert got["history"] == seen[-4:] and got["excluded"] == seen
+    assert got["signature"] == "recommend_with_exclusions" and got["scann_imported"] is False
+    ids = [r["item_id"] for r in got["recommendations"]]
+    # u3's favourite genre is Action (3 % 3 == 0): the exact top 5 among unseen items.
+    assert ids == exact_top_k(exports, "u3", seen[-4:], seen)
+    assert all("Action" in ITEM_GENRES[ITEMS.index(i)] for i in ids)
+    assert not set(ids) & set(seen)
+    assert got["rest_body"] == build_rest_request("u3", seen[-4:], exclude_item_ids=seen,
+                                                  exclusion_width=W)
+    assert got["rest_url"] == "http://localhost:8501/v1/models/retrieval_bruteforce:predict"
+    assert "curl -s -X POST -H 'Content-Type: application/json' -d '{\"signature_name\": " \
+           "\"recommend_with_exclusions\"" in stdout
+    assert stdout.rstrip().endswith(got["rest_url"])
+    assert f"   1  {ids[0]}" in stdout
+
+
+@pytest.mark.slow
+def test_cli_scann_export_with_history_on_the_command_line(exports, tmp_path):
+    history = ["i000", "i003", "i006"]
+    _, got = run_cli(exports, ["--export", str(exports["paths"]["scann"]), "--user-id", "u0",
+                               "--history", ",".join(history)], tmp_path)
+    assert got["index_type"] == "scann" and got["scann_imported"] is True
+    assert got["excluded"] == history
+    ids = [r["item_id"] for r in got["recommendations"]]
+    assert len(ids) == K and not set(ids) & set(history)
+    # All 10 leaves are searched with exact reordering: ScaNN returns the exact answer here.
+    assert ids == exact_top_k(exports, "u0", history, history)
+
+
+def test_in_process_without_exclusions_and_window_note(exports):
+    # 13 distinct seen ids (i000 seen again last) for a width-12 export: the 12 most recent
+    # distinct ones are excluded, i.e. all but i003.
+    seen = [f"i{i:03d}" for i in range(0, 39, 3)] + ["i000"]
+    got = recommend.main(recommend.RecommendConfig(
+        export=str(exports["paths"]["bruteforce"]), user_id="u0", history=tuple(seen)))
+    assert got["excluded"] == [f"i{i:03d}" for i in range(6, 39, 3)] + ["i000"]
+    assert "seen 13 items but the export excludes at most 12" in got["notes"][1]
+    ids = [r["item_id"] for r in got["recommendations"]]
+    assert ids == exact_top_k(exports, "u0", seen[-20:], got["excluded"])
+    plain = recommend.main(recommend.RecommendConfig(
+        export=str(exports["paths"]["bruteforce"]), user_id="u0", history=tuple(seen),
+        exclude_seen=False, history_len=3))
+    assert plain["signature"] == "serving_default" and plain["excluded"] is None
+    assert plain["history"] == seen[-3:]
+    assert [r["item_id"] for r in plain["recommendations"]] == exact_top_k(
+        exports, "u0", seen[-3:], [])
+    assert [r["seen"] for r in plain["recommendations"]] == [
+        r["item_id"] in seen for r in plain["recommendations"]]
+    with pytest.raises(ValueError, match="Pass --user-id"):
+        recommend.main(recommend.RecommendConfig(export=str(exports["paths"]["bruteforce"])))
