@@ -54,10 +54,18 @@ def _peer_factory(name: str):
 for _name in TOPK_PEERS + RATING_PEERS:
     register_model(_name, "peer", _peer_factory(_name))
 
+def _two_tower_factory(config: "BenchmarkConfig", data, item_ids):
+    from recommenders_tf.models.recommender import TwoTowerRecommender
+
+    return TwoTowerRecommender.for_dataset(data, item_ids=item_ids, seed=config.seed)
+
+
+register_model("two-tower", "project", _two_tower_factory)
+
 PROTOCOL_DEFAULT_MODELS = {
-    "P1": list(TOPK_PEERS),
+    "P1": ["two-tower"] + list(TOPK_PEERS),
     "P2": list(RATING_PEERS),
-    "P4": list(TOPK_PEERS),
+    "P4": ["two-tower"] + list(TOPK_PEERS),
 }
 
 

@@ -1,0 +1,330 @@
+"""Pipeline step: train the two-tower retrieval model under protocol P1 and export its towers.
+
+    python -m pipelines.train_retrieval --dataset ml-100k
+    python -m pipelines.train_retrieval --config configs/retrieval_ml100k.yaml
+    python -m pipelines.train_retrieval --dataset synthetic --set retrieval.temperature=0.1 \
+        --set text_vectors=runs/embed_items/synthetic/item_vectors --run-dir runs/x
+
+Steps: load the dataset, P1 temporal split, validation slice carved from the P1 train (the
+last 20% of each train user's interactions), `TwoTowerRecommender.fit(train, validation)`
+(epochs chosen by validation NDCG@10, then refit on the whole P1 train, see
+`recommenders_tf.models.recommender`), evaluation on the P1 test with `TopKEvaluator` (full
+train catalog, each user's train items excluded) beside most-popular, export.
+
+Re-running with the same `run_dir` resumes: finished epochs are not trained again, an
+interrupted epoch loop continues from its last checkpoint. A run_dir that holds a different
+config or split is refused.
+
+Run directory (default `runs/train_retrieval/<dataset name>`):
+
+    config.yaml             resolved TrainRetrievalConfig
+    split_manifest.json     rows and sha256 of the P1 train and test parts
+    vocab/                  vocabularies of the final model's training data (the P1 train),
+      user_id/ item_id/     `Vocabulary.save` layout (vocab.txt, counts.tsv, vocab.json),
+      genre/ title_token/   the last two only when those item features are used
+    candidate_store/        `CandidateStore.save`: candidate_ids.txt, candidate_embeddings.npy
+                            (every P1-train item, sorted id order), store.json,
+                            candidate_tower/ and query_tower/ SavedModels (signature
+                            `serving_default`, output `embedding`)
+    towers.json             feature specs of both SavedModels (name -> dtype, shape),
+                            embedding_dim, history_len, text vector store path
+    selection/ final/       checkpoints, TensorBoard logs, per-phase history.json and curves
+                            of the epoch-selection and final fits (`selection/selection.json`
+                            holds validation NDCG/recall per epoch)
+    history.json            {"selection": per-epoch records, "final": Keras history}
+    training_curves.png     losses per epoch and validation NDCG@10 / Recall@50 per epoch
+    recall_at_k.json/.png   test Recall@K for K = 1..recall_curve_max_k, model and most-popular
+    metrics.json            test metrics, most-popular on the same split, validation figures,
+                            epochs, timing and throughput
+    summary.md              the headline figures
+
+Query-tower inputs: `user_id` [B] string, `history` [B, N] string (the user's most recent
+items, oldest first, left-padded with ""). Candidate-tower inputs: `item_id` [B] string, plus
+`item_genres` [B] ('|'-joined), `item_title` [B] and/or `item_text_vector` [B, D] float32 when
+the config uses them (towers.json lists exactly what each SavedModel takes).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import yaml
+
+import recommenders_tf  # noqa: F401  (selects tf-keras before anything imports TensorFlow)
+from recommenders_tf.config import ConfigError, load_config, to_dict, write_json
+from recommenders_tf.data import load_dataset, temporal_split, validation_split
+from recommenders_tf.data.schema import GENRES
+from recommenders_tf.evaluation.peers import MostPopular
+from recommenders_tf.evaluation.protocol import TopKEvaluator, genre_features
+from recommenders_tf.features.vocab import save_vocabularies
+from recommenders_tf.index.candidate_store import CandidateStore
+from recommenders_tf.models.recommender import (FINAL_DIR, SELECTION_DIR, TwoTowerConfig,
+                                                TwoTowerRecommender)
+from recommenders_tf.runs import record_run
+
+HEADLINE = ("ndcg@10", "recall@10", "recall@50", "hr@10", "mrr@10", "coverage@10")
+# Fields that may change between a run and its resumption without invalidating checkpoints.
+_RESUMABLE_FIELDS = {"retrieval.verbose"}
+
+
+@dataclasses.dataclass
+class TrainRetrievalConfig:
+    """Settings of the train_retrieval step.
+
+    Args:
+      dataset: `load_dataset` spec ("ml-100k", "synthetic", "synthetic-tiny", "dir:<path>", ...).
+      retrieval: model, task, training and feature settings (TwoTowerConfig; its defaults are
+        the ones chosen on ml-100k validation).
+      text_vectors: folder of an `ItemVectors` store (pipelines.embed_items' `item_vectors/`);
+        when set, the candidate tower reads `item_text_vector` instead of learned titles.
+      seed: seed of the split and validation slice (the model seed is `retrieval.seed`).
+      run_dir: artifact folder; default `runs/train_retrieval/<dataset name>`.
+      recall_curve_max_k: the Recall@K curve covers K = 1..this.
+    """
+
+    dataset: str = "ml-100k"
+    retrieval: TwoTowerConfig = dataclasses.field(default_factory=TwoTowerConfig)
+    text_vectors: Optional[str] = None
+    seed: int = 0
+    run_dir: Optional[str] = None
+    recall_curve_max_k: int = 100
+
+    def validate(self) -> None:
+        if self.recall_curve_max_k < 1:
+            raise ValueError(f"recall_curve_max_k must be >= 1, got {self.recall_curve_max_k}")
+        if self.text_vectors is not None and not Path(self.text_vectors).is_dir():
+            raise FileNotFoundError(f"text_vectors={self.text_vectors!r} is not a folder; give "
+                                    "the item_vectors/ folder written by pipelines.embed_items")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "dataset"
+
+
+def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _check_resumable(run_dir: Path, config: TrainRetrievalConfig, manifest: dict) -> None:
+    """A run_dir may only be resumed with the same settings and the same split."""
+    saved_config = run_dir / "config.yaml"
+    if saved_config.exists():
+        old = _flatten(yaml.safe_load(saved_config.read_text(encoding="utf-8")) or {})
+        new = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(config))))
+        changed = sorted(k for k in set(old) | set(new)
+                         if k not in _RESUMABLE_FIELDS and old.get(k) != new.get(k))
+        if changed:
+            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+            raise ConfigError(f"{saved_config}: run_dir holds a run with other settings ({diffs}); "
+                              "choose another --run-dir or delete this one to start over")
+    saved_manifest = run_dir / "split_manifest.json"
+    if saved_manifest.exists():
+        old = json.loads(saved_manifest.read_text(encoding="utf-8"))
+        for part, info in manifest["parts"].items():
+            before = old.get("parts", {}).get(part, {}).get("sha256")
+            if before != info["sha256"]:
+                raise ValueError(f"{saved_manifest}: the {part} part of the split differs from "
+                                 "the one this run_dir was trained on (the data changed); choose "
+                                 "another --run-dir")
+
+
+def export_towers(recommender: TwoTowerRecommender, run_dir: Path,
+                  text_vectors: Optional[str] = None) -> Path:
+    """Writes run_dir/candidate_store (both towers as SavedModels) and run_dir/towers.json.
+
+    The store is written beside its target and renamed into place, so a reader never sees a
+    half-written store and a re-run replaces it whole.
+    """
+    item_ids = np.sort(np.asarray(recommender.vocabularies["item_id"].tokens, dtype=object))
+    store = CandidateStore(item_ids.astype(str), recommender.candidate_embeddings(item_ids))
+    target = run_dir / "candidate_store"
+    tmp = run_dir / ".candidate_store.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    query_spec = recommender.query_feature_spec()
+    candidate_spec = recommender.candidate_feature_spec()
+    store.save(tmp, candidate_tower=recommender.candidate_tower,
+               query_tower=recommender.query_tower, candidate_feature_spec=candidate_spec,
+               query_feature_spec=query_spec)
+    old = run_dir / ".candidate_store.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+    def describe(spec):
+        return {name: {"dtype": s.dtype.name, "shape": [d for d in s.shape.as_list()]}
+                for name, s in spec.items()}
+
+    cfg = recommender.config
+    write_json(run_dir / "towers.json", {
+        "candidate_store": "candidate_store", "vocab": "vocab",
+        "query_features": describe(query_spec), "candidate_features": describe(candidate_spec),
+        "embedding_dim": int(cfg.embedding_dim), "history_len": int(cfg.history_len),
+        "normalized": bool(cfg.normalize), "num_candidates": len(store),
+        "text_vectors": text_vectors})
+    return target
+
+
+def _plot_training(records, final_history, best_epoch, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, metric_ax) = plt.subplots(2, 1, figsize=(6.5, 6.5))
+    if records:
+        epochs = [r["epoch"] for r in records]
+        for key, label in (("example_loss", "selection train"),
+                           ("val_example_loss", "selection validation")):
+            values = [r.get(key) for r in records]
+            if all(v is not None for v in values):
+                loss_ax.plot(epochs, values, marker="o", label=label)
+        for key in ("ndcg@10", "recall@50"):
+            metric_ax.plot(epochs, [r[key] for r in records], marker="o", label=f"val {key}")
+        if best_epoch:
+            metric_ax.axvline(best_epoch, color="grey", linestyle="--", label="chosen epochs")
+    final = (final_history or {}).get("example_loss")
+    if final:
+        loss_ax.plot(range(1, len(final) + 1), final, marker="s", label="final (train+val)")
+    loss_ax.set_title("in-batch softmax loss per example")
+    metric_ax.set_title("validation ranking (full catalog, train items excluded)")
+    for ax in (loss_ax, metric_ax):
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _plot_recall_curve(curves: Dict[str, list], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, label=name)
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K (P1 test)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(config: TrainRetrievalConfig) -> Dict[str, Any]:
+    """Runs the step; returns the metrics written to metrics.json plus the output paths."""
+    config.validate()
+    data = load_dataset(config.dataset)
+    run_dir = Path(config.run_dir or Path("runs") / "train_retrieval" / _slug(data.name))
+    resolved = dataclasses.replace(config, run_dir=str(run_dir))
+    split = temporal_split(data.interactions, seed=config.seed, dataset=data.name)
+    manifest = split.manifest()
+    _check_resumable(run_dir, resolved, manifest)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split.write_manifest(run_dir)
+    # Saved before training, so an interrupted run can be traced and resumed.
+    record_run(run_dir, resolved, {"status": "training"})
+    val = validation_split(split.train, seed=config.seed, dataset=data.name)
+
+    recommender = TwoTowerRecommender(resolved.retrieval, items=data.items,
+                                      text_vectors=config.text_vectors, work_dir=run_dir)
+    recommender.fit(val.train, validation=val.test)
+    save_vocabularies(recommender.vocabularies, run_dir / "vocab")
+
+    items = data.items
+    features = (genre_features(items) if items is not None and GENRES in items.columns
+                else None)
+    evaluator = TopKEvaluator(split.train, split.test, ks=(10, 50), item_features=features)
+    item_ids = evaluator.item_ids
+
+    def model_scores(users):
+        return recommender.score(users, item_ids)
+
+    popular = MostPopular(item_ids=item_ids).fit(split.train)
+
+    def popular_scores(users):
+        return popular.score(users, item_ids)
+
+    test = evaluator.evaluate(model_scores).metrics
+    popular_test = evaluator.evaluate(popular_scores).metrics
+    max_k = config.recall_curve_max_k
+    curve_eval = TopKEvaluator(split.train, split.test, ks=range(1, max_k + 1))
+    curves = {}
+    for name, fn in (("two-tower", model_scores), ("most-popular", popular_scores)):
+        metrics = curve_eval.evaluate(fn).metrics
+        curves[name] = [round(metrics[f"recall@{k}"], 6) for k in range(1, max_k + 1)]
+    write_json(run_dir / "recall_at_k.json", {"k": list(range(1, max_k + 1)), **curves})
+    _plot_recall_curve(curves, run_dir / "recall_at_k.png")
+
+    export_towers(recommender, run_dir, config.text_vectors)
+    final_history = recommender.phase_results[FINAL_DIR].history
+    write_json(run_dir / "history.json", {SELECTION_DIR: recommender.selection,
+                                          FINAL_DIR: final_history})
+    _plot_training(recommender.selection, final_history, recommender.best_epoch,
+                   run_dir / "training_curves.png")
+
+    best = recommender.selection[recommender.best_epoch - 1]
+    results = {
+        "protocol": "P1", "dataset": data.name, "seed": config.seed,
+        "test": {k: float(v) for k, v in test.items()},
+        "most_popular_test": {k: float(v) for k, v in popular_test.items()},
+        "validation": {"best_epoch": recommender.best_epoch,
+                       **{k: best[k] for k in ("ndcg@10", "recall@10", "recall@50")},
+                       "epochs_tried": len(recommender.selection)},
+        "training": {"selection_epochs_done": len(recommender.selection),
+                     "final_epochs_done": recommender.epochs_trained,
+                     "epochs_trained_this_run": dict(recommender.epochs_this_session),
+                     "fit_seconds_this_run": round(recommender.fit_seconds, 2),
+                     "examples_per_second": recommender.examples_per_second},
+        "notes": recommender.notes,
+        "split": {part: info["rows"] for part, info in manifest["parts"].items()},
+        "validation_split": {"train rows": len(val.train), "validation rows": len(val.test)},
+        "run_dir": str(run_dir),
+    }
+    lines = [f"Two-tower retrieval on {data.name}, protocol P1 (seed {config.seed}).", "",
+             "| model | " + " | ".join(HEADLINE) + " |",
+             "|---|" + "---|" * len(HEADLINE)]
+    for name, metrics in (("two-tower", test), ("most-popular", popular_test)):
+        lines.append(f"| {name} | " + " | ".join(f"{metrics[k]:.4f}" for k in HEADLINE) + " |")
+    lines += ["", f"Validation: {recommender.best_epoch} epochs chosen, ndcg@10="
+                  f"{best['ndcg@10']:.4f}, recall@50={best['recall@50']:.4f}.",
+              f"Settings: {recommender.notes}.",
+              f"Towers: {run_dir / 'candidate_store'}; vocabularies: {run_dir / 'vocab'}."]
+    record_run(run_dir, resolved, results, lines)
+    print("\n".join(lines), flush=True)
+    return results
+
+
+def parse_args(argv=None) -> TrainRetrievalConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML file with TrainRetrievalConfig fields")
+    parser.add_argument("--dataset", help="dataset spec (overrides the config file)")
+    parser.add_argument("--run-dir", help="artifact folder (resumed when it exists)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field, e.g. retrieval.temperature=0.1")
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    if args.dataset is not None:
+        overrides.append(f"dataset={args.dataset}")
+    if args.run_dir is not None:
+        overrides.append(f"run_dir={args.run_dir}")
+    return load_config(TrainRetrievalConfig, args.config, overrides)
+
+
+if __name__ == "__main__":
+    main(parse_args())
