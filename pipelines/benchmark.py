@@ -113,8 +113,11 @@ def _topk_rows(config, data, split, names) -> List[Dict[str, Any]]:
         result = evaluator.evaluate(lambda users: model.score(users, evaluator.item_ids),
                                     user_groups=buckets)
         notes = getattr(model, "notes", "")
+        metrics = dict(result.metrics)
+        if getattr(model, "examples_per_second", None):
+            metrics["examples_per_second"] = float(model.examples_per_second)  # P5 throughput
         if buckets is None:
-            rows.append({"model": name, "kind": kind, "metrics": _round(result.metrics),
+            rows.append({"model": name, "kind": kind, "metrics": _round(metrics),
                          "train_seconds": round(seconds, 2), "notes": notes})
         else:
             for label, metrics in sorted(result.by_group.items()):
