@@ -11,7 +11,6 @@ from recommenders_tf.evaluation.protocol import (
     evaluate_ratings,
     genre_features,
     select_topk,
-    sparsity_buckets,
 )
 
 
@@ -109,13 +108,6 @@ def test_groups_for_sparsity_buckets():
     assert res.by_group["b"]["n_users"] == 2
     with pytest.raises(ValueError, match="no label for 1 test user"):
         ev.evaluate(constant, user_groups={"u1": "a", "u2": "b"})
-
-
-def test_sparsity_bucket_labels():
-    counts = {"a": 1, "b": 20, "c": 21, "d": 150, "e": 151}
-    train = frame([(u, f"i{j}") for u, n in counts.items() for j in range(n)])
-    got = sparsity_buckets(train, ["a", "b", "c", "d", "e", "new"])
-    assert got == {"a": "1-20", "b": "1-20", "c": "21-50", "d": "51-150", "e": ">150", "new": "0"}
 
 
 def test_restricted_candidates_for_cold_start():

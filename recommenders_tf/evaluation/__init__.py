@@ -10,7 +10,6 @@ from recommenders_tf.evaluation.protocol import (
     evaluate_ratings,
     genre_features,
     select_topk,
-    sparsity_buckets,
 )
 
 __all__ = [
@@ -20,5 +19,4 @@ __all__ = [
     "evaluate_ratings",
     "genre_features",
     "select_topk",
-    "sparsity_buckets",
 ]

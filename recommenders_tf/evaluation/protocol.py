@@ -40,7 +40,6 @@ __all__ = [
     "TopKEvaluator",
     "evaluate_ratings",
     "select_topk",
-    "sparsity_buckets",
     "genre_features",
 ]
 
@@ -155,30 +154,6 @@ def genre_features(items: pd.DataFrame, column: str = GENRES) -> pd.DataFrame:
     onehot = onehot.drop(columns=[c for c in onehot.columns if not str(c).strip()])
     onehot.index = items[ITEM_ID].astype(str).to_numpy()
     return onehot.astype(np.float32)
-
-
-def sparsity_buckets(
-    train: pd.DataFrame, user_ids: Iterable[str], edges: Sequence[int] = (20, 50, 150)
-) -> Dict[str, str]:
-    """P4 labels by number of train interactions: '1-20', '21-50', '51-150', '>150' (and '0').
-
-    Args:
-      train: train interactions.
-      user_ids: users to label (usually `TopKEvaluator.user_ids`).
-      edges: inclusive upper bounds of all but the last bucket.
-    """
-    check_frame(train, "train", [USER_ID])
-    counts = train[USER_ID].astype(str).value_counts()
-    bounds = [0, *edges]
-    labels = [f"{lo + 1}-{hi}" for lo, hi in zip(bounds[:-1], bounds[1:])] + [f">{edges[-1]}"]
-    out = {}
-    for u in user_ids:
-        n = int(counts.get(u, 0))
-        if n == 0:
-            out[u] = "0"
-        else:
-            out[u] = labels[int(np.searchsorted(np.asarray(edges), n, side="left"))]
-    return out
 
 
 class TopKEvaluator:
