@@ -23,6 +23,12 @@ from an `ItemVectors` store); the score is their dot product. Users unknown to t
 OOV user embedding and an empty history; items are always scored by the candidate tower (with
 content features an unseen item still gets a meaningful embedding).
 
+Cold items: with `zero_oov_item_id` (default on) an item id the vocabulary does not know
+contributes a zero vector instead of the untrained OOV-bucket embedding, so a new item is
+represented by its content (text vector, genres) alone; `item_id_dropout` zeroes the id part of
+that share of training examples, so the content path is trained to carry an item on its own
+(the "text-enhanced" two-tower of P3 uses both).
+
 The defaults of `TwoTowerConfig` were chosen on the validation slice of the MovieLens 100K
 P1 train split only; see configs/retrieval_ml100k.yaml for the search and the figures.
 
@@ -82,6 +88,10 @@ class TwoTowerConfig(RetrievalConfig):
         ignored when item text vectors are given.
       select_metric: validation metric ("ndcg@10", "recall@10" or "recall@50") that the
         epoch selection maximises.
+      item_id_dropout: share of training examples whose candidate item-id embedding is zeroed
+        (`ColdStartItemId`), so the content features learn to represent an item on their own.
+      zero_oov_item_id: an item id outside the vocabulary (a cold item) contributes a zero id
+        embedding to the candidate tower instead of the shared, untrained OOV-bucket vector.
     """
 
     embedding_dim: int = 64
@@ -104,12 +114,53 @@ class TwoTowerConfig(RetrievalConfig):
     use_genres: bool = True
     use_titles: bool = False
     select_metric: str = "ndcg@10"
+    item_id_dropout: float = 0.0
+    zero_oov_item_id: bool = True
 
     def __post_init__(self):
         super().__post_init__()
         if self.select_metric not in SELECT_METRICS:
             raise ValueError(f"TwoTowerConfig.select_metric must be one of {SELECT_METRICS}, "
                              f"got {self.select_metric!r}")
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise ValueError(f"TwoTowerConfig.item_id_dropout must be in [0, 1), "
+                             f"got {self.item_id_dropout!r}")
+
+
+class ColdStartItemId(tf.keras.layers.Layer):
+    """The candidate tower's view of the shared item-id embedding, made safe for cold items.
+
+    Wraps an `ItemIdEmbedding` (still shared with the query tower's history, which is not
+    affected). Ids that map to the mask slot or an OOV bucket get a zero vector: the OOV row is
+    never trained (every train item is in the vocabulary), so using it would add the same
+    meaningless vector to every cold item. In training, each example's id vector is also
+    zeroed with probability `dropout`, so the rest of the tower learns a content-only path.
+
+    Args:
+      inner: the shared ItemIdEmbedding.
+      num_oov: its OOV buckets (ids 1..num_oov after the mask slot 0).
+      dropout: per-example probability of zeroing the id vector in training.
+      zero_oov: zero the vector of unknown ids.
+    """
+
+    def __init__(self, inner, num_oov: int = 1, dropout: float = 0.0, zero_oov: bool = True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+        self.num_oov = int(num_oov)
+        self.dropout = float(dropout)
+        self.zero_oov = bool(zero_oov)
+
+    def call(self, item_ids: tf.Tensor, training=None) -> tf.Tensor:
+        vectors = self.inner(item_ids)
+        keep = tf.ones(tf.shape(item_ids), dtype=vectors.dtype)
+        if self.zero_oov:
+            known = self.inner.lookup(item_ids) > self.num_oov
+            keep = keep * tf.cast(known, vectors.dtype)
+        if training and self.dropout > 0:
+            draw = tf.random.uniform(tf.shape(item_ids), dtype=vectors.dtype)
+            keep = keep * tf.cast(draw >= self.dropout, vectors.dtype)
+        return vectors * keep[..., None]
 
 
 def title_tokens(titles: Iterable[str]) -> List[str]:
@@ -366,10 +417,20 @@ class TwoTowerRecommender:
             return vocabs[name].tokens if name in vocabs and len(vocabs[name]) else None
 
         tv = self.item_features.text_vectors
-        return build_retrieval_model(
+        model = build_retrieval_model(
             self.config, vocabs[USER_ID], vocabs[ITEM_ID], vocabs[ITEM_ID].counts,
             genre_vocab=tokens_or_none("genre"), title_vocab=tokens_or_none("title_token"),
             text_vector_dim=None if tv is None else tv.dim)
+        dropout = float(getattr(self.config, "item_id_dropout", 0.0))
+        zero_oov = bool(getattr(self.config, "zero_oov_item_id", False))
+        if dropout > 0 or zero_oov:
+            # Only the candidate tower's use of the shared table changes; the history branch
+            # of the query tower keeps reading it directly.
+            tower = model.candidate_tower
+            tower.item_id_embedding = ColdStartItemId(
+                tower.item_id_embedding, self.config.num_oov, dropout, zero_oov,
+                name="cold_start_item_id")
+        return model
 
     def _datasets(self, train, validation):
         cfg = self.config
@@ -386,8 +447,10 @@ class TwoTowerRecommender:
             return {}
         return user_history(interactions, self.config.history_len)
 
-    def _select_epochs(self, train: pd.DataFrame, validation: pd.DataFrame, run_dir: Path) -> int:
-        """Trains on `train` epoch by epoch, ranking the catalog for `validation` after each."""
+    def _select_epochs(self, train: pd.DataFrame, validation: pd.DataFrame, run_dir: Path,
+                       candidates: Optional[Sequence[str]] = None) -> int:
+        """Trains on `train` epoch by epoch, ranking the catalog (or `candidates`) for
+        `validation` after each."""
         state_path = run_dir / SELECTION_FILE
         state = {"metric": self.select_metric, "epochs": [], "done": False}
         if state_path.exists():
@@ -399,7 +462,8 @@ class TwoTowerRecommender:
             model = self._build(vocabs)
             fitted = _Fitted(model, vocabs, self._histories(train), None)
             train_ds, val_ds = self._datasets(train, validation)
-            evaluator = TopKEvaluator(train, validation, ks=(10, 50))
+            evaluator = TopKEvaluator(train, validation, ks=(10, 50),
+                                      candidate_items=candidates)
             n_examples = len(train)
             # fit_model stops at config.epochs in total: ask for one more epoch per call. Its
             # own early stopping is off; this loop stops on the validation ranking metric.
@@ -441,8 +505,8 @@ class TwoTowerRecommender:
             return value, 0
         return best, wait + 1
 
-    def fit(self, train: pd.DataFrame,
-            validation: Optional[pd.DataFrame] = None) -> "TwoTowerRecommender":
+    def fit(self, train: pd.DataFrame, validation: Optional[pd.DataFrame] = None,
+            validation_candidates: Optional[Iterable[str]] = None) -> "TwoTowerRecommender":
         """Chooses the number of epochs on `validation` (if given), then refits on everything.
 
         Args:
@@ -450,6 +514,9 @@ class TwoTowerRecommender:
           validation: held-out interactions that follow `train` in time (e.g.
             `validation_split(train).test`); used to choose the number of epochs, then
             folded into the final fit.
+          validation_candidates: rank only these items for the validation users (a P3-style
+            cold-item validation: `cold_item_split(train)`'s held-out items, which are absent
+            from `train`); default every train item.
         """
         check_frame(train, "train", [USER_ID, ITEM_ID, TIMESTAMP])
         if validation is not None:
@@ -463,7 +530,10 @@ class TwoTowerRecommender:
             temp = work = Path(tempfile.mkdtemp(prefix="two_tower_"))
         try:
             if validation is not None:
-                self.best_epoch = self._select_epochs(train, validation, work / SELECTION_DIR)
+                candidates = (None if validation_candidates is None
+                              else [str(i) for i in validation_candidates])
+                self.best_epoch = self._select_epochs(train, validation, work / SELECTION_DIR,
+                                                      candidates)
                 data = pd.concat([train, validation], ignore_index=True)
                 epochs = self.best_epoch
             else:
@@ -506,6 +576,8 @@ class TwoTowerRecommender:
                  f"history={cfg.history_len} {cfg.history_pooling}",
                  f"hidden={list(cfg.hidden_dims)}", f"{cfg.optimizer} lr={cfg.learning_rate}",
                  f"batch={cfg.batch_size}", f"user_id_dropout={cfg.user_id_dropout}"]
+        if getattr(cfg, "item_id_dropout", 0.0) > 0:
+            parts.append(f"item_id_dropout={cfg.item_id_dropout}")
         feats = [n for n in self.item_features.names if n != ITEM_ID]
         parts.append("item features: " + (", ".join(feats) or "id only"))
         if validated:

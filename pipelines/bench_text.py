@@ -1,0 +1,269 @@
+"""P3 (cold-start items) and P4 (sparsity buckets) for the text-using models.
+
+  python -m pipelines.bench_text                      # P3 on synthetic + ml-100k, P4 on ml-100k
+  python -m pipelines.bench_text --set p3_datasets=[synthetic] --set p4_datasets=[]
+
+P3 (../shared/BENCHMARK.md): `cold_item_split` holds out 20% of the items; each user with a
+held-out interaction ranks the held-out items only. Rows: chance (exact expectation), item-text
+nearest neighbours with TF-IDF and with the language-model vectors (profile = mean of the
+user's train items), the ID-only two-tower, the text-enhanced two-tower (frozen LM vector with
+a trained projection + item-id dropout, zero id vector for unknown items) and the DMF hybrid.
+The project models choose their epochs on a cold-item validation carved from TRAIN with the
+same rule (`cold_item_split(train)`: its held-out items are ranked for its users), then refit
+on train + validation; test data never reaches a fit.
+
+P4: the P1 split; test users bucketed by train interactions (1-20, 21-50, 51-150, >150); per
+bucket NDCG@10 / Recall@10 with the bucket sizes, plus an "all" row (the P1 figure). Epochs
+are chosen on the P1 validation slice of train.
+
+Item vectors come from `pipelines.embed_items` (MiniLM, cache under runs/text_cache); the
+encoder throughput and the cache hits of this run's re-embedding go into the notes.
+Results: benchmarks/results/<dataset>-P3.json, ml-100k-P4.json; BENCHMARKS.md re-rendered.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from recommenders_tf.config import load_config
+from recommenders_tf.data import load_dataset, split_for_protocol, validation_split
+from recommenders_tf.data.splits import cold_item_split, sparsity_buckets
+from recommenders_tf.evaluation.protocol import TopKEvaluator
+from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
+from recommenders_tf.evaluation.text_baselines import evaluate_text_baselines
+from recommenders_tf.features.item_vectors import ItemVectors
+from recommenders_tf.features.text_encoder import DEFAULT_MODEL
+from recommenders_tf.runs import make_run_dir, record_run
+
+PROJECT_MODELS = ("two-tower-id", "two-tower-text", "dmf-hybrid")
+P3_METRICS = ("recall@10", "ndcg@10", "recall@50", "hr@10", "mrr@10")
+P4_METRICS = ("ndcg@10", "recall@10")
+
+
+@dataclasses.dataclass
+class BenchTextConfig:
+    """Args:
+      p3_datasets: datasets for P3 (cold-start items).
+      p4_datasets: datasets for P4 (sparsity buckets).
+      models: project models to run (of PROJECT_MODELS); the text baselines always run.
+      seed: split and model seed.
+      item_id_dropout: the text two-tower's item-id dropout (0.5 beat 0.8 on the synthetic
+        cold-item validation slice).
+      text_embedding_dim: width of the text-vector projection of the text two-tower.
+      max_epochs: cap on every project model's epoch search (None: each model's default).
+      text_model: sentence encoder for the item vectors.
+      cache_dir: text-vector cache.
+      embed_dir: parent of the per-dataset `pipelines.embed_items` outputs.
+      results_dir, benchmarks_md, run_dir: outputs.
+    """
+
+    p3_datasets: Tuple[str, ...] = ("synthetic", "ml-100k")
+    p4_datasets: Tuple[str, ...] = ("ml-100k",)
+    models: Tuple[str, ...] = PROJECT_MODELS
+    seed: int = 0
+    item_id_dropout: float = 0.5
+    text_embedding_dim: int = 64
+    max_epochs: Optional[int] = None
+    text_model: str = DEFAULT_MODEL
+    cache_dir: str = "runs/text_cache"
+    embed_dir: str = "runs/embed_items"
+    results_dir: str = "benchmarks/results"
+    benchmarks_md: str = "BENCHMARKS.md"
+    run_dir: str = "runs/bench_text"
+
+    def validate(self) -> None:
+        unknown = [m for m in self.models if m not in PROJECT_MODELS]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; choose from {PROJECT_MODELS}")
+
+
+def item_vectors_for(config: BenchTextConfig, spec: str) -> Tuple[ItemVectors, Dict[str, Any]]:
+    """Runs `pipelines.embed_items` for the dataset (cache hits make a re-run cheap) and loads
+    its item vectors; returns them with the step's metrics (throughput, cache hits)."""
+    from pipelines.embed_items import EmbedItemsConfig, _slug
+    from pipelines.embed_items import main as embed_main
+
+    out = Path(config.embed_dir) / _slug(load_dataset(spec).name)
+    result = embed_main(EmbedItemsConfig(dataset=spec, model=config.text_model,
+                                         cache_dir=config.cache_dir, out_dir=str(out),
+                                         split_protocol="P3", seed=config.seed, progress=False))
+    return ItemVectors.load(result["item_vectors"]), result["metrics"]
+
+
+def model_factories(config: BenchTextConfig, data, vectors: ItemVectors
+                    ) -> Dict[str, Callable[[], Any]]:
+    from recommenders_tf.models.dmf import DMFConfig, DMFHybrid
+    from recommenders_tf.models.recommender import TwoTowerConfig, TwoTowerRecommender
+
+    caps = {} if config.max_epochs is None else {"epochs": int(config.max_epochs)}
+
+    def two_tower(text: bool):
+        # Genres are off in both: the ID-only model is the pure collaborative baseline, and
+        # the text (title + genres + year / description) reaches the text model as one vector.
+        cfg = TwoTowerConfig(seed=config.seed, verbose=0, use_genres=False,
+                             item_id_dropout=config.item_id_dropout if text else 0.0,
+                             text_embedding_dim=config.text_embedding_dim, **caps)
+        return TwoTowerRecommender(cfg, items=data.items,
+                                   text_vectors=vectors if text else None)
+
+    return {
+        "two-tower-id": lambda: two_tower(False),
+        "two-tower-text": lambda: two_tower(True),
+        "dmf-hybrid": lambda: DMFHybrid(DMFConfig(seed=config.seed, **caps),
+                                        item_vectors=vectors),
+    }
+
+
+def _round(metrics: Dict[str, float], keys) -> Dict[str, float]:
+    return {k: round(float(metrics[k]), 5) for k in keys if k in metrics}
+
+
+def run_p3(config: BenchTextConfig, spec: str) -> Dict[str, Any]:
+    data = load_dataset(spec)
+    vectors, embed_metrics = item_vectors_for(config, spec)
+    split = split_for_protocol("P3", data, seed=config.seed)
+    cold = split.info["cold_items"]
+    print(f"[P3 {data.name}] {len(cold)} cold items, train {len(split.train)} rows, "
+          f"test {len(split.test)} rows", flush=True)
+    rows: List[Dict[str, Any]] = []
+    start = time.perf_counter()
+    baselines = evaluate_text_baselines(split.train, split.test, items=data.items,
+                                        item_vectors=vectors, ks=(10, 50), candidate_items=cold)
+    base_seconds = time.perf_counter() - start
+    kinds = {"chance": "reference", "tfidf-knn": "baseline", "lm-knn": "baseline"}
+    notes = {"chance": "exact expectation of a uniformly random ranking",
+             "tfidf-knn": "TF-IDF of the item text; profile = mean of the user's train items",
+             "lm-knn": f"{vectors.model} item vectors; profile = mean of the user's train items"}
+    for name, result in baselines.items():
+        rows.append({"model": name, "kind": kinds[name], "metrics": _round(result.metrics,
+                                                                            P3_METRICS),
+                     "train_seconds": round(base_seconds, 2) if name != "chance" else 0.0,
+                     "notes": notes[name]})
+    evaluator = TopKEvaluator(split.train, split.test, ks=(10, 50), candidate_items=cold)
+    val = cold_item_split(split.train, seed=config.seed, dataset=data.name)
+    factories = model_factories(config, data, vectors)
+    for name in config.models:
+        print(f"[P3 {data.name}] fitting {name} ...", flush=True)
+        model = factories[name]()
+        start = time.perf_counter()
+        model.fit(val.train, validation=val.test, validation_candidates=val.info["cold_items"])
+        seconds = time.perf_counter() - start
+        result = evaluator.evaluate(lambda users: model.score(users, evaluator.item_ids))
+        rows.append({"model": name, "kind": "project",
+                     "metrics": _round(result.metrics, P3_METRICS),
+                     "train_seconds": round(seconds, 2),
+                     "notes": getattr(model, "notes", "") + " (cold-item validation)"})
+        print(f"  {name}: " + ", ".join(f"{k}={result.metrics[k]:.4f}"
+                                       for k in ("recall@10", "ndcg@10")), flush=True)
+    split_info = {"train rows": len(split.train), "test rows": len(split.test),
+                  "cold items": len(cold), "test users": len(evaluator.user_ids)}
+    return {"data": data, "rows": rows, "split": split_info,
+            "notes": [_encoding_note(embed_metrics)]}
+
+
+def run_p4(config: BenchTextConfig, spec: str) -> Dict[str, Any]:
+    data = load_dataset(spec)
+    vectors, embed_metrics = item_vectors_for(config, spec)
+    split = split_for_protocol("P4", data, seed=config.seed)
+    evaluator = TopKEvaluator(split.train, split.test, ks=(10, 50))
+    buckets = sparsity_buckets(split.train, evaluator.user_ids).to_dict()
+    val = validation_split(split.train, seed=config.seed, dataset=data.name)
+    rows: List[Dict[str, Any]] = []
+    factories = model_factories(config, data, vectors)
+    for name in config.models:
+        print(f"[P4 {data.name}] fitting {name} ...", flush=True)
+        model = factories[name]()
+        start = time.perf_counter()
+        model.fit(val.train, validation=val.test)
+        seconds = time.perf_counter() - start
+        result = evaluator.evaluate(lambda users: model.score(users, evaluator.item_ids),
+                                    user_groups=buckets)
+        for label, metrics in sorted(result.by_group.items()):
+            rows.append({"model": name, "kind": "project", "bucket": label,
+                         "n_users": int(metrics["n_users"]),
+                         "metrics": _round(metrics, P4_METRICS),
+                         "train_seconds": round(seconds, 2)})
+        rows.append({"model": name, "kind": "project", "bucket": "all",
+                     "n_users": int(result.metrics.get("n_users", len(evaluator.user_ids))),
+                     "metrics": _round(result.metrics, P4_METRICS),
+                     "train_seconds": round(seconds, 2), "notes": getattr(model, "notes", "")})
+        print(f"  {name}: " + ", ".join(f"{lab} ndcg@10={m['ndcg@10']:.4f}"
+                                       for lab, m in sorted(result.by_group.items())), flush=True)
+    split_info = {"train rows": len(split.train), "test rows": len(split.test)}
+    return {"data": data, "rows": rows, "split": split_info,
+            "notes": [_encoding_note(embed_metrics)]}
+
+
+def _encoding_note(m: Dict[str, Any]) -> str:
+    first = m.get("first_run")
+    text = (f"Item text encoded by {m['model']} ({m['dim']}-d): {m['items']} items; this run "
+            f"{m['cache_hits']} cache hits / {m['cache_misses']} misses, "
+            f"{m['encode_seconds']} s ({m['items_per_second']} items/s served)")
+    if m.get("encoded_per_second"):
+        text += f", model throughput {m['encoded_per_second']} texts/s"
+    if first:
+        text += (f"; first (uncached) run: {first['cache_misses']} misses, "
+                 f"{first['encoded_per_second']} texts/s through the model on this machine")
+    return text + "."
+
+
+def _remember_first_run(config: BenchTextConfig) -> Dict[str, Dict[str, Any]]:
+    """Metrics of the existing embed_items outputs (a cold-cache run) before we re-run them."""
+    out = {}
+    for path in Path(config.embed_dir).glob("*/metrics.json"):
+        metrics = json.loads(path.read_text())
+        if metrics.get("cache_misses"):
+            out[metrics.get("dataset")] = metrics
+    return out
+
+
+def main(config: BenchTextConfig) -> Dict[str, Any]:
+    config.validate()
+    first_runs = _remember_first_run(config)
+    command = ("python -m pipelines.bench_text " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+               if sys.argv and sys.argv[0].endswith("bench_text.py")
+               else "python -m pipelines.bench_text")
+    run_dir = make_run_dir(config.run_dir, "text")
+    written = []
+    for protocol, datasets, runner in (("P3", config.p3_datasets, run_p3),
+                                       ("P4", config.p4_datasets, run_p4)):
+        for spec in datasets:
+            out = runner(config, spec)
+            name = out["data"].name
+            if name in first_runs:
+                out["notes"] = [_encoding_note({**_last_embed(config, name),
+                                                "first_run": first_runs[name]})]
+            path = write_results(Path(config.results_dir), protocol=protocol, dataset=name,
+                                 seed=config.seed, command=command, rows=out["rows"],
+                                 split=out["split"], notes=out["notes"])
+            written.append(str(path))
+    render_benchmarks_md(Path(config.results_dir), Path(config.benchmarks_md))
+    results = {"results_files": written}
+    record_run(run_dir, config, results, [f"Results: {p}" for p in written])
+    return results
+
+
+def _last_embed(config: BenchTextConfig, name: str) -> Dict[str, Any]:
+    from pipelines.embed_items import _slug
+
+    return json.loads((Path(config.embed_dir) / _slug(name) / "metrics.json").read_text())
+
+
+def parse_args(argv=None) -> BenchTextConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML file with BenchTextConfig fields")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    return load_config(BenchTextConfig, args.config, list(args.set))
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,363 @@
+"""Hybrid deep matrix factorization (DMF, Xue et al. 2017) fused with pretrained text vectors.
+
+For sparse users and cold items. A user is represented by their row of the (train) interaction
+matrix Y [users x items], an item by its column; each goes through its own MLP tower. The text
+side adds a trained projection of the frozen language-model vectors: the item's own vector and
+the user's profile (mean vector of their train items). Each side is the sum of its DMF and text
+parts, L2-normalised; the score is the cosine times a learned scale, so the model serves both
+as a retrieval model (user and item embeddings, dot product) and as a ranking model (`score`).
+
+Training: each train interaction (u, i) forms a list [i, n_negatives uniformly sampled items]
+with labels [1, 0, ...], scored and passed to a loss of the ranking stage's registry
+(`recommenders_tf.models.losses.RankingLoss`, default "softmax"; "bce" is pointwise sigmoid
+cross-entropy). The positive's own entry is removed from the user's row and the user from the
+item's column before they enter the towers, so the model cannot learn to read the answer off
+its input (at test time, the test items are not in the rows either). With `column_dropout`,
+an item's column is zeroed in that share of training lists, so the text part learns to carry
+an item alone: a cold item (all-zero column) is then ranked by its text.
+
+`fit(train, validation)` follows the peers' convention: epochs chosen on `validation` by
+NDCG@10 (full catalog, or `validation_candidates` for a cold-item validation), then a refit on
+train + validation for that many epochs. `score(user_ids, item_ids)` returns [users, items].
+
+Example:
+  >>> dmf = DMFHybrid(DMFConfig(), item_vectors=vectors)
+  >>> dmf.fit(val.train, validation=val.test)
+  >>> scores = dmf.score(["1", "2"], evaluator.item_ids)
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
+import tensorflow as tf
+
+from recommenders_tf.data.schema import ITEM_ID, USER_ID
+from recommenders_tf.evaluation.protocol import TopKEvaluator, check_frame
+from recommenders_tf.features.item_vectors import ItemVectors
+from recommenders_tf.models.losses import RankingLoss
+
+
+@dataclasses.dataclass
+class DMFConfig:
+    """Settings of the hybrid DMF model.
+
+    Args:
+      hidden_dims: widths of the ReLU layers of each DMF tower (before the output layer).
+      embedding_dim: output width of both sides.
+      use_text: add the projected item text vector / user profile vector (needs item vectors).
+      loss: key of the ranking-loss registry ("softmax", "bce", "pairwise_logistic", ...).
+      num_negatives: uniformly sampled negatives per positive.
+      column_dropout: share of training lists whose item columns are zeroed (text-only path).
+      learning_rate: Adam learning rate.
+      batch_size: positives per step.
+      epochs: most epochs the validation selection trains (or the epochs without validation).
+      patience: epochs without validation improvement before the selection stops.
+      seed: seed of initialisation and sampling.
+      verbose: print per-epoch validation metrics.
+    """
+
+    hidden_dims: Tuple[int, ...] = (256,)
+    embedding_dim: int = 64
+    use_text: bool = True
+    loss: str = "softmax"
+    num_negatives: int = 20
+    column_dropout: float = 0.3
+    learning_rate: float = 1e-3
+    batch_size: int = 256
+    epochs: int = 15
+    patience: int = 2
+    seed: int = 0
+    verbose: int = 0
+
+    def __post_init__(self):
+        self.hidden_dims = tuple(int(d) for d in self.hidden_dims)
+        if any(d < 1 for d in self.hidden_dims) or self.embedding_dim < 1:
+            raise ValueError(f"DMFConfig: layer widths must be >= 1, got hidden_dims="
+                             f"{self.hidden_dims}, embedding_dim={self.embedding_dim}")
+        if self.num_negatives < 1:
+            raise ValueError(f"DMFConfig.num_negatives must be >= 1, got {self.num_negatives}")
+        if not 0.0 <= self.column_dropout < 1.0:
+            raise ValueError(f"DMFConfig.column_dropout must be in [0, 1), "
+                             f"got {self.column_dropout}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("DMFConfig.epochs and batch_size must be >= 1")
+
+
+class DMFNetwork(tf.keras.Model):
+    """The two DMF towers with their text projections.
+
+    Args:
+      config: DMFConfig.
+      text_dim: width of the text vectors, or None for a DMF without text.
+    """
+
+    def __init__(self, config: DMFConfig, text_dim: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+
+        def mlp(name):
+            layers = [tf.keras.layers.Dense(d, activation="relu") for d in config.hidden_dims]
+            layers.append(tf.keras.layers.Dense(config.embedding_dim))
+            return tf.keras.Sequential(layers, name=name)
+
+        self.user_mlp, self.item_mlp = mlp("user_dmf"), mlp("item_dmf")
+        self.text_dim = text_dim
+        if text_dim is not None:
+            self.user_text = tf.keras.layers.Dense(config.embedding_dim, use_bias=False,
+                                                   name="user_profile_projection")
+            self.item_text = tf.keras.layers.Dense(config.embedding_dim, use_bias=False,
+                                                   name="item_text_projection")
+        # Cosine scores live in [-1, 1]; a learned scale lets the losses reach confident logits.
+        self.log_scale = self.add_weight(name="log_scale", shape=(),
+                                         initializer=tf.keras.initializers.Constant(np.log(10.0)))
+
+    def users(self, rows, profiles=None):
+        out = self.user_mlp(rows)
+        if self.text_dim is not None:
+            out = out + self.user_text(tf.stop_gradient(profiles))
+        return tf.math.l2_normalize(out, axis=-1)
+
+    def items(self, columns, texts=None):
+        out = self.item_mlp(columns)
+        if self.text_dim is not None:
+            out = out + self.item_text(tf.stop_gradient(texts))
+        return tf.math.l2_normalize(out, axis=-1)
+
+    @property
+    def scale(self):
+        return tf.exp(self.log_scale)
+
+
+@dataclasses.dataclass
+class _State:
+    network: DMFNetwork
+    users: pd.Index
+    items: pd.Index
+    matrix: np.ndarray          # [users, items] binary train matrix
+    profiles: Optional[np.ndarray]
+
+
+class DMFHybrid:
+    """Hybrid DMF with the peers' fit/score interface (see the module docstring).
+
+    Args:
+      config: DMFConfig.
+      item_vectors: an `ItemVectors` store (needed when `config.use_text`).
+      item_ids: default column order of `score`.
+    """
+
+    name = "dmf-hybrid"
+    task = "topk"
+
+    def __init__(self, config: Optional[DMFConfig] = None, *,
+                 item_vectors: Optional[ItemVectors] = None,
+                 item_ids: Optional[Iterable[str]] = None):
+        self.config = config if config is not None else DMFConfig()
+        if self.config.use_text and item_vectors is None:
+            raise ValueError("DMFHybrid: use_text=True needs item_vectors (an ItemVectors "
+                             "store from pipelines.embed_items); or set use_text=False")
+        self.item_vectors = item_vectors if self.config.use_text else None
+        self.item_ids = None if item_ids is None else np.asarray(list(item_ids), dtype=object)
+        self.loss = RankingLoss(self.config.loss)
+        self.selection: List[Dict[str, float]] = []
+        self.best_epoch: Optional[int] = None
+        self.notes = ""
+        self.fit_seconds = 0.0
+        self._state: Optional[_State] = None
+
+    # ---- data ----------------------------------------------------------------------------------
+
+    def _text(self, item_ids) -> np.ndarray:
+        vectors, _ = self.item_vectors.lookup(item_ids)
+        return vectors.astype(np.float32)
+
+    def _prepare(self, train: pd.DataFrame, extra_items: Sequence[str] = ()) -> _State:
+        users = pd.Index(np.sort(train[USER_ID].astype(str).unique()))
+        item_list = np.union1d(train[ITEM_ID].astype(str).unique(),
+                               np.asarray(list(extra_items), dtype=str))
+        items = pd.Index(item_list.astype(object))
+        matrix = np.zeros((len(users), len(items)), np.float32)
+        matrix[users.get_indexer(train[USER_ID].astype(str)),
+               items.get_indexer(train[ITEM_ID].astype(str))] = 1.0
+        profiles = None
+        if self.item_vectors is not None:
+            missing = np.flatnonzero(self.item_vectors.positions(train[ITEM_ID].astype(str)) < 0)
+            if missing.size:
+                raise ValueError(f"DMFHybrid: the item vector store has no vector for train "
+                                 f"item {train[ITEM_ID].iloc[missing[0]]!r} (row {missing[0]});"
+                                 " re-run pipelines.embed_items on this dataset")
+            texts = self._text(items)
+            counts = np.maximum(matrix.sum(axis=1, keepdims=True), 1.0)
+            profiles = (matrix @ texts) / counts
+        tf.keras.utils.set_random_seed(self.config.seed)
+        network = DMFNetwork(self.config, None if profiles is None else profiles.shape[1])
+        return _State(network, users, items, matrix, profiles)
+
+    # ---- training ------------------------------------------------------------------------------
+
+    def _train_step_fn(self, state: _State, optimizer):
+        cfg = self.config
+        matrix = tf.constant(state.matrix)
+        matrix_t = tf.constant(np.ascontiguousarray(state.matrix.T))
+        text_table = None if state.profiles is None else tf.constant(self._text(state.items))
+        profiles = None if state.profiles is None else tf.constant(state.profiles)
+        n_items = len(state.items)
+        net = state.network
+
+        @tf.function
+        def step(u, i):
+            b = tf.shape(u)[0]
+            negatives = tf.random.uniform([b, cfg.num_negatives], 0, n_items, dtype=tf.int32)
+            lists = tf.concat([i[:, None], negatives], axis=1)              # [B, L]
+            labels = tf.concat([tf.ones([b, 1]), tf.zeros([b, cfg.num_negatives])], axis=1)
+            # A sampled negative the user did interact with is not a negative: mask it out.
+            seen = tf.gather_nd(matrix, tf.stack([tf.repeat(u[:, None], cfg.num_negatives + 1,
+                                                            axis=1), lists], axis=-1))
+            mask = tf.concat([tf.ones([b, 1], tf.bool), seen[:, 1:] < 0.5], axis=1)
+            # Leave the positive out of its own user row / item column.
+            rows = tf.gather(matrix, u) - tf.one_hot(i, n_items)
+            flat = tf.reshape(lists, [-1])
+            columns = tf.gather(matrix_t, flat)                              # [B*L, U]
+            own = tf.one_hot(tf.repeat(u, cfg.num_negatives + 1), tf.shape(matrix)[0])
+            columns = columns - own * tf.reshape(tf.cast(labels, tf.float32), [-1, 1])
+            keep = tf.cast(tf.random.uniform([b * (cfg.num_negatives + 1), 1])
+                           >= cfg.column_dropout, tf.float32)
+            columns = columns * keep
+            with tf.GradientTape() as tape:
+                if profiles is None:
+                    user_emb = net.users(rows)
+                    item_emb = net.items(columns)
+                else:
+                    # The profile keeps the positive: it is a mean over many items, and at
+                    # test time a user's profile is built from all their train items too.
+                    user_emb = net.users(rows, tf.gather(profiles, u))
+                    item_emb = net.items(columns, tf.gather(text_table, flat))
+                item_emb = tf.reshape(item_emb, [b, cfg.num_negatives + 1, -1])
+                scores = net.scale * tf.einsum("bd,bld->bl", user_emb, item_emb)
+                loss = self.loss(labels, scores, mask)
+            grads = tape.gradient(loss, net.trainable_variables)
+            optimizer.apply_gradients(zip(grads, net.trainable_variables))
+            return loss
+
+        return step
+
+    def _epoch(self, state: _State, step, pairs: np.ndarray, rng) -> float:
+        order = rng.permutation(len(pairs))
+        losses = []
+        for start in range(0, len(order), self.config.batch_size):
+            batch = pairs[order[start:start + self.config.batch_size]]
+            losses.append(float(step(tf.constant(batch[:, 0]), tf.constant(batch[:, 1]))))
+        return float(np.mean(losses))
+
+    def _pairs(self, state: _State, train: pd.DataFrame) -> np.ndarray:
+        u = state.users.get_indexer(train[USER_ID].astype(str))
+        i = state.items.get_indexer(train[ITEM_ID].astype(str))
+        return np.unique(np.stack([u, i], axis=1).astype(np.int32), axis=0)
+
+    def _train(self, train: pd.DataFrame, epochs: int, validation=None, candidates=None):
+        state = self._prepare(train)
+        optimizer = tf.keras.optimizers.Adam(self.config.learning_rate)
+        step = self._train_step_fn(state, optimizer)
+        pairs = self._pairs(state, train)
+        rng = np.random.default_rng(self.config.seed)
+        evaluator = (None if validation is None else
+                     TopKEvaluator(train, validation, ks=(10,), candidate_items=candidates))
+        records, best, wait = [], -np.inf, 0
+        for epoch in range(1, epochs + 1):
+            loss = self._epoch(state, step, pairs, rng)
+            if evaluator is None:
+                continue
+            self._state = state
+            metrics = evaluator.evaluate(lambda users: self.score(users,
+                                                                  evaluator.item_ids)).metrics
+            records.append({"epoch": epoch, "loss": loss, "ndcg@10": metrics["ndcg@10"],
+                            "recall@10": metrics["recall@10"]})
+            if self.config.verbose:
+                print(f"  dmf epoch {epoch}: loss={loss:.4f} "
+                      f"validation ndcg@10={metrics['ndcg@10']:.4f}", flush=True)
+            if metrics["ndcg@10"] > best:
+                best, wait = metrics["ndcg@10"], 0
+            else:
+                wait += 1
+                if wait >= self.config.patience:
+                    break
+        return state, records
+
+    def fit(self, train: pd.DataFrame, validation: Optional[pd.DataFrame] = None,
+            validation_candidates: Optional[Iterable[str]] = None) -> "DMFHybrid":
+        """Chooses epochs on `validation` (if given), then refits on train + validation.
+
+        Args:
+          train: interactions (canonical schema); every interaction counts as positive.
+          validation: held-out interactions for the epoch choice, folded into the refit.
+          validation_candidates: rank only these items in validation (cold-item validation).
+        """
+        check_frame(train, "train", [USER_ID, ITEM_ID])
+        start = time.perf_counter()
+        cfg = self.config
+        if validation is not None:
+            check_frame(validation, "validation", [USER_ID, ITEM_ID])
+            cands = None if validation_candidates is None else [str(i) for i in
+                                                                validation_candidates]
+            _, self.selection = self._train(train, cfg.epochs, validation, cands)
+            self.best_epoch = int(np.argmax([r["ndcg@10"] for r in self.selection])) + 1
+            data, epochs = pd.concat([train, validation], ignore_index=True), self.best_epoch
+        else:
+            self.selection, self.best_epoch = [], None
+            data, epochs = train, cfg.epochs
+        self._state, _ = self._train(data, epochs)
+        self.fit_seconds = time.perf_counter() - start
+        chosen = (f"epochs={self.best_epoch} chosen on validation ndcg@10="
+                  f"{self.selection[self.best_epoch - 1]['ndcg@10']:.4f}; refit on "
+                  "train+validation" if self.best_epoch else f"epochs={epochs} (no validation)")
+        self.notes = (f"DMF towers {list(cfg.hidden_dims)}->{cfg.embedding_dim}, "
+                      f"text={'LM item vector + user profile' if cfg.use_text else 'off'}, "
+                      f"loss={cfg.loss} with {cfg.num_negatives} sampled negatives, "
+                      f"column_dropout={cfg.column_dropout}, adam lr={cfg.learning_rate}; "
+                      + chosen)
+        return self
+
+    # ---- inference -----------------------------------------------------------------------------
+
+    def _require(self) -> _State:
+        if self._state is None:
+            raise RuntimeError("DMFHybrid: call fit() first")
+        return self._state
+
+    def user_embeddings(self, user_ids: Sequence[str]) -> np.ndarray:
+        """[n, embedding_dim]; unknown users get an all-zero row and profile."""
+        s = self._require()
+        pos = s.users.get_indexer([str(u) for u in user_ids])
+        rows = np.where(pos[:, None] >= 0, s.matrix[np.maximum(pos, 0)], 0.0).astype(np.float32)
+        profiles = None
+        if s.profiles is not None:
+            profiles = np.where(pos[:, None] >= 0, s.profiles[np.maximum(pos, 0)],
+                                0.0).astype(np.float32)
+        return s.network.users(rows, profiles).numpy()
+
+    def item_embeddings(self, item_ids: Sequence[str]) -> np.ndarray:
+        """[n, embedding_dim]; an item absent from the training matrix (cold) has an all-zero
+        column and is represented through its text vector."""
+        s = self._require()
+        ids = [str(i) for i in item_ids]
+        pos = s.items.get_indexer(ids)
+        columns = np.where(pos[:, None] >= 0, s.matrix.T[np.maximum(pos, 0)],
+                           0.0).astype(np.float32)
+        texts = None if s.profiles is None else self._text(ids)
+        return s.network.items(columns, texts).numpy()
+
+    def score(self, user_ids: Sequence[str],
+              item_ids: Optional[Iterable[str]] = None) -> np.ndarray:
+        """Scores [len(user_ids), len(item_ids)] (scaled cosine), higher is better."""
+        s = self._require()
+        if item_ids is None:
+            item_ids = self.item_ids if self.item_ids is not None else s.items.to_numpy()
+        users = self.user_embeddings(user_ids)
+        items = self.item_embeddings(list(item_ids))
+        return float(s.network.scale.numpy()) * (users.astype(np.float64)
+                                                 @ items.astype(np.float64).T)
