@@ -54,10 +54,27 @@ def _peer_factory(name: str):
 for _name in TOPK_PEERS + RATING_PEERS:
     register_model(_name, "peer", _peer_factory(_name))
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def dataset_retrieval_overrides(dataset_name: str) -> Dict[str, Any]:
+    """The two-tower settings chosen on this dataset's validation slice, if the repository has
+    them (`configs/retrieval_<name without dashes>.yaml`, `retrieval:` section); else {}."""
+    import yaml
+
+    path = CONFIG_DIR / f"retrieval_{dataset_name.replace('-', '')}.yaml"
+    if not path.exists():
+        return {}
+    return dict((yaml.safe_load(path.read_text()) or {}).get("retrieval") or {})
+
+
 def _two_tower_factory(config: "BenchmarkConfig", data, item_ids):
     from recommenders_tf.models.recommender import TwoTowerRecommender
 
-    return TwoTowerRecommender.for_dataset(data, item_ids=item_ids, seed=config.seed)
+    overrides = dataset_retrieval_overrides(data.name)
+    for key in ("seed", "verbose"):  # the benchmark's seed; no per-epoch logs in tables' runs
+        overrides.pop(key, None)
+    return TwoTowerRecommender.for_dataset(data, item_ids=item_ids, seed=config.seed, **overrides)
 
 
 register_model("two-tower", "project", _two_tower_factory)
