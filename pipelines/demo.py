@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Dict
 
 from pipelines import benchmark, build_index, embed_items, prepare_data, recommend, train_retrieval
-from recommenders_tf.config import load_config
+from pipelines.benchmark import dataset_retrieval_overrides
+from recommenders_tf.config import from_dict, load_config, to_dict
 
 
 @dataclasses.dataclass
@@ -67,6 +68,12 @@ def main(config: DemoConfig) -> Dict[str, Any]:
     retrieval_cfg = train_retrieval.TrainRetrievalConfig(
         dataset=config.dataset, text_vectors=str(Path(results["embed_items"]["item_vectors"])),
         run_dir=str(out / "train_retrieval"))
+    # Settings chosen on this dataset's validation slice, when the repository has them.
+    tuned = {k: v for k, v in dataset_retrieval_overrides(config.dataset).items()
+             if k not in ("seed", "verbose")}
+    if tuned:
+        retrieval_cfg.retrieval = from_dict(type(retrieval_cfg.retrieval),
+                                            {**to_dict(retrieval_cfg.retrieval), **tuned})
     if config.epochs:
         retrieval_cfg.retrieval.epochs = config.epochs
     results["train_retrieval"] = train_retrieval.main(retrieval_cfg)
