@@ -20,6 +20,8 @@ METRIC_ORDER = [
 ]
 PROTOCOL_TITLES = {
     "P1": "P1 — top-K recommendation (implicit feedback, per-user temporal split)",
+    "P1-rerank": "P1 re-ranking — each ranking loss re-scores the two-tower top 100",
+    "P1-rerank-implicit-ALS": "P1 re-ranking — each ranking loss re-scores the implicit-ALS top 100",
     "P2": "P2 — rating prediction",
     "P3": "P3 — cold-start items",
     "P4": "P4 — sparsity buckets",

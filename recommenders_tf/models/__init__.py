@@ -1,4 +1,7 @@
-"""Models: the shared tower builder, stage-1 retrieval, and the reusable training loop."""
+"""Models: the shared tower builder, stage-1 retrieval, stage-2 ranking (one model, loss from a
+registry), the hybrid DMF model, and the reusable training loop."""
+from recommenders_tf.models.losses import LOSS_KEYS, RankingLoss, get_loss
+from recommenders_tf.models.ranking import RankingConfig, RankingModel, build_ranking_model
 from recommenders_tf.models.retrieval import (
     ItemSamplingProbability,
     RetrievalConfig,
@@ -26,4 +29,5 @@ __all__ = [
     "adapt_title_vocabulary", "build_candidate_tower", "build_item_id_embedding",
     "build_query_tower", "build_retrieval_model", "build_retrieval_task", "build_towers",
     "fit_model", "item_sampling_probabilities", "make_optimizer",
+    "LOSS_KEYS", "RankingLoss", "get_loss", "RankingConfig", "RankingModel", "build_ranking_model",
 ]

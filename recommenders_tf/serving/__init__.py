@@ -8,6 +8,8 @@ import importlib
 
 _EXPORTS = {
     "export_retrieval": "export",
+    "export_ranking": "ranking_export",
+    "publish_version": "export",
     "existing_versions": "export",
     "build_rest_request": "client",
     "build_grpc_request": "client",

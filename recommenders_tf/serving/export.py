@@ -48,7 +48,7 @@ EXCLUDE_INPUT = "exclude_item_ids"
 METADATA_FILE = "metadata.json"
 ASSETS_EXTRA = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
-_TMP_PREFIX = ".tmp-export-"
+TMP_PREFIX = ".tmp-export-"
 _RESERVED_KEYS = {
     "format_version", "model_name", "index_type", "k", "exclusion_width", "embedding_dim",
     "num_candidates", "scann_params", "requires_scann_ops", "serving_note", "signatures",
@@ -98,7 +98,7 @@ class _RetrievalModule(tf.Module):
         return {SERVING_DEFAULT: serve, WITH_EXCLUSIONS: excl}
 
 
-def _package_version(name: str) -> str | None:
+def package_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
@@ -173,9 +173,9 @@ def _metadata(name: str, index: RetrievalIndex, k: int, exclusion_width: int,
         },
         "versions": {
             "tensorflow": tf.__version__,
-            "tensorflow_recommenders": _package_version("tensorflow-recommenders"),
-            "scann": _package_version("scann"),
-            "tf_keras": _package_version("tf-keras"),
+            "tensorflow_recommenders": package_version("tensorflow-recommenders"),
+            "scann": package_version("scann"),
+            "tf_keras": package_version("tf-keras"),
             "recommenders_tf": recommenders_tf.__version__,
         },
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -260,7 +260,7 @@ def export_retrieval(
 
     model_dir = Path(base_dir) / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+    tmp = model_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
     try:
         module = _RetrievalModule(query_model, index, k, exclusion_width, feature_spec)
         # Tracing the signatures calls the index layer, which TFRS needs before saving.
@@ -275,13 +275,13 @@ def export_retrieval(
         (tmp / METADATA_FILE).write_text(text, encoding="utf-8")
         _write_warmup(extra / WARMUP_FILE, name, feature_spec, exclusion_width,
                       index.candidate_ids[:2].tolist())
-        return _publish(tmp, model_dir)
+        return publish_version(tmp, model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _publish(tmp: Path, model_dir: Path) -> Path:
+def publish_version(tmp: Path, model_dir: Path) -> Path:
     """Renames the finished temp dir to the next free integer version."""
     for _ in range(100):
         # Any integer-named entry (even a stray file) blocks its number, so it is never replaced.

@@ -35,16 +35,15 @@ from typing import Any, Mapping, Optional
 import recommenders_tf
 import tensorflow as tf
 
-# The retrieval export owns versioning; these helpers are private there (see the report: they
-# should become public as `publish_version`, `package_version` and `TMP_PREFIX`).
+# The retrieval export owns atomic versioning and metadata; reuse it rather than a second copy.
 from recommenders_tf.serving.export import (
     ASSETS_EXTRA,
     METADATA_FILE,
     SERVING_DEFAULT,
     WARMUP_FILE,
-    _TMP_PREFIX,
-    _package_version,
-    _publish,
+    TMP_PREFIX,
+    package_version,
+    publish_version,
     existing_versions,
 )
 
@@ -102,9 +101,9 @@ def _metadata(name: str, model: Any, extra: Mapping[str, Any]) -> dict:
         }},
         "versions": {
             "tensorflow": tf.__version__,
-            "tensorflow_recommenders": _package_version("tensorflow-recommenders"),
-            "tensorflow_ranking": _package_version("tensorflow-ranking"),
-            "tf_keras": _package_version("tf-keras"),
+            "tensorflow_recommenders": package_version("tensorflow-recommenders"),
+            "tensorflow_ranking": package_version("tensorflow-ranking"),
+            "tf_keras": package_version("tf-keras"),
             "recommenders_tf": recommenders_tf.__version__,
         },
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -155,7 +154,7 @@ def export_ranking(model: Any, base_dir: str | os.PathLike = "saved_models",
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"  # fails early if not serialisable
     model_dir = Path(base_dir) / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+    tmp = model_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
     try:
         module = _RankingModule(model)
         signatures = {SERVING_DEFAULT: module.serve.get_concrete_function()}
@@ -165,7 +164,7 @@ def export_ranking(model: Any, base_dir: str | os.PathLike = "saved_models",
         (extra / METADATA_FILE).write_text(text, encoding="utf-8")
         (tmp / METADATA_FILE).write_text(text, encoding="utf-8")
         _write_warmup(extra / WARMUP_FILE, name, list(example_item_ids or []))
-        return _publish(tmp, model_dir)
+        return publish_version(tmp, model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
