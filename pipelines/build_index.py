@@ -338,6 +338,18 @@ def build_and_export(config: BuildIndexConfig, store: CandidateStore, store_dir:
             f"{held_out:.4f} held out")
         if held_out >= config.target_recall:
             break
+    else:
+        # Last resort, still ScaNN: search every leaf, so only the quantised scoring before the
+        # exact reordering can lose neighbours.
+        params = dataclasses.replace(tuned.params, num_leaves_to_search=tuned.params.num_leaves)
+        index = build_index("scann", query_tower, store.ids, store.embeddings, k=k,
+                            scann_params=params)
+        exhaustive = recall_at_k_vs_exact(index, brute, queries.evaluate, k)
+        log(f"ScaNN searching all {params.num_leaves} leaves: recall@{k} {exhaustive:.4f} held out")
+        if exhaustive > held_out:
+            tuned = dataclasses.replace(tuned, params=params, index=index,
+                                        note=tuned.note + " Fell back to searching every leaf.")
+            held_out = exhaustive
     tuning_seconds = time.perf_counter() - start
     target_met = held_out >= config.target_recall
     log(f"ScaNN built in {tuned.build_seconds:.2f}s after {tuning_seconds:.1f}s of tuning")
