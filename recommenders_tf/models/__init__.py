@@ -31,3 +31,14 @@ __all__ = [
     "fit_model", "item_sampling_probabilities", "make_optimizer",
     "LOSS_KEYS", "RankingLoss", "get_loss", "RankingConfig", "RankingModel", "build_ranking_model",
 ]
+
+# Stage 3: the listwise re-ranker.
+from recommenders_tf.models.reranking import (  # noqa: E402
+    Reranker,
+    RerankerConfig,
+    build_reranker,
+    fit_reranker,
+    rerank_scores,
+)
+
+__all__ += ["Reranker", "RerankerConfig", "build_reranker", "fit_reranker", "rerank_scores"]
