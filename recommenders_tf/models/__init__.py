@@ -52,3 +52,13 @@ from recommenders_tf.models.diversity import (  # noqa: E402
 )
 
 __all__ += ["dpp_rerank", "dpp_rerank_tf", "mmr_rerank", "mmr_rerank_tf"]
+
+# Stage 3: business rules applied last.
+from recommenders_tf.models.rules import (  # noqa: E402
+    BusinessRules,
+    BusinessRulesLayer,
+    RuleOutput,
+    apply_rules,
+)
+
+__all__ += ["BusinessRules", "BusinessRulesLayer", "RuleOutput", "apply_rules"]
