@@ -209,6 +209,7 @@ def interaction_lists(n, seed, length=10):
 def mean_ndcg10(scores, label):
     order = np.argsort(-scores, axis=1, kind="stable")
     hits = np.take_along_axis(label, order, axis=1) > 0
+    hits = np.pad(hits, ((0, 0), (0, max(0, 10 - hits.shape[1]))))  # short lists: no hit
     return float(ndcg_at_k(hits, label.sum(axis=1), 10).mean())
 
 
@@ -224,3 +225,26 @@ def test_reranker_learns_a_user_item_interaction_the_input_order_misses(tmp_path
     reranked = mean_ndcg10(rerank_scores(model, test), test["label"])
     assert input_order < 0.7
     assert reranked > input_order + 0.2, (input_order, reranked)
+
+
+def test_fit_reranker_resumes_from_its_run_dir_and_trains_without_validation(tmp_path):
+    train = random_lists(64, 6, seed=8, valid=np.r_[[6] * 60, [2, 3, 4, 5]])
+    run_dir = str(tmp_path / "run")
+    _, first = fit_reranker(small_config(epochs=1, batch_size=32), train, None, run_dir)
+    assert (first.initial_epoch, first.epochs_done) == (0, 1)
+    # monitor val_ndcg_10 falls back to the train value without a validation set.
+    assert "ndcg_10" in first.history and first.best_epoch == 1
+    _, second = fit_reranker(small_config(epochs=2, batch_size=32), train, None, run_dir)
+    assert (second.initial_epoch, second.epochs_done) == (1, 2)
+    assert len(second.history["ndcg_10"]) == 2
+
+
+def test_little_data_does_not_destroy_a_good_input_order(tmp_path):
+    # The input order is already right (label = the two best-ranked items); 48 lists.
+    train, test = random_lists(48, 8, seed=9), random_lists(200, 8, seed=10)
+    for arrays in (train, test):
+        arrays["label"] = np.zeros_like(arrays["label"])
+        arrays["label"][:, :2] = 1.0
+    model, _ = fit_reranker(small_config(epochs=3, batch_size=16, learning_rate=3e-3),
+                            train, None, str(tmp_path / "run"))
+    assert mean_ndcg10(rerank_scores(model, test), test["label"]) > 0.98
