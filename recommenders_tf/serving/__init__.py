@@ -1,23 +1,46 @@
-"""Serving: atomic SavedModel export in TF Serving layout, warmup, and client helpers.
+"""Serving: SavedModel exports in TF Serving layout, warmup files, server configs, clients.
 
-`export_retrieval` (in `export`, imports TensorFlow) writes `saved_models/<name>/<version>/`;
-`build_rest_request`, `build_grpc_request` and `load_export` (in `client`) talk to it. Names
-are resolved lazily so that building a REST body does not import TensorFlow.
+* `export` / `ranking_export`: `export_retrieval`, `export_ranking`, and `save_export`, the
+  shared machinery any export (the cascade too) goes through: signature checks, vocabularies
+  in `assets/`, warmup, metadata.json, atomic integer versions.
+* `warmup`: `write_warmup_requests(path, model_name, requests)`, `read_warmup_requests(path)`.
+* `server_config`: `discover_models(base_dir)`, `models.config` / `batching_parameters.txt`
+  writers and parsers, TF Serving command lines.
+* `client`: `RestClient`, `GrpcClient`, `ServingError`, request builders, `load_export`.
+* `local_server`: `LocalModelServer`, a loopback TF-Serving-compatible TEST FIXTURE.
+
+Names are resolved lazily so that building a REST body does not import TensorFlow.
 """
 import importlib
 
 _EXPORTS = {
     "export_retrieval": "export",
     "export_ranking": "ranking_export",
+    "save_export": "export",
     "publish_version": "export",
     "existing_versions": "export",
+    "find_vocabularies": "export",
+    "write_warmup_requests": "warmup",
+    "read_warmup_requests": "warmup",
+    "batched_requests": "warmup",
+    "example_inputs": "warmup",
+    "replay_warmup": "warmup",
+    "discover_models": "server_config",
+    "write_server_configs": "server_config",
+    "parse_model_config": "server_config",
+    "read_signature_defs": "server_config",
     "build_rest_request": "client",
     "build_grpc_request": "client",
     "rest_predict_url": "client",
     "load_export": "client",
+    "load_savedmodel": "client",
     "read_metadata": "client",
     "resolve_version_dir": "client",
     "ExportedRetrieval": "client",
+    "RestClient": "client",
+    "GrpcClient": "client",
+    "ServingError": "client",
+    "LocalModelServer": "local_server",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,6 +2,8 @@
 
 ```
 saved_models/<name>/<version>/saved_model.pb, variables/
+                              assets/<vocabulary>.txt           (the towers' lookup vocabularies,
+                                                                 candidate_ids.txt)
                               metadata.json                     (copy, for humans and tools)
                               assets.extra/metadata.json
                               assets.extra/tf_serving_warmup_requests
@@ -22,9 +24,22 @@ half-written version and an existing version is never overwritten.
 
 A ScaNN export needs the ScaNN custom ops: in Python `import scann` before loading; in TF
 Serving only the ScaNN-enabled build. A BruteForce export uses stock ops only.
+
+`save_export(module, signatures, base_dir, name, metadata, warmup_requests)` is the shared
+machinery every export goes through (retrieval, ranking, the cascade): it checks that each
+signature has named inputs and outputs and accepts every warmup request, copies the lookup
+vocabularies found in the module into `assets/`, saves, reads the signatures back from the
+SavedModel into metadata.json, writes the warmup file (`serving.warmup`) and publishes the next
+integer version atomically.
+
+The lookup tables of `StringLookup` layers built from a vocabulary list live as constants in
+the graph (not as asset files), so the exported graph does not read `assets/`; the files there
+are the same vocabularies, one token per line in index order, for people and tools (metadata
+`assets.vocabularies` names each file, its size and the index of its first token).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import importlib.metadata
 import json
@@ -32,28 +47,36 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 import recommenders_tf
 import tensorflow as tf
 
 from recommenders_tf.index.candidate_store import QUERY_FEATURE_SPEC
 from recommenders_tf.index.scann_index import RetrievalIndex, top_k_excluding
+from recommenders_tf.serving.server_config import check_signatures
+from recommenders_tf.serving.warmup import (ASSETS_EXTRA, WARMUP_FILE, batched_requests,
+                                            write_warmup_requests)
 
 SERVING_DEFAULT = "serving_default"
 WITH_EXCLUSIONS = "recommend_with_exclusions"
 EXCLUDE_INPUT = "exclude_item_ids"
 METADATA_FILE = "metadata.json"
-ASSETS_EXTRA = "assets.extra"
-WARMUP_FILE = "tf_serving_warmup_requests"
 TMP_PREFIX = ".tmp-export-"
+UNKNOWN_USER = "__warmup_unknown_user__"
+UNKNOWN_ITEM = "__warmup_unknown_item__"
+# Written by save_export for every export.
+EXPORT_KEYS = {"signatures", "assets", "warmup"}
 _RESERVED_KEYS = {
     "format_version", "model_name", "index_type", "k", "exclusion_width", "embedding_dim",
     "num_candidates", "scann_params", "requires_scann_ops", "serving_note", "signatures",
-    "versions", "created_utc", "pad_item_id",
+    "versions", "created_utc", "pad_item_id", "assets", "warmup",
 }
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SCANN_NOTE = ("Contains ScaNN custom ops: in Python run `import scann` before "
               "`tf.saved_model.load`; in TF Serving it needs the ScaNN-enabled TF Serving build "
               "(stock TF Serving cannot load it). Serve the retrieval_bruteforce twin on stock "
@@ -184,28 +207,324 @@ def _metadata(name: str, index: RetrievalIndex, k: int, exclusion_width: int,
     return meta
 
 
-def _write_warmup(path: Path, name: str, feature_spec: Mapping[str, tf.TensorSpec],
-                  exclusion_width: int, example_item_ids: list[str]) -> None:
+# ---- vocabularies as assets ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Vocabulary:
+    """A lookup table found in an exported object, as tokens in index order.
+
+    Args:
+        name: the table's attribute path in the object graph, dotted ("model.user_lookup").
+        tokens: keys ordered by their index.
+        first_index: the index of the first token (OOV buckets and the mask come before it).
+        contiguous: whether the indices run without gaps from `first_index`.
+    """
+
+    name: str
+    tokens: list[str]
+    first_index: int = 0
+    contiguous: bool = True
+
+
+def _is_hash_table(obj: Any) -> bool:
+    return "HashTable" in type(obj).__name__ and hasattr(obj, "resource_handle")
+
+
+def _export_table(table: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(keys, values) of a string- or int-keyed table with int64 values, else None."""
+    key_dtypes = [getattr(table, "key_dtype", None)] if hasattr(table, "key_dtype") else [
+        tf.string, tf.int64]
+    if getattr(table, "value_dtype", tf.int64) != tf.int64:
+        return None
+    for key_dtype in key_dtypes:
+        try:
+            keys, values = tf.raw_ops.LookupTableExportV2(
+                table_handle=table.resource_handle, Tkeys=key_dtype, Tvalues=tf.int64)
+        except (tf.errors.OpError, TypeError, ValueError):
+            continue
+        return keys.numpy(), values.numpy()
+    return None
+
+
+def find_vocabularies(root: Any) -> list[Vocabulary]:
+    """Every int64-valued lookup table reachable from `root` (Keras `StringLookup` /
+    `IntegerLookup` layers, or their restored twins inside a loaded SavedModel), breadth first,
+    so each table is named by its shortest attribute path."""
+    from collections import deque
+
+    queue, seen, found = deque([((), root)]), set(), []
+    while queue:
+        path, obj = queue.popleft()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if _is_hash_table(obj):
+            exported = _export_table(obj)
+            if exported is not None:
+                keys, values = exported
+                order = np.argsort(values, kind="stable")
+                tokens = [k.decode("utf-8") if isinstance(k, bytes) else str(k)
+                          for k in keys[order].tolist()]
+                ordered = values[order]
+                parts = [p for p in path if p != "lookup_table"] or ["table"]
+                found.append(Vocabulary(
+                    ".".join(parts), tokens, int(ordered[0]) if len(ordered) else 0,
+                    bool(len(ordered) == 0 or np.all(np.diff(ordered) == 1))))
+            continue
+        try:
+            children = obj._trackable_children("checkpoint")  # the checkpoint object graph
+        except Exception:  # not trackable, or a type that refuses to list children
+            continue
+        for key in sorted(children):
+            queue.append((path + (key,), children[key]))
+    return found
+
+
+def _asset_file_name(name: str, taken: set) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "vocabulary"
+    candidate, i = f"{base}.txt", 2
+    while candidate in taken:
+        candidate, i = f"{base}_{i}.txt", i + 1
+    taken.add(candidate)
+    return candidate
+
+
+def attach_vocabulary_assets(module: tf.Module, source_dir: Path,
+                             extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Writes each vocabulary of `module` (plus `extra` {name: tokens}) to `source_dir` and
+    tracks it on the module as a `tf.saved_model.Asset`, so saving copies it to `assets/`.
+
+    Returns:
+        {"vocabularies": {name: {"file": "assets/<file>", "size", "first_index",
+        "contiguous"}}} for metadata.json.
+    """
+    vocabularies = find_vocabularies(module)
+    for name, tokens in (extra or {}).items():
+        vocabularies.append(Vocabulary(name, [str(t) for t in tokens]))
+    source_dir.mkdir(parents=True, exist_ok=True)
+    taken: set = set()
+    assets, info = {}, {}
+    for vocab in vocabularies:
+        if any("\n" in t for t in vocab.tokens):
+            continue  # one token per line cannot hold it; the graph still has the table
+        file_name = _asset_file_name(vocab.name, taken)
+        path = source_dir / file_name
+        path.write_text("".join(t + "\n" for t in vocab.tokens), encoding="utf-8")
+        assets[file_name] = tf.saved_model.Asset(str(path))
+        info[vocab.name] = {"file": f"assets/{file_name}", "size": len(vocab.tokens),
+                            "first_index": vocab.first_index, "contiguous": vocab.contiguous}
+    module.vocabulary_assets = assets
+    return {"vocabularies": info}
+
+
+def pick_vocabulary(vocabularies: Sequence[Vocabulary], word: str, avoid: Sequence[str] = ()
+                    ) -> list[str]:
+    """Tokens of the vocabulary whose path mentions `word` (and none of `avoid`); the shortest
+    such path wins. [] if there is none."""
+    matches = [v for v in vocabularies
+               if word in v.name.lower() and not any(a in v.name.lower() for a in avoid)]
+    return min(matches, key=lambda v: (len(v.name), v.name)).tokens if matches else []
+
+
+# ---- the shared export machinery ------------------------------------------------------------
+
+
+def check_model_name(name: str) -> str:
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise ValueError(f"Model name {name!r} must be one path component of letters, digits, "
+                         "'_', '.', '-'.")
+    return name
+
+
+def _call_signature(function: Any, inputs: Mapping[str, Any]) -> Any:
+    """Calls a concrete function with inputs keyed by its input specs' names."""
+    args, kwargs = function.structured_input_signature
+    missing = []
+
+    def pick(spec):
+        if spec.name not in inputs:
+            missing.append(spec.name)
+            return None
+        return tf.constant(np.asarray(inputs[spec.name]), dtype=spec.dtype)
+
+    call_args = tf.nest.map_structure(pick, args)
+    call_kwargs = tf.nest.map_structure(pick, kwargs)
+    if missing:
+        raise ValueError(f"missing inputs {sorted(set(missing))}")
+    return function(*call_args, **call_kwargs)
+
+
+def check_signature_functions(signatures: Mapping[str, Any]) -> None:
+    """Every signature has named inputs and a non-empty dict of named outputs.
+
+    Raises:
+        ValueError: naming the signature and what is missing.
+    """
+    if not signatures:
+        raise ValueError("An export needs at least one signature.")
+    for name, function in signatures.items():
+        specs = tf.nest.flatten(function.structured_input_signature)
+        if not specs:
+            raise ValueError(f"Signature {name!r} takes no inputs.")
+        unnamed = [s for s in specs if not getattr(s, "name", None)]
+        if unnamed:
+            raise ValueError(f"Signature {name!r} has unnamed inputs {unnamed}; give every "
+                             "TensorSpec a name= (it becomes the request key).")
+        outputs = function.structured_outputs
+        if not isinstance(outputs, Mapping) or not outputs:
+            raise ValueError(f"Signature {name!r} must return a non-empty dict of named "
+                             f"outputs, got {type(outputs).__name__}.")
+
+
+def check_warmup_requests(signatures: Mapping[str, Any],
+                          requests: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """Every signature has a warmup request and every request is accepted by its signature.
+
+    Raises:
+        ValueError: naming the request, its signature and the signature's error.
+    """
+    covered = {sig for sig, _ in requests}
+    uncovered = sorted(set(signatures) - covered)
+    if uncovered:
+        raise ValueError(f"No warmup request for signatures {uncovered}; cover every one.")
+    for i, (sig, inputs) in enumerate(requests):
+        if sig not in signatures:
+            raise ValueError(f"Warmup request {i} names signature {sig!r}, not one of "
+                             f"{sorted(signatures)}.")
+        try:
+            _call_signature(signatures[sig], inputs)
+        except Exception as exc:
+            raise ValueError(f"Warmup request {i} ({sig}) is rejected by its signature: "
+                             f"{exc}") from exc
+
+
+def _write_warmup(path: Path, name: str, requests: Sequence[tuple[str, Mapping[str, Any]]]
+                  ) -> int:
     """TF Serving replays these PredictRequests at load so the first user is not slow."""
-    from tensorflow_serving.apis import prediction_log_pb2  # lazily: only export needs it
+    return write_warmup_requests(path, name, requests)
 
-    from recommenders_tf.serving.client import build_grpc_request
 
-    if set(feature_spec) != set(QUERY_FEATURE_SPEC):
-        return  # warmup needs meaningful example features; only known for the default spec
-    users = ["__warmup_unknown_user__", "__warmup_unknown_user__"]
-    histories = [example_item_ids[:2], []]
-    requests = [
-        build_grpc_request(name, users, histories, signature_name=SERVING_DEFAULT),
-        build_grpc_request(name, users, histories,
-                           exclude_item_ids=[example_item_ids[:min(1, exclusion_width)], []],
-                           exclusion_width=exclusion_width, signature_name=WITH_EXCLUSIONS),
-    ]
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for request in requests:
-            log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
+def save_export(module: tf.Module, signatures: Mapping[str, Any],
+                base_dir: str | os.PathLike, name: str, metadata: Mapping[str, Any],
+                warmup_requests: Sequence[tuple[str, Mapping[str, Any]]], *,
+                options: tf.saved_model.SaveOptions | None = None,
+                extra_vocabularies: Mapping[str, Sequence[str]] | None = None) -> Path:
+    """Saves `module` as the next integer version of `base_dir/name`, in TF Serving layout.
+
+    Steps: check the signatures (named inputs, named outputs) and replay every warmup request
+    through them in memory; write the module's lookup vocabularies (and
+    `extra_vocabularies`) to `assets/`; `tf.saved_model.save` into a temp dir inside
+    `base_dir/name`; read the signatures back from the SavedModel (none may be empty); write
+    `assets.extra/tf_serving_warmup_requests` and metadata.json (beside the model and in
+    assets.extra/) with `signatures`, `assets` and `warmup` filled in; rename the temp dir to
+    the next integer version. On any failure nothing is published.
+
+    Args:
+        module: the object to save (a `tf.Module` holding the model).
+        signatures: {signature name: concrete function}; input specs must carry names.
+        base_dir: TF Serving model base path.
+        name: model name (one path component).
+        metadata: JSON-serialisable facts for metadata.json (must not set `signatures`,
+            `assets` or `warmup`).
+        warmup_requests: `[(signature name, {input: array}), ...]` built from real inputs,
+            covering every signature (see `serving.warmup`).
+        options: `tf.saved_model.SaveOptions` (e.g. the ScaNN namespace whitelist).
+        extra_vocabularies: {name: tokens} written to assets/ as well (e.g. candidate ids).
+
+    Returns:
+        The published version directory.
+    """
+    check_model_name(name)
+    clash = sorted(EXPORT_KEYS & set(metadata))
+    if clash:
+        raise ValueError(f"metadata keys {clash} are written by save_export itself.")
+    metadata = dict(metadata)
+    json.dumps(metadata)  # fail before writing anything if metadata is not JSON-serialisable
+    requests = list(warmup_requests)
+    check_signature_functions(signatures)
+    check_warmup_requests(signatures, requests)
+
+    model_dir = Path(base_dir) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    tmp = model_dir / f"{TMP_PREFIX}{token}"
+    assets_source = model_dir / f"{TMP_PREFIX}assets-{token}"
+    try:
+        metadata["assets"] = attach_vocabulary_assets(module, assets_source, extra_vocabularies)
+        tf.saved_model.save(module, str(tmp), signatures=dict(signatures), options=options)
+        summaries = check_signatures(tmp)
+        lost = sorted(set(signatures) - set(summaries))
+        if lost:
+            raise ValueError(f"Signatures {lost} are missing from the saved model {tmp}.")
+        metadata["signatures"] = summaries
+        extra = tmp / ASSETS_EXTRA
+        extra.mkdir(exist_ok=True)
+        count = _write_warmup(extra / WARMUP_FILE, name, requests)
+        metadata["warmup"] = {"file": f"{ASSETS_EXTRA}/{WARMUP_FILE}", "records": count,
+                              "signatures": sorted({sig for sig, _ in requests})}
+        text = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
+        (extra / METADATA_FILE).write_text(text, encoding="utf-8")
+        (tmp / METADATA_FILE).write_text(text, encoding="utf-8")
+        return publish_version(tmp, model_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(assets_source, ignore_errors=True)
+
+
+# ---- the retrieval export -------------------------------------------------------------------
+
+
+def _fill_rows(spec: tf.TensorSpec, rows: list[list[str]] | None, batch: int, width: int,
+               pad: Any) -> np.ndarray:
+    """[batch, ...] values for one query input: the given string rows fitted to the spec's
+    width, else padding values shaped by the spec (unknown dims take `width`)."""
+    dims = [d if d is not None else width for d in spec.shape.as_list()[1:]]
+    if rows is not None and len(dims) == 1:
+        w = dims[0]
+        return np.array([(list(r) + [""] * w)[:w] for r in rows], dtype=object)
+    return np.full([batch] + dims, pad, dtype=object if spec.dtype == tf.string else
+                   spec.dtype.as_numpy_dtype)
+
+
+def retrieval_warmup_requests(feature_spec: Mapping[str, tf.TensorSpec], exclusion_width: int,
+                              item_ids: Sequence[str], user_ids: Sequence[str],
+                              history_len: int, warmup_inputs: Mapping[str, Any] | None = None
+                              ) -> list[tuple[str, dict]]:
+    """Warmup requests for both retrieval signatures, from real ids.
+
+    Default (no `warmup_inputs`): one 2-row request per signature, row 0 a real user (from
+    the query tower's vocabulary) with real items as history, row 1 an unknown user with an
+    empty history; `recommend_with_exclusions` excludes a real item for row 0 and nothing for
+    row 1. Inputs other than `user_id` / `history` get padding values shaped by the spec.
+    With `warmup_inputs` ({input: array [n, ...]} of real query features, e.g. sampled train
+    users), each signature gets requests of the first 1 and 8 rows.
+    """
+    if warmup_inputs is not None:
+        rows = {n: np.asarray(warmup_inputs[n]) for n in feature_spec}
+        n = len(next(iter(rows.values())))
+        excl = [[item_ids[i % len(item_ids)]] if exclusion_width else [] for i in range(n)]
+        excl_rows = np.array([(r + [""] * exclusion_width)[:exclusion_width] for r in excl],
+                             dtype=object).reshape(n, exclusion_width)
+        return (batched_requests(SERVING_DEFAULT, rows)
+                + batched_requests(WITH_EXCLUSIONS, rows, extra={EXCLUDE_INPUT: excl_rows}))
+    width = max(int(history_len or 0), 1)
+    users = [user_ids[0] if user_ids else UNKNOWN_USER, UNKNOWN_USER]
+    histories = [list(item_ids[:width]), []]
+    inputs = {}
+    for name, spec in feature_spec.items():
+        if name == "user_id" and spec.shape.rank == 1:
+            inputs[name] = np.array(users, dtype=object)
+        elif name == "history":
+            inputs[name] = _fill_rows(spec, histories, 2, width, "")
+        else:
+            inputs[name] = _fill_rows(spec, None, 2, width, "" if spec.dtype == tf.string else 0)
+    exclude = np.array([([item_ids[0]] if exclusion_width else []) + [""] * max(
+        exclusion_width - 1, 0), [""] * exclusion_width], dtype=object).reshape(2, exclusion_width)
+    return [(SERVING_DEFAULT, inputs),
+            (WITH_EXCLUSIONS, {**inputs, EXCLUDE_INPUT: exclude})]
 
 
 def export_retrieval(
@@ -217,6 +536,7 @@ def export_retrieval(
     exclusion_width: int = 50,
     metadata: Mapping[str, Any] | None = None,
     query_feature_spec: Mapping[str, tf.TensorSpec] | None = None,
+    warmup_inputs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Exports query tower + index as the next integer version of `base_dir/name`.
 
@@ -228,8 +548,11 @@ def export_retrieval(
         name: model name; default `retrieval_<index kind>`.
         k: results per query (default `index.k`).
         exclusion_width: W, the fixed width of `exclude_item_ids` (pad with "").
-        metadata: extra JSON-serialisable facts for metadata.json, e.g. vocab sizes.
+        metadata: extra JSON-serialisable facts for metadata.json, e.g. vocab sizes and
+            `query_history_len` (the history width clients send; warmup requests use it).
         query_feature_spec: the query tower's inputs; default user_id [B] and history [B, N].
+        warmup_inputs: optional real query features {input: array [n, ...]} for the warmup
+            requests (default: a real user from the tower's vocabulary and real item ids).
 
     Returns:
         The new version directory, e.g. saved_models/retrieval_scann/3.
@@ -237,10 +560,7 @@ def export_retrieval(
     query_model = query_model if query_model is not None else index.query_model
     if query_model is None:
         raise ValueError("No query model: pass query_model= or build the index with one.")
-    name = name or f"retrieval_{index.kind}"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ValueError(f"Model name {name!r} must be one path component of letters, digits, "
-                         "'_', '.', '-'.")
+    name = check_model_name(name or f"retrieval_{index.kind}")
     k = index.check_query_k(index.k if k is None else k)
     if (isinstance(exclusion_width, bool) or not isinstance(exclusion_width, int)
             or exclusion_width < 0):
@@ -254,31 +574,31 @@ def export_retrieval(
             f"..., min_reordering_candidates={width})) or lower exclusion_width."
         )
     feature_spec = dict(query_feature_spec or QUERY_FEATURE_SPEC)
-    meta = _metadata(name, index, k, exclusion_width, feature_spec, dict(metadata or {}))
+    extra = dict(metadata or {})
+    meta = _metadata(name, index, k, exclusion_width, feature_spec, extra)
     json.dumps(meta)  # fail before writing anything if metadata is not JSON-serialisable
     _check_query_model(query_model, index, feature_spec)
+    if warmup_inputs is not None:
+        missing = sorted(set(feature_spec) - set(warmup_inputs))
+        if missing:
+            raise ValueError(f"warmup_inputs lacks query inputs {missing}")
 
-    model_dir = Path(base_dir) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-    try:
-        module = _RetrievalModule(query_model, index, k, exclusion_width, feature_spec)
-        # Tracing the signatures calls the index layer, which TFRS needs before saving.
-        signatures = module.signatures()
-        options = tf.saved_model.SaveOptions(
-            namespace_whitelist=["Scann"] if index.requires_scann_ops else None)
-        tf.saved_model.save(module, str(tmp), signatures=signatures, options=options)
-        extra = tmp / ASSETS_EXTRA
-        extra.mkdir()
-        text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-        (extra / METADATA_FILE).write_text(text, encoding="utf-8")
-        (tmp / METADATA_FILE).write_text(text, encoding="utf-8")
-        _write_warmup(extra / WARMUP_FILE, name, feature_spec, exclusion_width,
-                      index.candidate_ids[:2].tolist())
-        return publish_version(tmp, model_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    module = _RetrievalModule(query_model, index, k, exclusion_width, feature_spec)
+    # Tracing the signatures calls the index layer, which TFRS needs before saving.
+    signatures = module.signatures()
+    item_ids = [str(i) for i in index.candidate_ids[:64].tolist()] or [UNKNOWN_ITEM]
+    spec_width = feature_spec.get("history")
+    history_len = (spec_width.shape[1] if spec_width is not None and spec_width.shape.rank == 2
+                   and spec_width.shape[1] is not None else extra.get("query_history_len", 2))
+    users = pick_vocabulary(find_vocabularies(query_model), "user", avoid=("feature",))
+    requests = retrieval_warmup_requests(feature_spec, exclusion_width, item_ids, users,
+                                         int(history_len or 2), warmup_inputs)
+    meta.pop("signatures", None)  # save_export reads them back from the SavedModel
+    options = tf.saved_model.SaveOptions(
+        namespace_whitelist=["Scann"] if index.requires_scann_ops else None)
+    return save_export(module, signatures, base_dir, name, meta, requests, options=options,
+                       extra_vocabularies={"candidate_ids": [str(i) for i in
+                                                             index.candidate_ids.tolist()]})
 
 
 def publish_version(tmp: Path, model_dir: Path) -> Path:

@@ -2,6 +2,7 @@
 
 ```
 saved_models/ranking/<version>/saved_model.pb, variables/
+                               assets/<vocabulary>.txt       (the model's lookup vocabularies)
                                metadata.json                 (copy, for humans and tools)
                                assets.extra/metadata.json
                                assets.extra/tf_serving_warmup_requests
@@ -17,34 +18,36 @@ score; "" pads `history` (ignored) and `item_ids` (score -inf, as the retrieval 
 empty slot). What a score means depends on the loss (metadata `score_kind`): a predicted rating
 ("mse"), a click logit ("bce") or an order-only score (pairwise/listwise losses).
 
-Versioning and atomicity are the retrieval export's (`serving.export`): the model is saved
-under a temporary name inside `<name>/` and renamed to the next integer version, so TF Serving
-never sees a half-written version and no version is overwritten.
+Versioning, assets, warmup and atomicity are `serving.export.save_export`'s: the model is
+saved under a temporary name inside `<name>/` and renamed to the next integer version, so TF
+Serving never sees a half-written version and no version is overwritten. The warmup requests
+use real ids: a user and items from the model's own vocabularies (or `example_item_ids`),
+plus an unknown user, an unknown item and "" padding.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
-import re
-import shutil
-import uuid
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
 
 import recommenders_tf
 import tensorflow as tf
 
-# The retrieval export owns atomic versioning and metadata; reuse it rather than a second copy.
+# The shared export machinery (versioning, assets, warmup, metadata) lives in serving.export.
 from recommenders_tf.serving.export import (
-    ASSETS_EXTRA,
-    METADATA_FILE,
     SERVING_DEFAULT,
-    WARMUP_FILE,
-    TMP_PREFIX,
-    package_version,
-    publish_version,
+    UNKNOWN_ITEM,
+    UNKNOWN_USER,
+    check_model_name,
     existing_versions,
+    find_vocabularies,
+    package_version,
+    pick_vocabulary,
+    save_export,
 )
 
 DEFAULT_NAME = "ranking"
@@ -52,9 +55,12 @@ INPUTS = ("user_id", "history", "item_ids")
 SCORE_KINDS = {"rating": "predicted rating", "click": "click logit (sigmoid = probability)",
                "relevance": "ranking score (only the order within a list is meaningful)"}
 _RESERVED_KEYS = {"format_version", "model_name", "stage", "loss", "loss_mode", "score_kind",
-                  "history_len", "signatures", "versions", "created_utc", "pad_item_id"}
+                  "history_len", "signatures", "versions", "created_utc", "pad_item_id",
+                  "assets", "warmup"}
+WARMUP_CANDIDATES = 10
 
-__all__ = ["export_ranking", "existing_versions", "DEFAULT_NAME", "INPUTS"]
+__all__ = ["export_ranking", "existing_versions", "ranking_warmup_requests", "DEFAULT_NAME",
+           "INPUTS"]
 
 
 class _RankingModule(tf.Module):
@@ -93,12 +99,6 @@ def _metadata(name: str, model: Any, extra: Mapping[str, Any]) -> dict:
         "score_kind": SCORE_KINDS[spec.label_kind],
         "history_len": model.history_len,
         "pad_item_id": "",
-        "signatures": {SERVING_DEFAULT: {
-            "inputs": {"user_id": {"dtype": "string", "shape": [-1]},
-                       "history": {"dtype": "string", "shape": [-1, -1]},
-                       "item_ids": {"dtype": "string", "shape": [-1, -1]}},
-            "outputs": {"scores": {"dtype": "float32", "shape": [-1, -1]}},
-        }},
         "versions": {
             "tensorflow": tf.__version__,
             "tensorflow_recommenders": package_version("tensorflow-recommenders"),
@@ -111,23 +111,23 @@ def _metadata(name: str, model: Any, extra: Mapping[str, Any]) -> dict:
     }
 
 
-def _write_warmup(path: Path, name: str, example_item_ids: list) -> None:
-    """Two PredictRequests TF Serving replays at load: a known and an unknown user."""
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-    items = (list(example_item_ids) + ["__warmup_unknown_item__"])[:2]
-    while len(items) < 2:
-        items.append("__warmup_unknown_item__")
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = name
-    request.model_spec.signature_name = SERVING_DEFAULT
-    request.inputs["user_id"].CopyFrom(tf.make_tensor_proto(["__warmup_unknown_user__"] * 2))
-    request.inputs["history"].CopyFrom(tf.make_tensor_proto([[items[0]], [""]]))
-    request.inputs["item_ids"].CopyFrom(tf.make_tensor_proto([items, [items[1], ""]]))
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        log = prediction_log_pb2.PredictionLog(
-            predict_log=prediction_log_pb2.PredictLog(request=request))
-        writer.write(log.SerializeToString())
+def ranking_warmup_requests(user_ids: Sequence[str], item_ids: Sequence[str],
+                            history_len: int) -> list:
+    """Two `serving_default` requests from real ids: one user with real history and
+    candidates, then two users (a real one and an unknown one) whose lists hold an unknown
+    item and "" padding."""
+    items = [str(i) for i in item_ids][:WARMUP_CANDIDATES] or [UNKNOWN_ITEM]
+    user = str(user_ids[0]) if len(user_ids) else UNKNOWN_USER
+    width = max(1, min(int(history_len or 1), 10))
+    history = (items * width)[:width]
+    single = {"user_id": np.array([user], dtype=object),
+              "history": np.array([history], dtype=object),
+              "item_ids": np.array([items], dtype=object)}
+    row_items = items[1:] + [UNKNOWN_ITEM] + [""]
+    pair = {"user_id": np.array([user, UNKNOWN_USER], dtype=object),
+            "history": np.array([history, [""] * (width - 1) + [items[0]]], dtype=object),
+            "item_ids": np.array([row_items, list(reversed(row_items))], dtype=object)}
+    return [(SERVING_DEFAULT, single), (SERVING_DEFAULT, pair)]
 
 
 def export_ranking(model: Any, base_dir: str | os.PathLike = "saved_models",
@@ -140,31 +140,21 @@ def export_ranking(model: Any, base_dir: str | os.PathLike = "saved_models",
       base_dir: TF Serving model base path.
       name: model name (one path component).
       metadata: extra JSON-serialisable facts for metadata.json (vocab sizes, metrics, ...).
-      example_item_ids: a couple of real item ids for the warmup requests.
+      example_item_ids: real item ids for the warmup requests (default: the model's item
+        vocabulary).
 
     Returns:
       The new version directory, e.g. saved_models/ranking/3.
     """
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ValueError(f"Model name {name!r} must be one path component of letters, digits, "
-                         "'_', '.', '-'.")
+    check_model_name(name)
     if not hasattr(model, "loss_spec") or not hasattr(model, "history_len"):
         raise TypeError(f"export_ranking needs a RankingModel, got {type(model).__name__}")
     meta = _metadata(name, model, dict(metadata or {}))
-    text = json.dumps(meta, indent=2, sort_keys=True) + "\n"  # fails early if not serialisable
-    model_dir = Path(base_dir) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-    try:
-        module = _RankingModule(model)
-        signatures = {SERVING_DEFAULT: module.serve.get_concrete_function()}
-        tf.saved_model.save(module, str(tmp), signatures=signatures)
-        extra = tmp / ASSETS_EXTRA
-        extra.mkdir()
-        (extra / METADATA_FILE).write_text(text, encoding="utf-8")
-        (tmp / METADATA_FILE).write_text(text, encoding="utf-8")
-        _write_warmup(extra / WARMUP_FILE, name, list(example_item_ids or []))
-        return publish_version(tmp, model_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    json.dumps(meta)  # fails early if not serialisable
+    vocabularies = find_vocabularies(model)
+    users = pick_vocabulary(vocabularies, "user", avoid=("feature",))
+    items = list(example_item_ids or []) or pick_vocabulary(vocabularies, "item")
+    module = _RankingModule(model)
+    signatures = {SERVING_DEFAULT: module.serve.get_concrete_function()}
+    return save_export(module, signatures, base_dir, name, meta,
+                       ranking_warmup_requests(users, items, model.history_len))
