@@ -78,6 +78,11 @@ class RankingConfig(TowerConfig, TrainingConfig):
       user_features: categorical columns of the users frame fed to the query tower (e.g.
         ("age", "gender", "occupation") for MovieLens); looked up by user id inside the model.
       monitor: "auto" watches val_rmse (min) for rating losses and val_ndcg_10 (max) otherwise.
+      id_features: feed the towers' user/item vectors, their dot product and the DIN feature
+        to the scorer. False scores from the context features alone (a model built with
+        `context_features`): behind a retrieval stage, id embeddings learned from one time cut
+        memorise that period, while dense features (retrieval score, popularity, text and
+        co-occurrence similarity) carry over to the next one (measured in BENCHMARKS.md).
     """
 
     loss: str = "softmax"
@@ -95,6 +100,7 @@ class RankingConfig(TowerConfig, TrainingConfig):
     monitor: str = AUTO
     monitor_mode: str = "max"
     batch_size: int = 32
+    id_features: bool = True
 
     def __post_init__(self):
         spec = get_loss(self.loss)
@@ -232,6 +238,10 @@ class RankingModel(tfrs.Model):
         query tower.
       history_len: history positions read (the most recent ones).
       embedding_l2: see `RankingConfig`.
+      context_features: optional layer (e.g. `candidate_features.CandidateContext`) mapping
+        the feature dict to dense per-candidate features [B, S, F]; they join the pair
+        features and a linear "wide" term on the output, so a strong upstream signal such as
+        the retrieval score reaches the score directly instead of through the deep stack.
     """
 
     def __init__(self, query_tower: QueryTower, candidate_tower: CandidateTower,
@@ -239,8 +249,16 @@ class RankingModel(tfrs.Model):
                  history_attention: Optional[CandidateAttention] = None,
                  item_genres: Optional[AttributeLookup] = None, history_len: int = 50,
                  embedding_l2: float = 0.0,
-                 user_attributes: Optional[Mapping[str, AttributeLookup]] = None, **kwargs):
+                 user_attributes: Optional[Mapping[str, AttributeLookup]] = None,
+                 context_features: Optional[tf.keras.layers.Layer] = None,
+                 id_features: bool = True, **kwargs):
         super().__init__(**kwargs)
+        if not id_features and context_features is None:
+            raise ValueError("RankingModel with id_features=False needs context_features")
+        self.id_features = bool(id_features)
+        self.context_features = context_features
+        self.wide = (tf.keras.layers.Dense(1, use_bias=False, name="wide")
+                     if context_features is not None else None)
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
         self.scorer = scorer
@@ -265,33 +283,51 @@ class RankingModel(tfrs.Model):
         history = features["history"]
         return history[:, -self.history_len:] if self.history_len > 0 else history[:, :0]
 
-    def call(self, features: Mapping[str, tf.Tensor], training=None) -> tf.Tensor:
-        items = tf.convert_to_tensor(features["item_id"])
-        batch, size = tf.shape(items)[0], tf.shape(items)[1]
-        history = self._history(features)
-        query_inputs = {"user_id": features["user_id"], "history": history}
+    def user_vectors(self, features: Mapping[str, tf.Tensor], training=None) -> tf.Tensor:
+        """The query tower's user representation [B, D] (user id, history, user features)."""
+        query_inputs = {"user_id": features["user_id"], "history": self._history(features)}
         for name, lookup in self.user_attributes.items():
             query_inputs[name] = lookup(features["user_id"])
-        user = self.query_tower(query_inputs, training=training)  # [B, D]
+        return self.query_tower(query_inputs, training=training)
+
+    def item_vectors(self, items: tf.Tensor, training=None) -> tf.Tensor:
+        """The candidate tower's item representation [B, S, D] of raw ids [B, S]."""
+        items = tf.convert_to_tensor(items)
+        batch, size = tf.shape(items)[0], tf.shape(items)[1]
         flat = tf.reshape(items, [-1])
         candidate_inputs = {"item_id": flat}
         if self.item_genres is not None:
             candidate_inputs["item_genres"] = self.item_genres(flat)
         item = self.candidate_tower(candidate_inputs, training=training)
-        item = tf.reshape(item, tf.stack([batch, size, tf.shape(item)[-1]]))  # [B, S, D]
-        user_b = tf.broadcast_to(user[:, None, :], tf.shape(item))
-        parts = [user_b, item, tf.reduce_sum(user_b * item, -1, keepdims=True)]
-        if self.history_attention is not None:
+        return tf.reshape(item, tf.stack([batch, size, tf.shape(item)[-1]]))
+
+    def call(self, features: Mapping[str, tf.Tensor], training=None) -> tf.Tensor:
+        items = tf.convert_to_tensor(features["item_id"])
+        batch, size = tf.shape(items)[0], tf.shape(items)[1]
+        history = self._history(features)
+        parts = []
+        if self.id_features:
+            user = self.user_vectors(features, training=training)  # [B, D]
+            item = self.item_vectors(items, training=training)  # [B, S, D]
+            user_b = tf.broadcast_to(user[:, None, :], tf.shape(item))
+            parts = [user_b, item, tf.reduce_sum(user_b * item, -1, keepdims=True)]
+        if self.history_attention is not None and self.id_features:
             table = self.item_id_embedding
             history_ids = table.lookup(history)
             history_vectors = table.embedding(history_ids)
             candidate_vectors = table(items)
             parts.append(self.history_attention(candidate_vectors, history_vectors,
                                                 tf.not_equal(history_ids, 0)))
+        wide = None
+        if self.context_features is not None:
+            context = self.context_features(features)  # [B, S, F]
+            parts.append(context)
+            wide = tf.squeeze(self.wide(context), -1)
         pair = tf.concat(parts, axis=-1)
         scores = self.scorer(tf.reshape(pair, tf.stack([-1, tf.shape(pair)[-1]])),
                              training=training)
-        return tf.reshape(scores, tf.stack([batch, size]))
+        scores = tf.reshape(scores, tf.stack([batch, size]))
+        return scores if wide is None else scores + wide
 
     def _penalty(self, features, mask) -> tf.Tensor:
         tower = self.query_tower
@@ -319,7 +355,7 @@ class RankingModel(tfrs.Model):
         self.mrr.update_state(labels, masked_scores)
         if self.rmse is not None:
             self.rmse.update_state(labels, scores, sample_weight=tf.cast(mask, tf.float32))
-        if self.embedding_l2 > 0:
+        if self.embedding_l2 > 0 and self.id_features:
             loss = loss + self._penalty(features, mask)
         return loss
 
@@ -329,7 +365,8 @@ def build_ranking_model(config: RankingConfig, user_vocab: Sequence[str],
                         item_genres: Optional[Mapping[str, str]] = None,
                         genre_vocab: Optional[Sequence[str]] = None, label_mean: float = 0.0,
                         towers: Optional[Tuple[QueryTower, CandidateTower]] = None,
-                        user_features: Optional[Mapping[str, Mapping[str, str]]] = None
+                        user_features: Optional[Mapping[str, Mapping[str, str]]] = None,
+                        context_features: Optional[tf.keras.layers.Layer] = None
                         ) -> RankingModel:
     """Seeded towers, DIN attention and cross network wired into one `RankingModel`.
 
@@ -382,7 +419,8 @@ def build_ranking_model(config: RankingConfig, user_vocab: Sequence[str],
                           config.deep_dims, config.deep_dropout,
                           output_bias=float(label_mean), name="cross_network")
     return RankingModel(query, candidate, scorer, config.loss, attention, genre_lookup,
-                        config.history_len, config.embedding_l2, user_lookups)
+                        config.history_len, config.embedding_l2, user_lookups,
+                        context_features=context_features, id_features=config.id_features)
 
 
 def predict_lists(model: RankingModel, lists: RankingLists, batch_size: int = 256
@@ -394,6 +432,7 @@ def predict_lists(model: RankingModel, lists: RankingLists, batch_size: int = 25
         feats = {"user_id": tf.constant(lists.user_id[start:stop].astype(str)),
                  "history": tf.constant(lists.history[start:stop].astype(str)),
                  "item_id": tf.constant(lists.item_id[start:stop].astype(str))}
+        feats.update({k: tf.constant(v[start:stop]) for k, v in lists.extra.items()})
         parts.append(model(feats, training=False).numpy().astype(np.float64))
     scores = (np.concatenate(parts) if parts
               else np.zeros((0, lists.list_size), np.float64))
@@ -427,7 +466,8 @@ def user_attribute_maps(users, columns: Sequence[str]) -> Dict[str, Dict[str, st
 def fit_ranking_model(config: RankingConfig, train_lists: RankingLists,
                       val_lists: Optional[RankingLists], interactions, run_dir: str, *,
                       items=None, users=None, strategy: Optional[tf.distribute.Strategy] = None,
-                      towers: Optional[Tuple[QueryTower, CandidateTower]] = None
+                      towers: Optional[Tuple[QueryTower, CandidateTower]] = None,
+                      context_features: Optional[tf.keras.layers.Layer] = None
                       ) -> Tuple[RankingModel, FitResult, Dict[str, Vocabulary]]:
     """Builds a ranking model from `interactions`' vocabularies and trains it on lists.
 
@@ -443,6 +483,8 @@ def fit_ranking_model(config: RankingConfig, train_lists: RankingLists,
       users: optional users frame; `config.user_features` columns feed the query tower.
       strategy: tf.distribute strategy (default: the current one).
       towers: optional towers to reuse (see `build_ranking_model`).
+      context_features: optional dense per-candidate feature layer (see `RankingModel`); the
+        lists must then carry the extra features it reads (e.g. "retrieval_score").
 
     Returns:
       (model with the best epoch's weights, FitResult, {"user_id", "item_id"} vocabularies).
@@ -457,7 +499,8 @@ def fit_ranking_model(config: RankingConfig, train_lists: RankingLists,
                                     item_genres=item_genre_map(items), label_mean=label_mean,
                                     towers=towers,
                                     user_features=user_attribute_maps(users,
-                                                                      config.user_features))
+                                                                      config.user_features),
+                                    context_features=context_features)
     train_ds = train_lists.to_dataset(config.batch_size, shuffle=True, seed=config.seed)
     val_ds = (None if val_lists is None
               else val_lists.to_dataset(config.batch_size, shuffle=False))

@@ -52,6 +52,8 @@ class RankingLists:
       item_id: [L, S] candidate ids, "" on padding.
       label: [L, S] float32 labels, -1 on padding.
       mask: [L, S] bool, False on padding.
+      extra: {name: [L, S] float32} per-entry dense features the model reads by name (e.g.
+        "retrieval_score" from the stage before); 0 on padding.
     """
 
     user_id: np.ndarray
@@ -59,6 +61,7 @@ class RankingLists:
     item_id: np.ndarray
     label: np.ndarray
     mask: np.ndarray
+    extra: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         n = len(self.user_id)
@@ -69,6 +72,12 @@ class RankingLists:
         if self.item_id.shape != self.label.shape or self.item_id.shape != self.mask.shape:
             raise ValueError(f"RankingLists item_id {self.item_id.shape}, label "
                              f"{self.label.shape} and mask {self.mask.shape} must match")
+        for name, value in self.extra.items():
+            if np.shape(value) != self.item_id.shape:
+                raise ValueError(f"RankingLists.extra[{name!r}] must be {self.item_id.shape}, "
+                                 f"got {np.shape(value)}")
+        self.extra = {k: np.where(self.mask, np.asarray(v, np.float32), 0.0).astype(np.float32)
+                      for k, v in self.extra.items()}
 
     def __len__(self) -> int:
         return len(self.user_id)
@@ -85,12 +94,18 @@ class RankingLists:
     def features(self) -> Dict[str, np.ndarray]:
         """The feature dict the ranking model reads (plus label and mask)."""
         return {USER_ID: self.user_id, "history": self.history, ITEM_ID: self.item_id,
-                "label": self.label, "mask": self.mask}
+                "label": self.label, "mask": self.mask, **self.extra}
 
     def subset(self, index) -> "RankingLists":
         index = np.asarray(index)
         return RankingLists(self.user_id[index], self.history[index], self.item_id[index],
-                            self.label[index], self.mask[index])
+                            self.label[index], self.mask[index],
+                            {k: v[index] for k, v in self.extra.items()})
+
+    def with_extra(self, **extra: np.ndarray) -> "RankingLists":
+        """A copy carrying more per-entry features (see `extra`)."""
+        return RankingLists(self.user_id, self.history, self.item_id, self.label, self.mask,
+                            {**self.extra, **extra})
 
     def split(self, fraction: float, seed: int = 0) -> Tuple["RankingLists", "RankingLists"]:
         """(rest, held-out): a seeded random `fraction` of the lists is held out."""

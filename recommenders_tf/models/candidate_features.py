@@ -1,0 +1,287 @@
+"""Per-candidate context features for a ranking stage that sits behind retrieval.
+
+A ranker that only sees ids and embeddings has to relearn from a few thousand lists what the
+retrieval stage already knows from every interaction. `CandidateContext` hands it that
+knowledge, and the large-model text signal, as a few dense features per candidate:
+
+  retrieval_z        the retrieval score standardised within the list (masked), so a ranker
+                     trained on one retrieval model's scores reads another's (the refit one at
+                     serving time) on the same scale
+  retrieval_gap      score minus the list's best score, same reason
+  popularity         standardised log(1 + train interactions) of the item (0 for unknown ids)
+  trend              the same over the most recent interactions only (`recent_counts`): what
+                     is popular now, which a model fitted on all of train averages away
+  text_recent        cosine of the candidate's text vector with the mean text vector of the
+                     user's `recent` most recent items: drifting tastes show up here first
+  text_history       cosine with the mean over the whole history given
+  text_max_recent    the largest cosine with any one of the `recent` most recent items
+  cf_recent, cf_max_recent, cf_history, cf_max_history
+                     item-item collaborative similarity (cosine of the items' train user sets,
+                     each item's `neighbors` most similar kept): mean and max similarity of the
+                     candidate to the recent / whole history; the co-occurrence signal a
+                     two-tower's dot product blurs
+
+Everything is looked up inside the layer from raw item ids (frozen tables built from train
+files), so a SavedModel that contains it still takes raw ids. Padding ("" ids) gets zeros.
+`adapt` standardises every feature with constants measured on training lists (kept in the
+layer, so serving applies the same ones); `set_tables` swaps the count-based tables for ones
+counted on more data (the refit-on-all-train step) without touching that standardisation.
+
+Example:
+  >>> layer = CandidateContext(item_ids, counts, text_vectors=vectors)
+  >>> feats = layer({"item_id": ids, "history": hist, "retrieval_score": scores})  # [B, S, F]
+"""
+from __future__ import annotations
+
+from typing import List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
+import tensorflow as tf
+
+RETRIEVAL_SCORE = "retrieval_score"
+_EPS = 1e-6
+
+
+def item_neighbors(interactions: pd.DataFrame, item_ids: Sequence[str], neighbors: int = 50
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-`neighbors` item-item cosine similarities of binary user-item co-occurrence.
+
+    Returns (positions [n, M] int32 into `item_ids`, -1 where fewer; similarities [n, M]
+    float32). Items of `interactions` outside `item_ids` are ignored. Computed as a sparse
+    product, so the memory is that of the co-occurring pairs, not n^2.
+    """
+    import scipy.sparse as sp
+
+    from recommenders_tf.data.schema import ITEM_ID, USER_ID
+
+    ids = pd.Index([str(i) for i in item_ids])
+    frame = interactions.drop_duplicates([USER_ID, ITEM_ID])
+    cols = ids.get_indexer(frame[ITEM_ID].astype(str).to_numpy())
+    keep = cols >= 0
+    users = pd.factorize(frame[USER_ID].astype(str).to_numpy()[keep])[0]
+    cols = cols[keep]
+    n, m = len(ids), int(neighbors)
+    out_idx = np.full((n, m), -1, np.int32)
+    out_sim = np.zeros((n, m), np.float32)
+    if len(cols) == 0:
+        return out_idx, out_sim
+    x = sp.csr_matrix((np.ones(len(cols), np.float32), (users, cols)),
+                      shape=(users.max() + 1, n))
+    norms = np.sqrt(np.asarray(x.sum(0)).ravel()) + 1e-9
+    co = (x.T @ x).tocsr()
+    co.setdiag(0)
+    co.eliminate_zeros()
+    for row in range(n):
+        start, stop = co.indptr[row], co.indptr[row + 1]
+        if start == stop:
+            continue
+        cols_r = co.indices[start:stop]
+        sims = co.data[start:stop] / (norms[row] * norms[cols_r])
+        top = np.argsort(-sims, kind="stable")[:m]
+        out_idx[row, :len(top)] = cols_r[top]
+        out_sim[row, :len(top)] = sims[top]
+    return out_idx, out_sim
+
+
+def _masked_standardize(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    weights = tf.cast(mask, tf.float32)
+    count = tf.maximum(tf.reduce_sum(weights, -1, keepdims=True), 1.0)
+    mean = tf.reduce_sum(values * weights, -1, keepdims=True) / count
+    var = tf.reduce_sum(tf.square(values - mean) * weights, -1, keepdims=True) / count
+    return (values - mean) / tf.sqrt(var + _EPS) * weights
+
+
+class CandidateContext(tf.keras.layers.Layer):
+    """Dense per-candidate features [B, S, F] from retrieval scores and frozen item tables.
+
+    Args:
+      item_ids: ids of the tables' rows (train items).
+      counts: train interaction count of each item (same order), for the popularity feature.
+      text_vectors: optional [len(item_ids), D] text vectors (e.g. MiniLM); rows are
+        L2-normalised here. Without them the text features are left out.
+      use_retrieval_score: read `features["retrieval_score"]` [B, S].
+      recent: how many of the most recent history items make the "recent" text profile.
+      recent_counts: optional interaction count of each item over a recent time window
+        (same order), for the trend feature.
+      neighbors: optional `item_neighbors(...)` tables for the collaborative features.
+    """
+
+    def __init__(self, item_ids: Sequence[str], counts: Sequence[float],
+                 text_vectors: Optional[np.ndarray] = None, use_retrieval_score: bool = True,
+                 recent: int = 5, recent_counts: Optional[Sequence[float]] = None,
+                 neighbors: Optional[Tuple[np.ndarray, np.ndarray]] = None, **kwargs):
+        super().__init__(**kwargs)
+        ids = [str(i) for i in item_ids]
+        if len(set(ids)) != len(ids):
+            raise ValueError("CandidateContext item_ids must be unique")
+        counts = np.asarray(counts, np.float64)
+        if counts.shape != (len(ids),):
+            raise ValueError(f"counts must have one value per item id ({len(ids)}), got "
+                             f"{counts.shape}")
+        if recent < 1:
+            raise ValueError(f"recent must be >= 1, got {recent}")
+        self.item_ids = ids
+        self.use_retrieval_score = bool(use_retrieval_score)
+        self.recent = int(recent)
+        # Row 0 is the OOV/padding row of every table: unknown items get zero features.
+        self.lookup = tf.keras.layers.StringLookup(vocabulary=ids, num_oov_indices=1,
+                                                   mask_token=None, name="context_item_lookup")
+        self.popularity = tf.constant(self.popularity_table(counts))
+        self.trend = None
+        if recent_counts is not None:
+            recent_counts = np.asarray(recent_counts, np.float64)
+            if recent_counts.shape != (len(ids),):
+                raise ValueError(f"recent_counts must have one value per item id ({len(ids)}), "
+                                 f"got {recent_counts.shape}")
+            self.trend = tf.constant(self.popularity_table(recent_counts))
+        self.feature_mean = self.feature_std = None
+        self.neighbor_idx = self.neighbor_sim = None
+        if neighbors is not None:
+            self._set_neighbors(neighbors)
+        self.text = None
+        if text_vectors is not None:
+            vectors = np.asarray(text_vectors, np.float32)
+            if vectors.ndim != 2 or vectors.shape[0] != len(ids):
+                raise ValueError(f"text_vectors must be [{len(ids)}, D], got {vectors.shape}")
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.maximum(norms, _EPS)
+            self.text = tf.constant(np.concatenate([np.zeros((1, vectors.shape[1]), np.float32),
+                                                    vectors]))
+
+    def _set_neighbors(self, neighbors: Tuple[np.ndarray, np.ndarray]) -> None:
+        idx, sim = (np.asarray(a) for a in neighbors)
+        if idx.ndim != 2 or idx.shape[0] != len(self.item_ids) or sim.shape != idx.shape:
+            raise ValueError(f"neighbors must be two [{len(self.item_ids)}, M] arrays, got "
+                             f"{idx.shape} and {sim.shape}")
+        # Shift to lookup rows (0 = unknown); a missing neighbour points at row 0.
+        rows = np.where(idx >= 0, idx + 1, 0).astype(np.int32)
+        self.neighbor_idx = tf.constant(np.concatenate([np.zeros((1, idx.shape[1]), np.int32),
+                                                        rows]))
+        self.neighbor_sim = tf.constant(np.concatenate(
+            [np.zeros((1, idx.shape[1]), np.float32),
+             np.where(idx >= 0, sim, 0.0).astype(np.float32)]))
+
+    def set_tables(self, counts: Sequence[float], recent_counts: Optional[Sequence[float]] = None,
+                   neighbors: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> None:
+        """Swaps the count-based tables (same items, same standardisation constants)."""
+        self.popularity = tf.constant(self.popularity_table(np.asarray(counts)))
+        if self.trend is not None:
+            if recent_counts is None:
+                raise ValueError("this layer has a trend feature: pass recent_counts")
+            self.trend = tf.constant(self.popularity_table(np.asarray(recent_counts)))
+        if self.neighbor_idx is not None:
+            if neighbors is None:
+                raise ValueError("this layer has collaborative features: pass neighbors")
+            self._set_neighbors(neighbors)
+
+    def adapt(self, features: Mapping[str, np.ndarray], batch_size: int = 256) -> None:
+        """Sets the standardisation constants from (training) lists' unpadded entries."""
+        n = len(features["item_id"])
+        raw = [self._raw({k: tf.constant(v[s:s + batch_size]) for k, v in features.items()
+                          if k in ("item_id", "history", RETRIEVAL_SCORE)}).numpy()
+               for s in range(0, n, batch_size)]
+        values = np.concatenate(raw)
+        mask = np.asarray(features["item_id"]) != ""
+        real = values[mask]
+        mean = real.mean(0) if len(real) else np.zeros(values.shape[-1])
+        std = real.std(0) if len(real) else np.ones(values.shape[-1])
+        self.feature_mean = tf.constant(mean.astype(np.float32))
+        self.feature_std = tf.constant(np.maximum(std, 1e-3).astype(np.float32))
+
+    @staticmethod
+    def popularity_table(counts: np.ndarray) -> np.ndarray:
+        """[1 + n] standardised log counts, row 0 (unknown items) at 0."""
+        log_pop = np.log1p(np.maximum(np.asarray(counts, np.float64), 0.0))
+        std = log_pop.std() or 1.0
+        return np.concatenate([[0.0], (log_pop - log_pop.mean()) / std]).astype(np.float32)
+
+    @property
+    def feature_names(self) -> List[str]:
+        names = ["retrieval_z", "retrieval_gap"] if self.use_retrieval_score else []
+        names.append("popularity")
+        if self.trend is not None:
+            names.append("trend")
+        if self.text is not None:
+            names += ["text_recent", "text_history", "text_max_recent"]
+        if self.neighbor_idx is not None:
+            names += ["cf_recent", "cf_max_recent", "cf_history", "cf_max_history"]
+        return names
+
+    @property
+    def num_features(self) -> int:
+        return len(self.feature_names)
+
+    def _profile(self, vectors: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+        weights = tf.cast(valid, tf.float32)[..., None]
+        mean = tf.reduce_sum(vectors * weights, 1) / tf.maximum(tf.reduce_sum(weights, 1), 1.0)
+        return tf.math.l2_normalize(mean, -1, epsilon=_EPS)
+
+    def _cf(self, rows: tf.Tensor, hist_rows: tf.Tensor, known: tf.Tensor) -> List[tf.Tensor]:
+        """Mean and max neighbour similarity of each candidate to a set of history items."""
+        n_rows = tf.shape(self.neighbor_sim)[0]
+        # [B, n+1] indicator of the history's items; row 0 (unknown) never counts.
+        weights = tf.cast(known, tf.float32)
+        batch, width = tf.shape(hist_rows)[0], tf.shape(hist_rows)[1]
+        index = tf.stack([tf.repeat(tf.range(batch), width),
+                          tf.reshape(tf.cast(hist_rows, tf.int32), [-1])], 1)
+        # A scatter, not a one-hot: [B, n] memory even for a large catalog and long history.
+        indicator = tf.tensor_scatter_nd_max(tf.zeros(tf.stack([batch, n_rows])), index,
+                                             tf.reshape(weights, [-1]))
+        indicator = indicator * tf.concat([[0.0], tf.ones([n_rows - 1])], 0)[None, :]
+        nidx = tf.gather(self.neighbor_idx, rows)  # [B, S, M]
+        nsim = tf.gather(self.neighbor_sim, rows)
+        hit = tf.gather(indicator, nidx, batch_dims=1)  # [B, S, M]
+        count = tf.maximum(tf.reduce_sum(weights, -1), 1.0)[:, None]
+        return [tf.reduce_sum(nsim * hit, -1) / count, tf.reduce_max(nsim * hit, -1)]
+
+    def call(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        raw = self._raw(features)
+        if self.feature_mean is None:
+            return raw
+        weights = tf.cast(tf.not_equal(tf.convert_to_tensor(features["item_id"]), ""),
+                          tf.float32)[..., None]
+        return (raw - self.feature_mean) / self.feature_std * weights
+
+    def _raw(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        items = tf.convert_to_tensor(features["item_id"])
+        mask = tf.not_equal(items, "")
+        weights = tf.cast(mask, tf.float32)
+        rows = self.lookup(items)
+        parts = []
+        if self.use_retrieval_score:
+            if RETRIEVAL_SCORE not in features:
+                raise KeyError(f"CandidateContext needs features[{RETRIEVAL_SCORE!r}] [B, S]; "
+                               f"got {sorted(features)}")
+            score = tf.cast(features[RETRIEVAL_SCORE], tf.float32)
+            best = tf.reduce_max(tf.where(mask, score, -1e9), -1, keepdims=True)
+            parts += [_masked_standardize(score, mask), (score - best) * weights]
+        parts.append(tf.gather(self.popularity, rows) * weights)
+        if self.trend is not None:
+            parts.append(tf.gather(self.trend, rows) * weights)
+        if self.text is not None:
+            history = tf.convert_to_tensor(features["history"])
+            cand = tf.gather(self.text, rows)  # [B, S, D]
+            hist_rows = self.lookup(history)
+            hist = tf.gather(self.text, hist_rows)  # [B, N, D]
+            known = tf.logical_and(tf.not_equal(history, ""), hist_rows > 0)
+            # Histories are left-padded with the most recent item last.
+            recent_hist, recent_known = hist[:, -self.recent:], known[:, -self.recent:]
+            recent = self._profile(recent_hist, recent_known)
+            overall = self._profile(hist, known)
+            pair = tf.einsum("bsd,bnd->bsn", cand, recent_hist)
+            pair = tf.where(recent_known[:, None, :], pair, -1.0)
+            best = tf.where(tf.reduce_any(recent_known, -1)[:, None],
+                            tf.reduce_max(pair, -1), 0.0)
+            parts += [tf.einsum("bsd,bd->bs", cand, recent) * weights,
+                      tf.einsum("bsd,bd->bs", cand, overall) * weights, best * weights]
+        if self.neighbor_idx is not None:
+            history = tf.convert_to_tensor(features["history"])
+            hist_rows = self.lookup(history)
+            known = tf.logical_and(tf.not_equal(history, ""), hist_rows > 0)
+            recent_rows, recent_known = hist_rows[:, -self.recent:], known[:, -self.recent:]
+            parts += [p * weights for p in self._cf(rows, recent_rows, recent_known)]
+            parts += [p * weights for p in self._cf(rows, hist_rows, known)]
+        return tf.stack(parts, -1)
