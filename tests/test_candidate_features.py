@@ -111,3 +111,31 @@ def test_context_only_ranker_reads_lists_extra():
     assert lists.extra["retrieval_score"][1, 2] == 0.0  # padding zeroed on construction
     sub = lists.subset([1])
     assert sub.extra["retrieval_score"].shape == (1, 3)
+
+
+def test_context_only_ranker_trains(tmp_path):
+    """Trained on lists where the label is the item with the highest retrieval score, the
+    context-only ranker learns to put it first (a model without towers must still train)."""
+    from recommenders_tf.models.ranking import fit_ranking_model
+
+    rng = np.random.default_rng(0)
+    items = [f"i{j}" for j in range(20)]
+    n_lists, size = 64, 8
+    item_id = np.array([rng.choice(items, size, replace=False) for _ in range(n_lists)], object)
+    score = rng.normal(size=(n_lists, size)).astype(np.float32)
+    label = (score == score.max(1, keepdims=True)).astype(np.float32)
+    lists = RankingLists(np.array([f"u{r}" for r in range(n_lists)], object),
+                         np.full((n_lists, 2), "", object), item_id, label,
+                         np.ones((n_lists, size), bool), {"retrieval_score": -score})
+    # The score enters negated, so the ranker must learn a negative weight to get it right.
+    layer = CandidateContext(items, counts=np.ones(20))
+    layer.adapt(lists.features())
+    config = RankingConfig(loss="softmax", id_features=False, num_cross_layers=1,
+                           deep_dims=(8,), din_units=0, history_len=2, embedding_dim=4,
+                           epochs=15, patience=0, learning_rate=0.05, verbose=0)
+    interactions = pd.DataFrame({"user_id": lists.user_id, "item_id": item_id[:, 0],
+                                 "timestamp": 0})
+    model, _, _ = fit_ranking_model(config, lists, None, interactions, str(tmp_path),
+                                    context_features=layer)
+    top = np.argmax(predict_lists(model, lists), 1)
+    assert (label[np.arange(n_lists), top] == 1).mean() > 0.9

@@ -244,7 +244,7 @@ class RankingModel(tfrs.Model):
         the retrieval score reaches the score directly instead of through the deep stack.
     """
 
-    def __init__(self, query_tower: QueryTower, candidate_tower: CandidateTower,
+    def __init__(self, query_tower: Optional[QueryTower], candidate_tower: Optional[CandidateTower],
                  scorer: CrossNetwork, loss: str,
                  history_attention: Optional[CandidateAttention] = None,
                  item_genres: Optional[AttributeLookup] = None, history_len: int = 50,
@@ -255,6 +255,8 @@ class RankingModel(tfrs.Model):
         super().__init__(**kwargs)
         if not id_features and context_features is None:
             raise ValueError("RankingModel with id_features=False needs context_features")
+        if id_features and (query_tower is None or candidate_tower is None):
+            raise ValueError("RankingModel with id_features=True needs both towers")
         self.id_features = bool(id_features)
         self.context_features = context_features
         self.wide = (tf.keras.layers.Dense(1, use_bias=False, name="wide")
@@ -285,6 +287,8 @@ class RankingModel(tfrs.Model):
 
     def user_vectors(self, features: Mapping[str, tf.Tensor], training=None) -> tf.Tensor:
         """The query tower's user representation [B, D] (user id, history, user features)."""
+        if self.query_tower is None:
+            raise ValueError("this RankingModel has no towers (id_features=False)")
         query_inputs = {"user_id": features["user_id"], "history": self._history(features)}
         for name, lookup in self.user_attributes.items():
             query_inputs[name] = lookup(features["user_id"])
@@ -292,6 +296,8 @@ class RankingModel(tfrs.Model):
 
     def item_vectors(self, items: tf.Tensor, training=None) -> tf.Tensor:
         """The candidate tower's item representation [B, S, D] of raw ids [B, S]."""
+        if self.candidate_tower is None:
+            raise ValueError("this RankingModel has no towers (id_features=False)")
         items = tf.convert_to_tensor(items)
         batch, size = tf.shape(items)[0], tf.shape(items)[1]
         flat = tf.reshape(items, [-1])
@@ -402,7 +408,11 @@ def build_ranking_model(config: RankingConfig, user_vocab: Sequence[str],
         user_lookups[name] = AttributeLookup(ids, [values[u] for u in ids],
                                              name=f"user_{name}_lookup")
         user_vocabs[name] = sorted({str(v) for v in values.values() if str(v)})
-    if towers is None:
+    if not config.id_features:
+        # Scored from context features alone: untrained towers would only be dead weight
+        # (and unbuilt variables Keras refuses to train around).
+        query = candidate = None
+    elif towers is None:
         query, candidate = build_towers(config, user_vocab, item_vocab,
                                         genre_vocab=genre_vocab if genre_lookup else None,
                                         user_feature_vocabs=user_vocabs or None)
@@ -414,7 +424,8 @@ def build_ranking_model(config: RankingConfig, user_vocab: Sequence[str],
         if genre_lookup is not None and not candidate.use_genres:
             genre_lookup = None  # the reused tower has no genre branch to feed
     attention = (CandidateAttention(config.din_units, name="candidate_attention")
-                 if config.din_units > 0 and config.history_len > 0 else None)
+                 if config.din_units > 0 and config.history_len > 0 and config.id_features
+                 else None)
     scorer = CrossNetwork(config.num_cross_layers, config.cross_projection_dim or None,
                           config.deep_dims, config.deep_dropout,
                           output_bias=float(label_mean), name="cross_network")
