@@ -1,0 +1,82 @@
+"""Candidate lists passed from one cascade stage to the next, with the scores they carry.
+
+`retrieve` ranks the catalog for a batch of users with any scorer of the peers' interface
+(`score(user_ids, item_ids) -> [U, I]`), drops each user's seen items, and keeps the top K ids
+AND their scores: the next stage reads the retrieval score as a feature, so it must travel with
+the ids. `order_to_scores` turns per-user orders back into a score matrix for `TopKEvaluator`,
+so every stage is judged by the same P1 code.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from recommenders_tf.data.datasets import PAD
+from recommenders_tf.data.schema import ITEM_ID, USER_ID
+
+
+def seen_positions(exclude: Optional[pd.DataFrame], catalog: np.ndarray) -> Dict[str, np.ndarray]:
+    """{user: catalog positions of the user's `exclude` items}."""
+    if exclude is None or not len(exclude):
+        return {}
+    pos = pd.Index(catalog).get_indexer(exclude[ITEM_ID].astype(str).to_numpy())
+    frame = pd.DataFrame({"u": exclude[USER_ID].astype(str).to_numpy(), "p": pos})
+    frame = frame[frame["p"] >= 0]
+    return {u: g.to_numpy() for u, g in frame.groupby("u")["p"]}
+
+
+def retrieve(score_fn, user_ids: Sequence[str], catalog: Sequence[str],
+             exclude: Optional[pd.DataFrame], k: int, batch_size: int = 512
+             ) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-k (ids [U, k] object, scores [U, k] float32) per user, best first, seen excluded.
+
+    Ties are broken by catalog position (the P1 rule when the catalog is sorted by id). Rows
+    with fewer than k rankable items are padded with "" and score 0.
+    """
+    from recommenders_tf.evaluation.protocol import select_topk
+
+    users = np.asarray([str(u) for u in user_ids], dtype=object)
+    catalog = np.asarray([str(i) for i in catalog], dtype=object)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    seen = seen_positions(exclude, catalog)
+    ids = np.full((len(users), k), PAD, dtype=object)
+    scores = np.zeros((len(users), k), np.float32)
+    for start in range(0, len(users), batch_size):
+        batch = users[start:start + batch_size]
+        s = np.asarray(score_fn(batch), dtype=np.float64).copy()
+        if s.shape != (len(batch), len(catalog)):
+            raise ValueError(f"score_fn returned {s.shape}, expected {(len(batch), len(catalog))}")
+        for r, u in enumerate(batch):
+            if u in seen:
+                s[r, seen[u]] = -np.inf
+        top = select_topk(s, k)
+        valid = top >= 0
+        rows = np.arange(len(batch))[:, None]
+        got = np.where(valid, s[rows, np.maximum(top, 0)], 0.0)
+        got = np.where(np.isfinite(got), got, 0.0)
+        ids[start:start + len(batch)] = np.where(valid & np.isfinite(
+            s[rows, np.maximum(top, 0)]), catalog[np.maximum(top, 0)], PAD)
+        scores[start:start + len(batch)] = got
+    return ids, scores
+
+
+def order_to_scores(order_ids: np.ndarray, user_rows: Sequence[str], catalog: Sequence[str]
+                    ) -> np.ndarray:
+    """Score matrix [U, I] that ranks each user's ordered ids first (k, k-1, ...), others 0.
+
+    Rows follow `user_rows`; `order_ids` [U, k] uses "" for padding. Unranked items tie at 0 and
+    fall back to the evaluator's id tie-break, behind every ranked item.
+    """
+    catalog = pd.Index(np.asarray([str(i) for i in catalog], dtype=object))
+    order_ids = np.asarray(order_ids, dtype=object)
+    k = order_ids.shape[1]
+    pos = catalog.get_indexer(order_ids.ravel()).reshape(order_ids.shape)
+    out = np.zeros((len(user_rows), len(catalog)))
+    weights = (k + 1 - np.arange(k)).astype(np.float64)
+    for r in range(len(user_rows)):
+        valid = pos[r] >= 0
+        out[r, pos[r][valid]] = weights[valid]
+    return out

@@ -1,0 +1,183 @@
+"""End-to-end cascade on the tiny synthetic dataset: fit, stage invariants, learning, export.
+
+One module-scoped fit (~1 min on 2 cores) feeds every test. The exports are reloaded in a
+fresh process and must reproduce the in-process cascade exactly (BruteForce retrieval, so the
+only difference could be the export itself).
+"""
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import recommenders_tf  # noqa: F401
+
+from recommenders_tf.cascade.evaluate import diversity_curve, stage_metrics
+from recommenders_tf.cascade.fit import CascadeConfig, fit_cascade
+from recommenders_tf.data import load_dataset, temporal_split
+from recommenders_tf.data.schema import ITEM_ID, USER_ID
+from recommenders_tf.evaluation.protocol import TopKEvaluator, genre_features
+from recommenders_tf.features.item_vectors import ItemVectors
+from recommenders_tf.models.ranking import RankingConfig
+from recommenders_tf.models.reranking import RerankerConfig
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = CascadeConfig(
+    retrieval_k=60, ranking_k=20, k=5,
+    retrieval=dict(embedding_dim=16, id_embedding_dim=16, feature_embedding_dim=8,
+                   hidden_dims=(), history_len=10, temperature=0.1, learning_rate=0.01,
+                   batch_size=128, epochs=4, patience=1),
+    ranking=RankingConfig(loss="softmax", id_features=False, num_cross_layers=1,
+                          deep_dims=(8,), din_units=0, embedding_dim=8, history_len=10,
+                          learning_rate=0.01, batch_size=16, epochs=6, patience=2, verbose=0),
+    reranker=RerankerConfig(num_layers=1, model_dim=8, ff_dim=16, max_list_size=20,
+                            epochs=3, patience=1, verbose=0),
+    neighbors=10)
+
+
+def _topic_text(data):
+    """Stand-in for LM vectors: a bag of the item text's words (the synthetic text is made
+    of its topics), so the text features carry the real signal without loading MiniLM."""
+    words = sorted({w for t in data.items["text"] for w in str(t).lower().split()})
+    index = {w: j for j, w in enumerate(words)}
+    vectors = np.zeros((len(data.items), len(words)), np.float32)
+    for r, t in enumerate(data.items["text"]):
+        for w in str(t).lower().split():
+            vectors[r, index[w]] = 1.0
+    return ItemVectors(ids=data.items[ITEM_ID].astype(str).tolist(), vectors=vectors,
+                       model="bag-of-words", fingerprint="test", text_fields=("text",))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    data = load_dataset("synthetic-tiny")
+    split = temporal_split(data.interactions, dataset=data.name)
+    run_dir = tmp_path_factory.mktemp("cascade")
+    cascade = fit_cascade(split.train, TINY, run_dir, items=data.items,
+                          text_vectors=_topic_text(data), log=lambda *_: None)
+    evaluator = TopKEvaluator(split.train, split.test, ks=(10,),
+                              item_features=genre_features(data.items))
+    stages = cascade.run(evaluator.user_ids)
+    return data, split, cascade, evaluator, stages, run_dir
+
+
+def test_stage_lists_are_nested_and_clean(fitted):
+    data, split, cascade, evaluator, stages, _ = fitted
+    assert stages.retrieval_ids.shape == (len(evaluator.user_ids), 60)
+    assert stages.ranking_ids.shape[1] == 20 and stages.final_ids.shape[1] == 5
+    seen = split.train.groupby(split.train[USER_ID].astype(str))[ITEM_ID].agg(
+        lambda s: set(s.astype(str)))
+    for r, user in enumerate(stages.user_ids):
+        final = [i for i in stages.final_ids[r] if i]
+        assert len(final) == len(set(final)) == 5
+        assert not set(final) & seen.get(user, set()), "a train item was recommended"
+        assert set(final) <= set(stages.ranking_ids[r]) <= set(stages.retrieval_ids[r])
+        # the ranker's list is its own order of retrieval candidates, best first
+        assert np.all(np.diff(stages.ranking_scores[r][np.isfinite(stages.ranking_scores[r])])
+                      <= 1e-6)
+    ranks = stages.stage_rank("ranking", stages.final_ids)
+    assert ranks.min() >= 1 and ranks.max() <= 20
+
+
+def test_cascade_learns_beyond_popularity(fitted):
+    data, split, cascade, evaluator, stages, _ = fitted
+    rows = stage_metrics(stages, evaluator)
+    pop = split.train[ITEM_ID].astype(str).value_counts().reindex(evaluator.item_ids).fillna(0)
+    popular = evaluator.evaluate(lambda users: np.tile(pop.to_numpy(float),
+                                                       (len(users), 1))).metrics
+    assert rows["final"]["ndcg@10"] > 1.2 * popular["ndcg@10"], (rows, popular)
+    assert rows["ranking"]["ndcg@10"] > 1.2 * popular["ndcg@10"]
+    report = cascade.report
+    assert report["ranking_fits"]["ranking"]["lists"] > 0
+    assert report["reranking"]["lists"] > 0
+
+
+def test_mmr_raises_diversity_monotonically_at_the_extremes(fitted):
+    _, _, cascade, evaluator, stages, _ = fitted
+    curve = diversity_curve(cascade, stages, evaluator, "mmr", (1.0, 0.0))
+    full, diverse = curve
+    base = stage_metrics(stages, evaluator)["final"]
+    assert full["ndcg@10"] == pytest.approx(base["ndcg@10"])  # lambda 1 = no diversity
+    assert diverse["diversity@10"] > full["diversity@10"]
+
+
+def _fresh_call(version_dir: Path, users, histories, exclude):
+    script = textwrap.dedent(f"""
+        import json, sys
+        import recommenders_tf
+        import tensorflow as tf
+        meta = json.load(open({str(version_dir / 'metadata.json')!r}))
+        if meta["requires_scann_ops"]:
+            import scann
+        loaded = tf.saved_model.load({str(version_dir)!r})
+        fn = loaded.signatures["recommend_with_exclusions"]
+        args = json.loads(sys.stdin.read())
+        out = fn(user_id=tf.constant(args["users"]), history=tf.constant(args["history"]),
+                 exclude_item_ids=tf.constant(args["exclude"]))
+        print(json.dumps({{k: (v.numpy().astype(str).tolist() if v.dtype == tf.string
+                              else v.numpy().tolist()) for k, v in out.items()}}))
+    """)
+    payload = json.dumps({"users": list(users), "history": histories, "exclude": exclude})
+    proc = subprocess.run([sys.executable, "-c", script], input=payload, capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_bruteforce_export_matches_in_process_cascade(fitted, tmp_path):
+    from recommenders_tf.serving.cascade_export import export_cascade
+
+    data, split, cascade, evaluator, stages, _ = fitted
+    path = export_cascade(cascade, tmp_path, kind="bruteforce", log=lambda *_: None)
+    assert path.name == "1" and path.parent.name == "recommender_bruteforce"
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta["kind"] == "cascade" and not meta["requires_scann_ops"]
+    assert (path / "assets.extra" / "tf_serving_warmup_requests").exists()
+
+    users = list(stages.user_ids[:6])
+    hist = cascade.histories_for(users).astype(str).tolist()
+    seen = split.train.groupby(split.train[USER_ID].astype(str))[ITEM_ID].agg(
+        lambda s: sorted(set(s.astype(str))))
+    width = max(len(seen[u]) for u in users)
+    exclude = [(seen[u] + [""] * width)[:width] for u in users]
+    users += ["__nobody__", "__nobody__"]
+    cold_history = [h for h in hist[0] if h][-3:]
+    hist += [([""] * len(hist[0]) + cold_history)[-len(hist[0]):], [""] * len(hist[0])]
+    exclude += [[""] * width, [""] * width]
+    out = _fresh_call(path, users, hist, exclude)
+
+    rows = np.arange(6)
+    np.testing.assert_array_equal(np.array(out["item_ids"])[:6], stages.final_ids[rows])
+    np.testing.assert_allclose(np.array(out["scores"])[:6], stages.final_scores[rows],
+                               rtol=1e-4, atol=1e-4)
+    assert out["source"] == ["cascade"] * 6 + ["fallback"] * 2
+    expected_ranks = stages.stage_rank("retrieval", stages.final_ids[rows])
+    np.testing.assert_array_equal(np.array(out["retrieval_rank"])[:6], expected_ranks)
+    # Unknown user, no history: the most popular train items, in order.
+    popular = split.train[ITEM_ID].astype(str).value_counts()
+    top = popular[popular >= popular.iloc[4]].index
+    assert set(out["item_ids"][7]) <= set(top)
+    # Unknown user with a history: that history is never recommended back.
+    assert not set(out["item_ids"][6]) & set(cold_history)
+
+
+def test_scann_export_loads_with_scann_in_a_fresh_process(fitted, tmp_path):
+    from recommenders_tf.serving.cascade_export import export_cascade
+
+    data, split, cascade, evaluator, stages, _ = fitted
+    path = export_cascade(cascade, tmp_path, kind="scann", log=lambda *_: None)
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta["requires_scann_ops"] and meta["model_name"] == "recommender"
+    users = list(stages.user_ids[:4])
+    hist = cascade.histories_for(users).astype(str).tolist()
+    out = _fresh_call(path, users, hist, [[""]] * 4)
+    got = np.array(out["item_ids"])
+    assert got.shape == (4, 5) and (got != "").all()
+    # ScaNN is approximate: most of the exact cascade's final items come back.
+    overlap = np.mean([len(set(got[r]) & set(stages.final_ids[r])) / 5 for r in range(4)])
+    assert overlap >= 0.6
