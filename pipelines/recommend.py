@@ -1,7 +1,13 @@
-"""Top-k recommendations for one user from an exported retrieval model, plus the TF Serving call.
+"""Top-k recommendations for one user from an exported model, plus the TF Serving call.
 
-  python -m pipelines.recommend --user-id 42 --dataset ml-100k
+  python -m pipelines.recommend --user-id 42 --k 10          # the whole cascade (run_all's export)
   python -m pipelines.recommend --export saved_models/retrieval_scann --user-id u1 --history i3,i7
+
+With a cascade export (`saved_models/recommender`, the default when it exists) it prints the
+final top k with titles, the final (re-ranker) scores and each item's rank after retrieval,
+ranking and re-ranking; an unknown user gets the export's fallback (popular items, blended with
+the text profile of a given history). The dataset the history and titles come from defaults to
+the one the cascade was trained on (its metadata).
 
 Loads the newest version of the export (or the version folder given) the way a server would:
 `tf.saved_model.load`, importing `scann` only when the export's metadata says it holds ScaNN
@@ -33,8 +39,11 @@ class RecommendConfig:
     """Settings of the recommend step.
 
     Args:
-        export: a model folder (its newest integer version is used) or a version folder.
+        export: a model folder (its newest integer version is used) or a version folder;
+            default saved_models/recommender if it exists, else
+            saved_models/retrieval_bruteforce.
         user_id: the user to recommend for.
+        k: recommendations to print (0: all the export returns).
         history: the user's item ids, most recent last; when empty, read from `dataset`.
         dataset: `load_dataset` spec whose train part holds the user's history.
         protocol: split whose train part is read ("P1").
@@ -47,8 +56,9 @@ class RecommendConfig:
         output_json: also write the results to this file.
     """
 
-    export: str = "saved_models/retrieval_bruteforce"
+    export: str = ""
     user_id: str = ""
+    k: int = 0
     history: Tuple[str, ...] = ()
     dataset: str = ""
     protocol: str = "P1"
@@ -81,9 +91,101 @@ def user_history_from_dataset(config: RecommendConfig) -> Tuple[List[str], Dict[
     return items, titles, note
 
 
+DEFAULT_EXPORTS = ("saved_models/recommender", "saved_models/recommender_bruteforce",
+                   "saved_models/retrieval_bruteforce")
+
+
+def _default_export() -> str:
+    for candidate in DEFAULT_EXPORTS:
+        if Path(candidate).is_dir():
+            return candidate
+    raise FileNotFoundError("no export found at " + ", ".join(DEFAULT_EXPORTS) + "; run "
+                            "`python -m pipelines.run_all` first or pass --export")
+
+
+def recommend_cascade(config: RecommendConfig, version_dir: Path, meta: Dict[str, Any]
+                      ) -> Dict[str, Any]:
+    """The cascade export's answer for one user, printed as a table."""
+    import recommenders_tf  # noqa: F401
+    import tensorflow as tf
+
+    start = time.perf_counter()
+    if meta.get("requires_scann_ops"):
+        import scann  # noqa: F401  (registers the ScaNN ops the export needs)
+    loaded = tf.saved_model.load(str(version_dir))
+    load_seconds = time.perf_counter() - start
+    dataset = config.dataset or meta.get("dataset", "")
+    titles: Dict[str, str] = {}
+    if config.history:
+        seen, note = [str(h) for h in config.history], "history given on the command line"
+    elif dataset:
+        seen, titles, note = user_history_from_dataset(
+            dataclasses.replace(config, dataset=dataset))
+    else:
+        seen, note = [], "no history given and no dataset: empty history"
+    width = config.history_len or int(meta.get("history_len") or 50)
+    history = seen[-width:]
+    excluded = list(dict.fromkeys(seen)) if config.exclude_seen else []
+    start = time.perf_counter()
+    out = loaded.signatures["recommend_with_exclusions"](
+        user_id=tf.constant([config.user_id]),
+        history=tf.constant([history or [""]]),
+        exclude_item_ids=tf.constant([excluded or [""]]))
+    latency_ms = (time.perf_counter() - start) * 1000
+    k = config.k or int(meta["k"])
+    if k > int(meta["k"]):
+        raise ValueError(f"--k {k} exceeds the export's k={meta['k']}; export with a larger k")
+    source = out["source"].numpy()[0].decode()
+    rows = []
+    for rank in range(k):
+        item = out["item_ids"].numpy()[0][rank].decode()
+        if not item:
+            continue
+        rows.append({"rank": rank + 1, "item_id": item, "title": titles.get(item, ""),
+                     "score": float(out["scores"].numpy()[0][rank]),
+                     "retrieval_rank": int(out["retrieval_rank"].numpy()[0][rank]),
+                     "ranking_rank": int(out["ranking_rank"].numpy()[0][rank]),
+                     "rerank_rank": int(out["rerank_rank"].numpy()[0][rank])})
+    print(f"Loaded {version_dir} (cascade, {meta['index_type']} retrieval, "
+          f"{meta['num_candidates']} candidates) in {load_seconds:.1f}s; one call "
+          f"{latency_ms:.0f} ms")
+    print(f"\nUser {config.user_id}: {note}; {len(excluded)} seen items excluded; "
+          f"answered by the {source}"
+          + (" (unknown user: popular items blended with the history's text profile)"
+             if source == "fallback" else "") + ".")
+    print(f"\n{'rank':>4}  {'item':<10} {'score':>9}  {'retr':>4} {'rank':>4} {'rerk':>4}  title")
+    for r in rows:
+        print(f"{r['rank']:>4}  {r['item_id']:<10} {r['score']:9.4f}  {r['retrieval_rank']:>4} "
+              f"{r['ranking_rank']:>4} {r['rerank_rank']:>4}  {r['title']}")
+    print("(retr / rank / rerk: the item's rank after retrieval, ranking and re-ranking; "
+          "0 = fallback)")
+    name = meta.get("model_name", version_dir.parent.name)
+    body = {"signature_name": "recommend_with_exclusions",
+            "instances": [{"user_id": config.user_id, "history": history or [""],
+                           "exclude_item_ids": excluded or [""]}]}
+    url = rest_predict_url(name, config.host, config.port)
+    print(f"\nTF Serving REST: POST {url} with the body above's "
+          f"{len(json.dumps(body))} bytes (history + exclusions).")
+    results = {"export": str(version_dir), "kind": "cascade", "user_id": config.user_id,
+               "source": source, "history": history, "excluded": len(excluded),
+               "recommendations": rows, "rest_url": url, "rest_body": body,
+               "load_seconds": round(load_seconds, 3), "latency_ms": round(latency_ms, 1)}
+    if config.output_json:
+        write_json(Path(config.output_json), results)
+    return results
+
+
 def main(config: RecommendConfig) -> Dict[str, Any]:
     if not config.user_id:
         raise ValueError("Pass --user-id.")
+    from recommenders_tf.serving.client import read_metadata, resolve_version_dir
+
+    if not config.export:
+        config = dataclasses.replace(config, export=_default_export())
+    version_dir = resolve_version_dir(config.export)
+    meta = read_metadata(version_dir)
+    if meta.get("kind") == "cascade":
+        return recommend_cascade(config, version_dir, meta)
     start = time.perf_counter()
     model = load_export(config.export)
     meta = model.metadata
@@ -160,6 +262,7 @@ def parse_args(argv=None) -> RecommendConfig:
     parser.add_argument("--config", help="YAML file with RecommendConfig fields")
     parser.add_argument("--export", help="model folder or version folder")
     parser.add_argument("--user-id")
+    parser.add_argument("--k", type=int, help="recommendations to print (<= the export's k)")
     parser.add_argument("--history", help="comma-separated item ids, most recent last")
     parser.add_argument("--dataset", help="dataset spec to read the user's history from")
     parser.add_argument("--no-exclude-seen", action="store_true",
@@ -171,6 +274,8 @@ def parse_args(argv=None) -> RecommendConfig:
         if getattr(args, key):
             # Quoted, so ids like "007" or "yes" stay strings through the YAML override parser.
             overrides.append(f"{key}={json.dumps(getattr(args, key))}")
+    if args.k is not None:
+        overrides.append(f"k={args.k}")
     if args.history:
         overrides.append(f"history={json.dumps([h for h in args.history.split(',') if h])}")
     if args.no_exclude_seen:

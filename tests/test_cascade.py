@@ -181,3 +181,39 @@ def test_scann_export_loads_with_scann_in_a_fresh_process(fitted, tmp_path):
     # ScaNN is approximate: most of the exact cascade's final items come back.
     overlap = np.mean([len(set(got[r]) & set(stages.final_ids[r])) / 5 for r in range(4)])
     assert overlap >= 0.6
+
+
+def test_run_all_then_recommend_on_tiny_data(tmp_path, capsys):
+    """run_all trains, evaluates, plots and exports every model; recommend reads the export."""
+    from pipelines import recommend, run_all
+
+    config = run_all.RunAllConfig(dataset="synthetic-tiny", out_dir=str(tmp_path / "run"),
+                                  export_dir=str(tmp_path / "models"), cascade=TINY,
+                                  use_text=False, exports=("bruteforce",),
+                                  diversity_lambdas=(1.0, 0.5))
+    result = run_all.main(config)
+    run_dir = Path(result["run_dir"])
+    for name in ("metrics.json", "summary.md", "config.yaml", "recall_at_k.png",
+                 "diversity_tradeoff.png", "vocabularies/items.txt"):
+        assert (run_dir / name).exists(), name
+    assert (run_dir / "cascade" / "ranking" / "training_curves.png").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["stages"]) >= {"retrieval", "ranking", "final"}
+    assert {"cascade_bruteforce", "retrieval_bruteforce"} <= set(metrics["exports"])
+    printed = capsys.readouterr().out
+    assert "| full cascade (re-ranker + rules) |" in printed
+
+    data = load_dataset("synthetic-tiny")
+    user = str(sorted(data.interactions[USER_ID].astype(str).unique())[0])
+    out = recommend.main(recommend.RecommendConfig(
+        export=str(tmp_path / "models" / "recommender_bruteforce"), user_id=user, k=3,
+        dataset="synthetic-tiny"))
+    printed = capsys.readouterr().out
+    assert out["source"] == "cascade" and len(out["recommendations"]) == 3
+    assert all(r["retrieval_rank"] >= 1 and r["ranking_rank"] >= 1
+               for r in out["recommendations"])
+    assert "retr / rank / rerk" in printed
+    cold = recommend.main(recommend.RecommendConfig(
+        export=str(tmp_path / "models" / "recommender_bruteforce"), user_id="someone-new",
+        dataset="synthetic-tiny"))
+    assert cold["source"] == "fallback" and len(cold["recommendations"]) == 5

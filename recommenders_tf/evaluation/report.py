@@ -22,10 +22,13 @@ PROTOCOL_TITLES = {
     "P1": "P1 — top-K recommendation (implicit feedback, per-user temporal split)",
     "P1-rerank": "P1 re-ranking — each ranking loss re-scores the two-tower top 100",
     "P1-rerank-implicit-ALS": "P1 re-ranking — each ranking loss re-scores the implicit-ALS top 100",
+    "P1-cascade": "P1 — the multi-stage cascade, stage by stage, with peers from the same run",
+    "P1-diversity": "P1 — accuracy-diversity trade-off of the full cascade over lambda",
     "P2": "P2 — rating prediction",
     "P3": "P3 — cold-start items",
     "P4": "P4 — sparsity buckets",
     "P5": "P5 — speed and scale",
+    "P5-cascade": "P5 — latency of one recommend call through the exported cascade",
 }
 
 

@@ -1,0 +1,240 @@
+"""P1 benchmark of the multi-stage cascade, its diversity trade-off, and recommend latency.
+
+  python -m pipelines.bench_cascade --dataset ml-100k
+  python -m pipelines.bench_cascade --dataset synthetic
+
+One run, one split (P1, seed 0): the peers most-popular and implicit-ALS (tuned on the
+validation slice exactly as in `pipelines.benchmark`), then `pipelines.run_all` (every stage
+fitted on train only), giving the rows
+
+  retrieval alone (two-tower top 10) / retrieval + ranking / full cascade /
+  full cascade + MMR and + DPP at the lambda with the largest diversity gain within -3% NDCG@10
+
+written to `benchmarks/results/<dataset>-P1-cascade.json`; the MMR/DPP curves over lambda to
+`<dataset>-P1-diversity.json`; and the latency of one `recommend` call (one user, their train
+history and every train item excluded, as `pipelines.recommend` sends it) from the exported
+cascade loaded in a fresh process, p50/p99 over `latency_users` users, to
+`<dataset>-P5-cascade.json`. BENCHMARKS.md is re-rendered from all results files.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+from recommenders_tf.config import load_config
+
+PEERS = ("most-popular", "implicit-ALS")
+
+
+@dataclasses.dataclass
+class BenchCascadeConfig:
+    """Args:
+      dataset: dataset spec.
+      seed: split seed.
+      peers: peers run side by side in this run (`pipelines.benchmark` names).
+      latency_users: users timed through the exported cascade (one request each).
+      export_kinds: exports timed ("scann", "bruteforce").
+      results_dir, benchmarks_md: where results JSON and the tables go.
+      out_dir: run folder (default runs/bench_cascade/<dataset>).
+    """
+
+    dataset: str = "ml-100k"
+    seed: int = 0
+    peers: Tuple[str, ...] = PEERS
+    latency_users: int = 200
+    export_kinds: Tuple[str, ...] = ("scann", "bruteforce")
+    results_dir: str = "benchmarks/results"
+    benchmarks_md: str = "BENCHMARKS.md"
+    out_dir: str = ""
+
+
+_LATENCY_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    import recommenders_tf
+    import tensorflow as tf
+    args = json.loads(sys.stdin.read())
+    meta = json.load(open(args["path"] + "/metadata.json"))
+    start = time.perf_counter()
+    if meta["requires_scann_ops"]:
+        import scann
+    loaded = tf.saved_model.load(args["path"])
+    fn = loaded.signatures["recommend_with_exclusions"]
+    load_s = time.perf_counter() - start
+    times = []
+    for i, (user, hist, excl) in enumerate(zip(args["users"], args["history"], args["exclude"])):
+        feed = dict(user_id=tf.constant([user]), history=tf.constant([hist]),
+                    exclude_item_ids=tf.constant([excl]))
+        t = time.perf_counter()
+        out = fn(**feed)
+        out["item_ids"].numpy()
+        if i:  # the first call builds the graph's caches: report it apart
+            times.append(time.perf_counter() - t)
+        else:
+            first = time.perf_counter() - t
+    ms = np.array(times) * 1000
+    print(json.dumps({"load_seconds": load_s, "first_call_ms": first * 1000,
+                      "latency_p50_ms": float(np.percentile(ms, 50)),
+                      "latency_p99_ms": float(np.percentile(ms, 99)),
+                      "latency_mean_ms": float(ms.mean()), "requests": len(ms)}))
+""")
+
+
+def measure_latency(path: Path, users: List[str], histories: List[List[str]],
+                    exclude: List[List[str]]) -> Dict[str, float]:
+    """Single-user request latency of an exported cascade, loaded in a fresh process."""
+    payload = json.dumps({"path": str(path), "users": users, "history": histories,
+                          "exclude": exclude})
+    proc = subprocess.run([sys.executable, "-c", _LATENCY_SCRIPT], input=payload,
+                          capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"latency run on {path} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _round(metrics: Dict[str, float]) -> Dict[str, float]:
+    return {k: round(float(v), 5) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def main(config: BenchCascadeConfig) -> Dict[str, Any]:
+    import recommenders_tf  # noqa: F401
+    from pipelines import benchmark, run_all
+    from recommenders_tf.data import load_dataset, temporal_split
+    from recommenders_tf.data.schema import ITEM_ID, USER_ID
+    from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
+
+    data = load_dataset(config.dataset)
+    out_dir = Path(config.out_dir or Path("runs") / "bench_cascade" / run_all._slug(data.name))
+    split = temporal_split(data.interactions, seed=config.seed, dataset=data.name)
+    bench_cfg = benchmark.BenchmarkConfig(dataset=config.dataset, protocol="P1",
+                                          seed=config.seed)
+    print(f"[P1-cascade {data.name}] peers in the same run: {', '.join(config.peers)}",
+          flush=True)
+    rows = benchmark._topk_rows(bench_cfg, data, split, list(config.peers))
+
+    export_dir = Path(tempfile.mkdtemp(prefix="bench_cascade_exports_"))
+    start = time.perf_counter()
+    result = run_all.main(run_all.RunAllConfig(
+        dataset=config.dataset, out_dir=str(out_dir), export_dir=str(export_dir),
+        exports=tuple(config.export_kinds), export_retrieval=False, seed=config.seed))
+    seconds = time.perf_counter() - start
+    metrics = result["metrics"]
+    stages, report = metrics["stages"], metrics["cascade_report"]
+    cascade = result["cascade"]
+    notes_retrieval = report["retrieval"]["notes"]
+    ranking_fit = report["ranking_fits"]["ranking"]
+    cfg = cascade.config
+    project = [
+        ("two-tower (retrieval alone)", "retrieval", notes_retrieval),
+        ("retrieval + ranking", "ranking",
+         f"ranker {cfg.ranking.loss} over the top {cfg.retrieval_k}; context features "
+         f"{', '.join(cascade.context.feature_names)}; {ranking_fit['lists']} training lists, "
+         f"epochs {ranking_fit['epochs']}"),
+        ("full cascade", "final",
+         f"re-ranker over the ranked top {cfg.ranking_k} (inputs "
+         f"{', '.join(cfg.rerank_item_features)}), rules; held-out NDCG@10 "
+         f"{report['reranking']['held_out_ndcg_10']:.4f} vs ranker order "
+         f"{report['reranking']['held_out_ndcg_10_ranker_order']:.4f}"),
+    ]
+    for name, stage, note in project:
+        rows.append({"model": name, "kind": "project", "metrics": _round(stages[stage]),
+                     "train_seconds": round(seconds, 1) if stage == "final" else None,
+                     "notes": note})
+    for method, best in metrics["tradeoffs"].items():
+        if best:
+            rows.append({"model": f"full cascade + {method.upper()}", "kind": "project",
+                         "metrics": _round({k: best[k] for k in stages["final"]}),
+                         "notes": f"lambda={best['lambda']:g} (largest diversity within -3% "
+                                  f"NDCG@10): diversity@10 {best['diversity_gain']:+.1%}, "
+                                  f"ndcg@10 {best['ndcg_change']:+.1%}"})
+    command = ("python -m pipelines.bench_cascade " + " ".join(shlex.quote(a)
+                                                               for a in sys.argv[1:])
+               if sys.argv and sys.argv[0].endswith("bench_cascade.py")
+               else f"python -m pipelines.bench_cascade --dataset {config.dataset}")
+    split_info = {f"{k} rows": v["rows"] for k, v in split.manifest()["parts"].items()}
+    results_dir = Path(config.results_dir)
+    paths = [write_results(
+        results_dir, protocol="P1-cascade", dataset=data.name, seed=config.seed,
+        command=command, rows=rows, split=split_info,
+        notes=[f"Stages fitted on train only ({report['fit_seconds']} s in all): retrieval "
+               "chooses its epochs on the validation slice and is refit on train; the ranker "
+               "learns from the validation slice's lists retrieved by a twin fitted before "
+               "it; the re-ranker from cross-fitted (out-of-fold) ranker lists.",
+               f"Sizes: retrieval top {cfg.retrieval_k} -> ranking top {cfg.ranking_k} -> "
+               f"final {cfg.k}; the final list has only {cfg.k} items, so its recall@50 is "
+               "recall@10."])]
+    curve_rows = []
+    for method, curve in metrics["diversity_curves"].items():
+        for r in curve:
+            curve_rows.append({"model": f"{method.upper()} lambda={r['lambda']:g}",
+                               "kind": "project",
+                               "metrics": _round({k: r[k] for k in ("ndcg@10", "recall@10",
+                                                                    "coverage@10",
+                                                                    "diversity@10")})})
+    paths.append(write_results(
+        results_dir, protocol="P1-diversity", dataset=data.name, seed=config.seed,
+        command=command, rows=curve_rows, split=split_info,
+        notes=["Diversity re-orders the re-ranked top list (relevance min-max normalised per "
+               "list; item similarity = cosine of genre multi-hot vectors, the features "
+               "diversity@10 is measured with), then the business rules cut it to 10. "
+               "lambda = 1 is the full cascade itself."]))
+
+    # Latency: users of the test part with their train histories, every train item excluded.
+    rng = np.random.default_rng(config.seed)
+    users = np.asarray(sorted(split.test[USER_ID].astype(str).unique()), dtype=object)
+    users = users[np.sort(rng.permutation(len(users))[:config.latency_users])]
+    hist = cascade.histories_for(users).astype(str)
+    seen = split.train.groupby(split.train[USER_ID].astype(str))[ITEM_ID].agg(
+        lambda s: list(dict.fromkeys(s.astype(str))))
+    width = max(len(seen.get(u, [])) for u in users)
+    exclude = [(seen.get(u, []) + [""] * width)[:width] for u in users]
+    latency_rows = []
+    for key, facts in metrics["exports"].items():
+        lat = measure_latency(Path(facts["path"]), list(users), hist.tolist(), exclude)
+        latency_rows.append({"model": key.replace("cascade_", "recommender "), "kind": "project",
+                             "metrics": _round({k: lat[k] for k in ("latency_p50_ms",
+                                                                    "latency_p99_ms")}),
+                             "notes": f"{lat['requests']} single-user requests after one "
+                                      f"warm-up call ({lat['first_call_ms']:.0f} ms); "
+                                      f"load {lat['load_seconds']:.1f} s; history "
+                                      f"{hist.shape[1]} ids, {width} exclusion ids per request"})
+        print(f"  {key}: p50 {lat['latency_p50_ms']:.1f} ms, p99 {lat['latency_p99_ms']:.1f} ms",
+              flush=True)
+    if latency_rows:
+        paths.append(write_results(
+            results_dir, protocol="P5-cascade", dataset=data.name, seed=config.seed,
+            command=command, rows=latency_rows,
+            notes=["Latency of the whole cascade (retrieval, ranking, re-ranking, rules) per "
+                   "request through the loaded recommend_with_exclusions signature, in a "
+                   "fresh process, on this machine (2 cores, shared with nothing else in the "
+                   "run)."]))
+    render_benchmarks_md(results_dir, Path(config.benchmarks_md))
+    return {"results_files": [str(p) for p in paths], "rows": rows, "latency": latency_rows,
+            "run_dir": str(out_dir)}
+
+
+def parse_args(argv=None) -> BenchCascadeConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML file with BenchCascadeConfig fields")
+    parser.add_argument("--dataset")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    if args.dataset:
+        overrides.append(f"dataset={json.dumps(args.dataset)}")
+    return load_config(BenchCascadeConfig, args.config, overrides)
+
+
+if __name__ == "__main__":
+    main(parse_args())

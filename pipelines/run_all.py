@@ -1,0 +1,333 @@
+"""Trains every stage of the cascade, evaluates each one under P1, exports everything.
+
+  python -m pipelines.run_all                       # offline synthetic default
+  python -m pipelines.run_all --dataset ml-100k
+  python -m pipelines.run_all --dataset ml-100k --set cascade.diversity=mmr
+
+Steps: P1 split of the dataset; item text vectors from the pretrained MiniLM (cached, skipped
+when the dataset has no item text or `use_text` is off); `cascade.fit_cascade` on the train
+part (retrieval -> ranking -> re-ranking, no stage sees the test part); P1 metrics of every
+stage on the test part and the accuracy-diversity curves of MMR and DPP over lambda; exports of
+the whole cascade (`saved_models/recommender` with ScaNN, `saved_models/recommender_bruteforce`)
+and of the retrieval stage alone (`retrieval_scann`, `retrieval_bruteforce`), each reloaded in
+this process and called once; one summary table.
+
+The run folder (`runs/run_all/<dataset>/`) holds the resolved config, metrics.json,
+summary.md, the stage vocabularies, each stage's training run (checkpoints, TensorBoard,
+training curves), recall_at_k.png (Recall@K of each stage's list) and diversity_tradeoff.png.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from recommenders_tf.cascade.fit import CascadeConfig
+from recommenders_tf.config import load_config
+
+EXPORT_KINDS = ("scann", "bruteforce")
+
+
+@dataclasses.dataclass
+class RunAllConfig:
+    """Settings of run_all.
+
+    Args:
+      dataset: `load_dataset` spec ("synthetic" is the offline default).
+      out_dir: run folder (default `runs/run_all/<dataset>`).
+      export_dir: TF Serving model base path for the exports.
+      cascade: CascadeConfig; an empty `cascade.retrieval` takes the dataset's
+        validation-chosen two-tower settings from configs/retrieval_<dataset>.yaml.
+      use_text: encode item text with the pretrained LM for the ranker and re-ranker.
+      text_cache: cache folder of the text encoder (shared by runs).
+      exports: which cascade exports to write ("scann", "bruteforce"); empty skips exports.
+      export_retrieval: also export the retrieval stage alone (both index kinds).
+      diversity_lambdas: lambda grid of the MMR / DPP trade-off curves.
+      seed: split seed.
+    """
+
+    dataset: str = "synthetic"
+    out_dir: str = ""
+    export_dir: str = "saved_models"
+    cascade: CascadeConfig = dataclasses.field(default_factory=CascadeConfig)
+    use_text: bool = True
+    text_cache: str = "runs/text_cache"
+    exports: Tuple[str, ...] = EXPORT_KINDS
+    export_retrieval: bool = True
+    diversity_lambdas: Tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
+    seed: int = 0
+
+    def __post_init__(self):
+        bad = sorted(set(self.exports) - set(EXPORT_KINDS))
+        if bad:
+            raise ValueError(f"exports must be a subset of {EXPORT_KINDS}, got {bad}")
+        for lam in self.diversity_lambdas:
+            if not 0.0 <= float(lam) <= 1.0:
+                raise ValueError(f"diversity_lambdas must be in [0, 1], got {lam}")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "dataset"
+
+
+def text_vectors_for(dataset: str, out_dir: Path, cache_dir: str, log=print):
+    """The dataset's item text vectors through `pipelines.embed_items` (cached), or None."""
+    from pipelines import embed_items
+    from recommenders_tf.features.item_vectors import ItemVectors
+
+    result = embed_items.main(embed_items.EmbedItemsConfig(
+        dataset=dataset, out_dir=str(out_dir), cache_dir=cache_dir, progress=False))
+    log(f"[run_all] item text vectors: {result['metrics']['items']} items, "
+        f"{result['metrics']['cache_hits']} from cache")
+    return ItemVectors.load(result["item_vectors"])
+
+
+def recall_curve(ids: np.ndarray, users: np.ndarray, test, ks: Sequence[int]) -> List[float]:
+    """Mean Recall@K over users of a list matrix [U, L] ("" padding) against test items."""
+    from recommenders_tf.data.schema import ITEM_ID, USER_ID
+
+    relevant = test.groupby(test[USER_ID].astype(str))[ITEM_ID].agg(lambda s: set(s.astype(str)))
+    hits = np.zeros(ids.shape, bool)
+    sizes = np.zeros(len(users))
+    for r, u in enumerate(users):
+        rel = relevant.get(u, set())
+        sizes[r] = len(rel)
+        hits[r] = [i in rel for i in ids[r]]
+    cum = np.cumsum(hits, 1)
+    out = []
+    for k in ks:
+        k_eff = min(k, ids.shape[1])
+        out.append(float(np.mean(cum[:, k_eff - 1] / np.maximum(sizes, 1))))
+    return out
+
+
+def _plots(run_dir: Path, stages, test, curves: Dict[str, List[Dict[str, float]]],
+           stage_rows: Dict[str, Dict[str, float]]) -> Dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for stage, label in (("retrieval", "retrieval (two-tower)"),
+                         ("ranking", "retrieval + ranking"),
+                         ("final", "full cascade")):
+        ids = getattr(stages, f"{stage}_ids")
+        ks = [k for k in (1, 2, 5, 10, 20, 50, 100, 200) if k <= ids.shape[1]]
+        ax.plot(ks, recall_curve(ids, stages.user_ids, test, ks), marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K (P1 test)")
+    ax.set_title("Recall@K of each stage's list")
+    ax.legend()
+    fig.tight_layout()
+    path = run_dir / "recall_at_k.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    out["recall_at_k"] = str(path)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, rows in curves.items():
+        ax.plot([r["diversity@10"] for r in rows], [r["ndcg@10"] for r in rows], marker="o",
+                label=method.upper())
+        for r in rows:
+            ax.annotate(f"{r['lambda']:g}", (r["diversity@10"], r["ndcg@10"]), fontsize=7)
+    base = stage_rows["final"]
+    ax.axhline(base["ndcg@10"] * 0.97, color="grey", ls="--", lw=0.8, label="-3% NDCG@10")
+    ax.axvline(base["diversity@10"] * 1.2, color="grey", ls=":", lw=0.8, label="+20% diversity")
+    ax.set_xlabel("intra-list diversity@10")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title("Accuracy-diversity trade-off over lambda")
+    ax.legend()
+    fig.tight_layout()
+    path = run_dir / "diversity_tradeoff.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    out["diversity_tradeoff"] = str(path)
+    return out
+
+
+def best_tradeoff(curve: List[Dict[str, float]], base: Dict[str, float],
+                  max_loss: float = 0.03) -> Optional[Dict[str, float]]:
+    """The lambda with the largest diversity gain whose NDCG@10 loss is <= max_loss."""
+    ok = [r for r in curve if r["ndcg@10"] >= base["ndcg@10"] * (1.0 - max_loss)]
+    if not ok:
+        return None
+    best = max(ok, key=lambda r: r["diversity@10"])
+    return {**best, "diversity_gain": best["diversity@10"] / base["diversity@10"] - 1.0,
+            "ndcg_change": best["ndcg@10"] / base["ndcg@10"] - 1.0}
+
+
+def _verify_export(path: Path, users: np.ndarray, histories: np.ndarray) -> Dict[str, Any]:
+    """Reloads an export and calls its signature (ScaNN exports need `import scann`)."""
+    import tensorflow as tf
+
+    meta = json.loads((path / "metadata.json").read_text())
+    if meta.get("requires_scann_ops"):
+        import scann  # noqa: F401  (registers the ScaNN ops before loading)
+    loaded = tf.saved_model.load(str(path))
+    fn = loaded.signatures["serving_default"]
+    width = histories.shape[1]
+    start = time.perf_counter()
+    out = fn(user_id=tf.constant(users.astype(str)),
+             history=tf.constant(histories.astype(str).reshape(len(users), width)))
+    return {"path": str(path), "call_seconds": round(time.perf_counter() - start, 3),
+            "first_user_top": [v.decode() for v in out["item_ids"].numpy()[0][:5]]}
+
+
+def main(config: RunAllConfig) -> Dict[str, Any]:
+    """Runs every step; returns the metrics, curves, exports and the run folder."""
+    import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
+    from pipelines.benchmark import dataset_retrieval_overrides
+    from recommenders_tf.cascade.evaluate import diversity_curve, stage_metrics
+    from recommenders_tf.cascade.fit import fit_cascade
+    from recommenders_tf.data import load_dataset, temporal_split
+    from recommenders_tf.data.schema import USER_ID
+    from recommenders_tf.evaluation.protocol import TopKEvaluator, genre_features
+    from recommenders_tf.runs import record_run
+    from recommenders_tf.serving.cascade_export import export_cascade
+
+    t0 = time.perf_counter()
+    data = load_dataset(config.dataset)
+    run_dir = Path(config.out_dir or Path("runs") / "run_all" / _slug(data.name))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cascade_cfg = config.cascade
+    if not cascade_cfg.retrieval:
+        tuned = {k: v for k, v in dataset_retrieval_overrides(data.name).items()
+                 if k not in ("seed", "verbose")}
+        cascade_cfg = dataclasses.replace(cascade_cfg, retrieval=tuned)
+    resolved = dataclasses.replace(config, out_dir=str(run_dir), cascade=cascade_cfg)
+    split = temporal_split(data.interactions, seed=config.seed, dataset=data.name)
+    split.write_manifest(run_dir)
+    print(f"[run_all] {data.name}: P1 split, {len(split.train)} train / {len(split.test)} test "
+          "rows", flush=True)
+    text = None
+    if config.use_text and data.items is not None and "text" in data.items.columns:
+        text = text_vectors_for(config.dataset, run_dir / "embed_items", config.text_cache)
+    cascade = fit_cascade(split.train, cascade_cfg, run_dir / "cascade", items=data.items,
+                          users=data.users, text_vectors=text)
+
+    features = genre_features(data.items) if data.items is not None and "genres" in \
+        data.items.columns else None
+    evaluator = TopKEvaluator(split.train, split.test, ks=(10, 50), item_features=features)
+    start = time.perf_counter()
+    stages = cascade.run(evaluator.user_ids)
+    run_seconds = time.perf_counter() - start
+    rows = stage_metrics(stages, evaluator)
+    curves = {}
+    if cascade.diversity_vectors is not None:
+        for method in ("mmr", "dpp"):
+            curves[method] = diversity_curve(cascade, stages, evaluator, method,
+                                             config.diversity_lambdas)
+    tradeoffs = {m: best_tradeoff(c, rows["final"]) for m, c in curves.items()}
+    plots = _plots(run_dir, stages, split.test, curves, rows) if curves else {}
+
+    exports: Dict[str, Any] = {}
+    sample = np.asarray(evaluator.user_ids[:3], dtype=object)
+    sample_hist = cascade.histories_for(sample)
+    for kind in config.exports:
+        path = export_cascade(cascade, config.export_dir, kind=kind,
+                              metadata={"dataset": data.name, "run_dir": str(run_dir)})
+        exports[f"cascade_{kind}"] = _verify_export(path, sample, sample_hist)
+        print(f"[run_all] exported and reloaded {path}", flush=True)
+    if config.export_retrieval and config.exports:
+        exports.update(_export_retrieval(cascade, config, sample, sample_hist))
+
+    vocab_dir = run_dir / "vocabularies"
+    vocab_dir.mkdir(exist_ok=True)
+    (vocab_dir / "items.txt").write_text("\n".join(map(str, cascade.catalog)) + "\n")
+    users = cascade.retrieval.vocabularies[USER_ID].tokens
+    (vocab_dir / "users.txt").write_text("\n".join(map(str, users)) + "\n")
+
+    metrics = {"dataset": data.name, "stages": rows, "diversity_curves": curves,
+               "tradeoffs": tradeoffs, "cascade_report": cascade.report, "exports": exports,
+               "evaluate_seconds": round(run_seconds, 2),
+               "seconds": round(time.perf_counter() - t0, 1)}
+    summary = summary_lines(data.name, rows, tradeoffs, exports, cascade.report)
+    record_run(run_dir, resolved, metrics, summary)
+    print("\n".join(summary), flush=True)
+    return {"run_dir": str(run_dir), "metrics": metrics, "plots": plots, "cascade": cascade,
+            "stages": stages, "split": split}
+
+
+def _export_retrieval(cascade, config: RunAllConfig, users, histories) -> Dict[str, Any]:
+    """The retrieval stage alone (query tower + BruteForce / tuned ScaNN), as build_index."""
+    from recommenders_tf.index.scann_index import build_index
+    from recommenders_tf.index.tuning import tune_scann
+    from recommenders_tf.serving.export import export_retrieval
+    from recommenders_tf.cascade.fit import query_embeddings
+
+    rec = cascade.retrieval
+    emb = rec.candidate_embeddings(cascade.catalog)
+    k, width = 10, 50
+    out = {}
+    for kind in config.exports:
+        if kind == "bruteforce":
+            index = build_index("bruteforce", rec.query_tower, cascade.catalog, emb, k=k)
+        else:
+            queries = query_embeddings(rec, np.asarray(rec.vocabularies["user_id"].tokens,
+                                                       dtype=object))
+            index = tune_scann(cascade.catalog, emb, queries, k=k, query_model=rec.query_tower,
+                               min_reordering_candidates=min(k + width, len(emb))).index
+        path = export_retrieval(rec.query_tower, index, config.export_dir, k=k,
+                                exclusion_width=width,
+                                metadata={"query_history_len": rec.config.history_len})
+        out[f"retrieval_{kind}"] = _verify_export(path, users, histories)
+    return out
+
+
+def summary_lines(dataset: str, rows, tradeoffs, exports, report) -> List[str]:
+    labels = {"retrieval": "retrieval (two-tower, ScaNN-servable)",
+              "ranking": "retrieval + ranking", "rerank": "re-ranker order",
+              "final": "full cascade (re-ranker + rules)"}
+    lines = [f"## Cascade on `{dataset}` (P1 test)", "",
+             "| stage | ndcg@10 | recall@10 | hr@10 | coverage@10 | diversity@10 |",
+             "|---|---|---|---|---|---|"]
+    for stage in ("retrieval", "ranking", "final"):
+        m = rows[stage]
+        lines.append(f"| {labels[stage]} | {m['ndcg@10']:.4f} | {m['recall@10']:.4f} | "
+                     f"{m['hr@10']:.4f} | {m['coverage@10']:.4f} | "
+                     f"{m.get('diversity@10', float('nan')):.4f} |")
+    for method, best in tradeoffs.items():
+        if best:
+            lines.append(f"| full cascade + {method.upper()} lambda={best['lambda']:g} | "
+                         f"{best['ndcg@10']:.4f} | {best['recall@10']:.4f} | "
+                         f"{best['hr@10']:.4f} | {best['coverage@10']:.4f} | "
+                         f"{best['diversity@10']:.4f} |")
+    lines.append("")
+    for method, best in tradeoffs.items():
+        if best:
+            lines.append(f"- {method.upper()}: at lambda {best['lambda']:g} diversity@10 "
+                         f"{best['diversity_gain']:+.1%} for NDCG@10 {best['ndcg_change']:+.1%}")
+    for name, facts in exports.items():
+        lines.append(f"- export {name}: {facts['path']}")
+    lines.append(f"- fit {report.get('fit_seconds')} s; re-ranker held-out NDCG@10 "
+                 f"{report.get('reranking', {}).get('held_out_ndcg_10')} vs ranker order "
+                 f"{report.get('reranking', {}).get('held_out_ndcg_10_ranker_order')}")
+    return lines
+
+
+def parse_args(argv=None) -> RunAllConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML file with RunAllConfig fields")
+    parser.add_argument("--dataset")
+    parser.add_argument("--out", dest="out_dir")
+    parser.add_argument("--export-dir")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    for key in ("dataset", "out_dir", "export_dir"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={json.dumps(getattr(args, key))}")
+    return load_config(RunAllConfig, args.config, overrides)
+
+
+if __name__ == "__main__":
+    main(parse_args())
