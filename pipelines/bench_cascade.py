@@ -145,7 +145,9 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
          f"re-ranker over the ranked top {cfg.ranking_k} (inputs "
          f"{', '.join(cfg.rerank_item_features)}), rules; held-out NDCG@10 "
          f"{report['reranking']['held_out_ndcg_10']:.4f} vs ranker order "
-         f"{report['reranking']['held_out_ndcg_10_ranker_order']:.4f}"),
+         f"{report['reranking']['held_out_ndcg_10_ranker_order']:.4f}, so the "
+         + ("trained re-ranker is served" if report['reranking']['trained_model_kept'] else
+            "untrained re-ranker (= ranker order) is served")),
     ]
     for name, stage, note in project:
         rows.append({"model": name, "kind": "project", "metrics": _round(stages[stage]),

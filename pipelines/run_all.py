@@ -60,7 +60,8 @@ class RunAllConfig:
     text_cache: str = "runs/text_cache"
     exports: Tuple[str, ...] = EXPORT_KINDS
     export_retrieval: bool = True
-    diversity_lambdas: Tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
+    diversity_lambdas: Tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6,
+                                            0.5)
     seed: int = 0
 
     def __post_init__(self):

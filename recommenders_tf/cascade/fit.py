@@ -19,7 +19,9 @@ from; a P1 test part is never an argument here):
   * The re-ranker needs the ranker's scores on lists the ranker was NOT trained on: the lists
     are cut into `cross_fit_folds` user folds, a ranker is fitted on all folds but one and
     scores the one left out (cross-fitting); the re-ranker trains on these out-of-fold
-    rankings. The serving ranker is then fitted on all lists.
+    rankings. The serving ranker is then fitted on all lists. If the trained re-ranker does
+    not beat the ranker's order on its held-out lists, the untrained one (which keeps the
+    ranker's order exactly) is served instead, and the report says so.
   * Popularity tables are counted on val.train while training and switched to all of train
     for serving, the way the retrieval model is refit.
 
@@ -52,8 +54,8 @@ from recommenders_tf.models.ranking import (RankingConfig, RankingModel, fit_ran
                                             predict_lists)
 from recommenders_tf.models.ranking_data import RankingLists, histories_for, scoring_lists
 from recommenders_tf.models.recommender import TwoTowerConfig, TwoTowerRecommender
-from recommenders_tf.models.reranking import (Reranker, RerankerConfig, fit_reranker,
-                                              rerank_scores)
+from recommenders_tf.models.reranking import (Reranker, RerankerConfig, build_reranker,
+                                              fit_reranker, rerank_scores)
 from recommenders_tf.models.rules import BusinessRules
 
 DIVERSITY = ("none", "mmr", "dpp")
@@ -606,14 +608,25 @@ def fit_reranking_stage(config: CascadeConfig, training: RerankTraining, run_dir
     held = np.sort(np.random.default_rng(config.seed).permutation(n)[
         :max(1, int(config.held_out_share * n))])
     keep = np.setdiff1d(np.arange(n), held)
+    held_out = {k: v[held] for k, v in data.items()}
     reranker, result = fit_reranker(config.reranker, {k: v[keep] for k, v in data.items()},
-                                    {k: v[held] for k, v in data.items()}, str(run_dir))
-    # What the ranker order scores on the same held-out lists: the bar the re-ranker must clear.
-    labels = np.maximum(data["label"][held], 0.0)
-    base = _ndcg_at_10(labels, data["item_scores"][held, :, 0], data["mask"][held])
+                                    held_out, str(run_dir))
+    # The bar the re-ranker must clear: the ranker's own order on the same held-out lists,
+    # both measured by one function (lists without a positive left out).
+    labels = np.maximum(held_out["label"], 0.0)
+    base = _ndcg_at_10(labels, held_out["item_scores"][:, :, 0], held_out["mask"])
+    trained = _ndcg_at_10(labels, rerank_scores(reranker, held_out), held_out["mask"])
+    kept = trained > base
+    if not kept:
+        # Untrained, the re-ranker reproduces its input order exactly (skip term, zero head):
+        # serve that rather than a model that lost to the ranker on held-out lists.
+        reranker = build_reranker(config.reranker, data["item_vectors"].shape[-1],
+                                  data["item_scores"].shape[-1],
+                                  data["user_vector"].shape[-1] if "user_vector" in data else 0)
+        rerank_scores(reranker, held_out)  # builds the variables
     return reranker, {"lists": int(len(keep)), "held_out": int(len(held)),
-                      "epochs": result.best_epoch, "held_out_ndcg_10": result.best_value,
-                      "held_out_ndcg_10_ranker_order": base,
+                      "epochs": result.best_epoch, "held_out_ndcg_10": trained,
+                      "held_out_ndcg_10_ranker_order": base, "trained_model_kept": bool(kept),
                       "item_features": list(config.rerank_item_features),
                       "seconds": round(time.perf_counter() - start, 2)}
 
