@@ -2,11 +2,13 @@
 
 Steps, each a pipeline of its own that this module only chains:
   1. prepare_data   load + validate the synthetic data, P1 split, manifest, vocabularies
-  2. benchmark      peers side by side under P1 (written under runs/demo, not BENCHMARKS.md)
-  3. embed_items    item text vectors from the pretrained MiniLM (cached)
-  4. train_retrieval the text-enhanced TFRS two-tower model (P1 split, early stopping)
-  5. build_index    BruteForce + ScaNN tuned to recall@10 >= 0.95, both exported for TF Serving
-  6. recommend      top-k for one user through the reloaded ScaNN export
+  2. run_all        the whole cascade: MiniLM item text vectors (cached), two-tower retrieval,
+                    ranking over its top 200, the listwise re-ranker and business rules; P1
+                    metrics of every stage, the MMR/DPP trade-off, and the exports
+                    (saved_models/recommender with ScaNN, recommender_bruteforce, and the
+                    retrieval stage alone), each reloaded and called
+  3. recommend      one test user's top 10 through the reloaded cascade export, with titles,
+                    scores and per-stage ranks; then an unknown user (the fallback)
 
   python -m pipelines.demo [--dataset synthetic] [--out runs/demo]
 """
@@ -17,9 +19,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Dict
 
-from pipelines import benchmark, build_index, embed_items, prepare_data, recommend, train_retrieval
-from pipelines.benchmark import dataset_retrieval_overrides
-from recommenders_tf.config import from_dict, load_config, to_dict
+from pipelines import prepare_data, recommend, run_all
+from recommenders_tf.config import load_config
 
 
 @dataclasses.dataclass
@@ -27,14 +28,12 @@ class DemoConfig:
     """Args:
       dataset: dataset spec; the synthetic generator is the offline default.
       out_dir: everything the demo writes goes below this folder.
-      peers: the peers to run side by side under P1.
+      export_dir: TF Serving model base path of the exports.
     """
 
     dataset: str = "synthetic"
     out_dir: str = "runs/demo"
-    peers: tuple = ("most-popular", "implicit-ALS", "implicit-BPR")
     export_dir: str = "saved_models"
-    epochs: int = 0  # 0 keeps the retrieval config's default
 
 
 def _banner(text: str) -> None:
@@ -52,48 +51,29 @@ def _a_test_user(dataset: str) -> str:
 def main(config: DemoConfig) -> Dict[str, Any]:
     out = Path(config.out_dir)
     results: Dict[str, Any] = {}
-    _banner("1/6 prepare data")
+    _banner("1/3 prepare data")
     results["prepare_data"] = prepare_data.main(prepare_data.PrepareDataConfig(
         dataset=config.dataset, protocol="P1", out_dir=str(out / "prepare_data")))
-    _banner("2/6 peers under P1")
-    results["benchmark"] = benchmark.main(benchmark.BenchmarkConfig(
-        dataset=config.dataset, protocol="P1", models=tuple(config.peers),
-        results_dir=str(out / "benchmark" / "results"),
-        benchmarks_md=str(out / "benchmark" / "BENCHMARKS.md"), run_dir=str(out / "benchmark")))
-    _banner("3/6 item text vectors (pretrained MiniLM)")
-    results["embed_items"] = embed_items.main(embed_items.EmbedItemsConfig(
-        dataset=config.dataset, out_dir=str(out / "embed_items"),
-        cache_dir=str(out / "text_cache")))
-    _banner("4/6 train the text-enhanced two-tower retrieval model")
-    retrieval_cfg = train_retrieval.TrainRetrievalConfig(
-        dataset=config.dataset, text_vectors=str(Path(results["embed_items"]["item_vectors"])),
-        run_dir=str(out / "train_retrieval"))
-    # Settings chosen on this dataset's validation slice, when the repository has them.
-    tuned = {k: v for k, v in dataset_retrieval_overrides(config.dataset).items()
-             if k not in ("seed", "verbose")}
-    if tuned:
-        retrieval_cfg.retrieval = from_dict(type(retrieval_cfg.retrieval),
-                                            {**to_dict(retrieval_cfg.retrieval), **tuned})
-    if config.epochs:
-        retrieval_cfg.retrieval.epochs = config.epochs
-    results["train_retrieval"] = train_retrieval.main(retrieval_cfg)
-    _banner("5/6 build and export the ScaNN and BruteForce indexes")
-    results["build_index"] = build_index.main(build_index.BuildIndexConfig(
-        run_dir=str(out / "train_retrieval"), export_dir=config.export_dir,
-        out_dir=str(out / "build_index")))
-    _banner("6/6 recommend through the reloaded ScaNN export")
+    _banner("2/3 train, evaluate and export the cascade (retrieval -> ranking -> re-ranking)")
+    results["run_all"] = run_all.main(run_all.RunAllConfig(
+        dataset=config.dataset, out_dir=str(out / "run_all"), export_dir=config.export_dir,
+        text_cache=str(out / "text_cache")))
+    _banner("3/3 recommend through the reloaded cascade export")
+    export = str(Path(config.export_dir) / "recommender")
     user = _a_test_user(config.dataset)
     results["recommend"] = recommend.main(recommend.RecommendConfig(
-        export=str(Path(config.export_dir) / "retrieval_scann"), user_id=user,
-        dataset=config.dataset))
+        export=export, user_id=user, dataset=config.dataset, k=10))
+    print()
+    results["recommend_unknown"] = recommend.main(recommend.RecommendConfig(
+        export=export, user_id="a-new-user", dataset=config.dataset, k=10))
     _banner("done")
-    two_tower = results["train_retrieval"]["test"]
-    print(f"{'two-tower (ours)':>16}: recall@10 {two_tower['recall@10']:.4f}  "
-          f"ndcg@10 {two_tower['ndcg@10']:.4f}")
-    for row in results["benchmark"]["rows"]:
-        m = row["metrics"]
-        print(f"{row['model']:>16}: recall@10 {m['recall@10']:.4f}  ndcg@10 {m['ndcg@10']:.4f}")
-    print(f"Artifacts under {out}/")
+    stages = results["run_all"]["metrics"]["stages"]
+    for stage, label in (("retrieval", "retrieval"), ("ranking", "retrieval + ranking"),
+                         ("final", "full cascade")):
+        m = stages[stage]
+        print(f"{label:>20}: ndcg@10 {m['ndcg@10']:.4f}  recall@10 {m['recall@10']:.4f}  "
+              f"diversity@10 {m.get('diversity@10', float('nan')):.4f}")
+    print(f"Artifacts under {out}/, models under {config.export_dir}/")
     return results
 
 
