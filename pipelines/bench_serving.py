@@ -58,7 +58,8 @@ class BenchServingConfig:
             `<out_dir>/saved_models`.
         models: only these model names (default: every model under base_dir).
         signature: the signature timed.
-        dataset: dataset of the trained models (also names the results file).
+        dataset: dataset the models are trained on (or were, with `base_dir`); the results
+            file is `serving-<dataset>-P5.json`.
         requests: timed one-row requests per model and path.
         warmup_requests: untimed calls before each measurement.
         batch_size: rows per batched request.
@@ -283,7 +284,7 @@ def main(config: BenchServingConfig) -> Dict[str, Any]:
     from recommenders_tf.serving.server_config import discover_models
     from recommenders_tf.serving.warmup import example_inputs
 
-    run_dir = make_run_dir(config.out_dir, config.run_name or None)
+    run_dir = make_run_dir(config.out_dir, config.run_name or None).resolve()
     work = run_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
     base = Path(config.base_dir) if config.base_dir else train_small_exports(config, run_dir)
@@ -337,7 +338,10 @@ def main(config: BenchServingConfig) -> Dict[str, Any]:
     for model in models:
         single, _ = inputs[model.name]
         sig = figures(raw[f"{model.name}/signature"], config)
+        size = (f"{model.metadata['num_candidates']} candidates, k={model.metadata.get('k')}; "
+                if "num_candidates" in model.metadata else "")
         base_note = (f"v{model.latest}, {'ScaNN' if model.requires_scann else 'stock'} ops; "
+                     f"{size}"
                      f"{config.signature}({_describe(single)}); {config.requests} one-row "
                      f"requests, {config.batch_requests} x {config.batch_size} rows")
         worker = raw[f"{model.name}/signature"]
@@ -372,7 +376,8 @@ def main(config: BenchServingConfig) -> Dict[str, Any]:
         "signature rows: the export loaded in a fresh Python process that imports only "
         "TensorFlow (plus scann for ScaNN exports), as a model server loads it; timed around "
         "the signature call including reading its outputs. qps_single = one-row requests per "
-        f"second, qps_batch256 = rows per second in {config.batch_size}-row requests.",
+        f"second, qps_batch256 = rows per second in {config.batch_size}-row requests; a row is "
+        "one user (for ranking, one user's whole candidate list, item_ids [S] in the notes).",
         "REST / gRPC rows: end-to-end calls from this project's RestClient / GrpcClient to the "
         "loopback TF-Serving-compatible test fixture (recommenders_tf.serving.local_server, "
         "Python, its own process), NOT the C++ TF Serving, which cannot be installed here. The "
@@ -385,7 +390,7 @@ def main(config: BenchServingConfig) -> Dict[str, Any]:
                "rows": rows, "raw_summary": {k: figures(v, config) for k, v in raw.items()},
                "machine": machine, "load_average": list(load)}
     if config.results_dir:
-        dataset = f"serving-{config.dataset}" if not config.base_dir else "serving"
+        dataset = f"serving-{config.dataset}"
         command = "python -m pipelines.bench_serving " + " ".join(
             shlex.quote(a) for a in sys.argv[1:])
         path = write_results(Path(config.results_dir), protocol=PROTOCOL, dataset=dataset,

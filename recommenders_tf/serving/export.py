@@ -168,11 +168,6 @@ def _metadata(name: str, index: RetrievalIndex, k: int, exclusion_width: int,
     if clash:
         raise ValueError(f"metadata keys {clash} are written by export_retrieval itself; "
                          "rename them (e.g. nest them under 'extra').")
-    inputs = {n: {"dtype": s.dtype.name, "shape": [d if d is not None else -1
-                                                   for d in s.shape.as_list()]}
-              for n, s in feature_spec.items()}
-    outputs = {"item_ids": {"dtype": "string", "shape": [-1, k]},
-               "scores": {"dtype": "float32", "shape": [-1, k]}}
     scann = index.requires_scann_ops
     meta = {
         "format_version": 1,
@@ -186,14 +181,6 @@ def _metadata(name: str, index: RetrievalIndex, k: int, exclusion_width: int,
         "requires_scann_ops": scann,
         "serving_note": SCANN_NOTE if scann else BRUTEFORCE_NOTE,
         "pad_item_id": "",
-        "signatures": {
-            SERVING_DEFAULT: {"inputs": inputs, "outputs": outputs},
-            WITH_EXCLUSIONS: {
-                "inputs": {**inputs, EXCLUDE_INPUT: {"dtype": "string",
-                                                    "shape": [-1, exclusion_width]}},
-                "outputs": outputs,
-            },
-        },
         "versions": {
             "tensorflow": tf.__version__,
             "tensorflow_recommenders": package_version("tensorflow-recommenders"),
@@ -593,7 +580,6 @@ def export_retrieval(
     users = pick_vocabulary(find_vocabularies(query_model), "user", avoid=("feature",))
     requests = retrieval_warmup_requests(feature_spec, exclusion_width, item_ids, users,
                                          int(history_len or 2), warmup_inputs)
-    meta.pop("signatures", None)  # save_export reads them back from the SavedModel
     options = tf.saved_model.SaveOptions(
         namespace_whitelist=["Scann"] if index.requires_scann_ops else None)
     return save_export(module, signatures, base_dir, name, meta, requests, options=options,

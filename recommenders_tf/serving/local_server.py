@@ -31,7 +31,7 @@ README's "Serving with TF Serving").
 
 Example:
     >>> with LocalModelServer("saved_models") as server:      # 127.0.0.1, ephemeral ports
-    ...     RestClient(port=server.rest_port).predict("ranking", inputs={...})
+    ...     RestClient("127.0.0.1", server.rest_port).predict("ranking", {...})
 
   python -m recommenders_tf.serving.local_server --base-dir saved_models --rest-port 8501 --grpc-port 8500
 """

@@ -57,7 +57,8 @@ SCORE_KINDS = {"rating": "predicted rating", "click": "click logit (sigmoid = pr
 _RESERVED_KEYS = {"format_version", "model_name", "stage", "loss", "loss_mode", "score_kind",
                   "history_len", "signatures", "versions", "created_utc", "pad_item_id",
                   "assets", "warmup"}
-WARMUP_CANDIDATES = 10
+WARMUP_CANDIDATES = 100
+WARMUP_HISTORY = 50
 
 __all__ = ["export_ranking", "existing_versions", "ranking_warmup_requests", "DEFAULT_NAME",
            "INPUTS"]
@@ -113,12 +114,12 @@ def _metadata(name: str, model: Any, extra: Mapping[str, Any]) -> dict:
 
 def ranking_warmup_requests(user_ids: Sequence[str], item_ids: Sequence[str],
                             history_len: int) -> list:
-    """Two `serving_default` requests from real ids: one user with real history and
-    candidates, then two users (a real one and an unknown one) whose lists hold an unknown
-    item and "" padding."""
+    """Two `serving_default` requests from real ids: one user with real history (up to the
+    model's history_len, at most 50) and up to 100 real candidates, then two users (a real one
+    and an unknown one) whose lists also hold an unknown item and "" padding."""
     items = [str(i) for i in item_ids][:WARMUP_CANDIDATES] or [UNKNOWN_ITEM]
     user = str(user_ids[0]) if len(user_ids) else UNKNOWN_USER
-    width = max(1, min(int(history_len or 1), 10))
+    width = max(1, min(int(history_len or 1), WARMUP_HISTORY))
     history = (items * width)[:width]
     single = {"user_id": np.array([user], dtype=object),
               "history": np.array([history], dtype=object),
@@ -140,8 +141,8 @@ def export_ranking(model: Any, base_dir: str | os.PathLike = "saved_models",
       base_dir: TF Serving model base path.
       name: model name (one path component).
       metadata: extra JSON-serialisable facts for metadata.json (vocab sizes, metrics, ...).
-      example_item_ids: real item ids for the warmup requests (default: the model's item
-        vocabulary).
+      example_item_ids: real item ids to put first in the warmup requests (the model's item
+        vocabulary fills up the rest).
 
     Returns:
       The new version directory, e.g. saved_models/ranking/3.
@@ -153,7 +154,8 @@ def export_ranking(model: Any, base_dir: str | os.PathLike = "saved_models",
     json.dumps(meta)  # fails early if not serialisable
     vocabularies = find_vocabularies(model)
     users = pick_vocabulary(vocabularies, "user", avoid=("feature",))
-    items = list(example_item_ids or []) or pick_vocabulary(vocabularies, "item")
+    items = list(dict.fromkeys([str(i) for i in example_item_ids or []]
+                               + pick_vocabulary(vocabularies, "item")))
     module = _RankingModule(model)
     signatures = {SERVING_DEFAULT: module.serve.get_concrete_function()}
     return save_export(module, signatures, base_dir, name, meta,
