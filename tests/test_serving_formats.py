@@ -246,6 +246,13 @@ def test_json_responses_have_tf_serving_shapes():
     assert json.loads(ls.make_json_response(both, "columnar")) == {
         "outputs": {"item_ids": [["a", ""]], "scores": [[1.5, -np.inf]]}}
     assert "-Infinity" in ls.make_json_response({"scores": scores}, "row")
+    # [B] outputs (one value per row) next to [B, k] ones, as the cascade's `source`.
+    mixed = {"source": np.array([b"model", b"fallback"], dtype=object),
+             "rank": np.array([[1, 2], [3, 4]], np.int32)}
+    assert json.loads(ls.make_json_response(mixed, "row")) == {"predictions": [
+        {"rank": [1, 2], "source": "model"}, {"rank": [3, 4], "source": "fallback"}]}
+    assert json.loads(ls.make_json_response(mixed, "columnar")) == {
+        "outputs": {"rank": [[1, 2], [3, 4]], "source": ["model", "fallback"]}}
     # Outputs named *_bytes go out base64-encoded.
     assert json.loads(ls.make_json_response({"raw_bytes": np.array([b"\x00\xff"], object)},
                                              "columnar")) == {"outputs": [{"b64": "AP8="}]}

@@ -566,13 +566,16 @@ def make_json_response(outputs: Mapping[str, np.ndarray], fmt: str) -> str:
             raise _invalid(f"Tensor name: {n} has inconsistent batch size: "
                            f"{outputs[n].shape[0]} expecting: {batch}")
         batch = outputs[n].shape[0]
+    def item(n, i):  # row i as an array, also for [B] outputs (a 0-d array, not a scalar)
+        return np.asarray(outputs[n][i], dtype=outputs[n].dtype)
+
     rows = []
     for i in range(batch or 0):
         if len(names) == 1:
-            rows.append(_write_values(outputs[names[0]][i], as_bytes[names[0]]))
+            rows.append(_write_values(item(names[0], i), as_bytes[names[0]]))
         else:
             rows.append("{" + ", ".join(f"{json.dumps(n)}: "
-                                        f"{_write_values(outputs[n][i], as_bytes[n])}"
+                                        f"{_write_values(item(n, i), as_bytes[n])}"
                                         for n in names) + "}")
     return '{\n    "predictions": [\n        ' + ",\n        ".join(rows) + "\n    ]\n}"
 
