@@ -219,8 +219,8 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
             command=command, rows=latency_rows,
             notes=["Latency of the whole cascade (retrieval, ranking, re-ranking, rules) per "
                    "request through the loaded recommend_with_exclusions signature, in a "
-                   "fresh process, on this machine (2 cores, shared with nothing else in the "
-                   "run)."]))
+                   "fresh process, on this machine (2 cores; other jobs may have been running, so "
+                   "compare the two exports of one run rather than absolute figures)."]))
     render_benchmarks_md(results_dir, Path(config.benchmarks_md))
     return {"results_files": [str(p) for p in paths], "rows": rows, "latency": latency_rows,
             "run_dir": str(out_dir)}

@@ -90,7 +90,10 @@ class CascadeConfig:
       neighbors: most similar items kept per item for the collaborative features (0: none).
       rerank_item_features: what the re-ranker sees of each entry (see `rerank_inputs`).
       rerank_user: "embedding" (the retrieval query vector) or "none".
-      cross_fit_folds: user folds of the ranker's out-of-fold scores for the re-ranker.
+      cross_fit_folds: user folds of the ranker's out-of-fold scores for the re-ranker. Each
+        fold's ranker sees (folds - 1) / folds of the lists; with 2 folds the re-ranker learned
+        to correct rankers weaker than the one that serves (synthetic: held-out +9% over the
+        ranker order, test -1%), with 5 the gap narrowed.
       held_out_share: share of each stage's lists held out for early stopping.
       diversity: "none", "mmr" or "dpp", applied to the re-ranked list before the rules.
       diversity_lambda: relevance weight of MMR/DPP (1 = pure relevance).
@@ -110,7 +113,7 @@ class CascadeConfig:
     neighbors: int = 50
     rerank_item_features: Tuple[str, ...] = ("context", "genres")
     rerank_user: str = "none"
-    cross_fit_folds: int = 2
+    cross_fit_folds: int = 5
     held_out_share: float = 0.1
     diversity: str = "none"
     diversity_lambda: float = 1.0
