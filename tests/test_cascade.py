@@ -37,7 +37,7 @@ TINY = CascadeConfig(
                           learning_rate=0.01, batch_size=16, epochs=6, patience=2, verbose=0),
     reranker=RerankerConfig(num_layers=1, model_dim=8, ff_dim=16, max_list_size=20,
                             epochs=3, patience=1, verbose=0),
-    neighbors=10)
+    neighbors=10, cross_fit_folds=2)
 
 
 def _topic_text(data):
