@@ -174,8 +174,8 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
                "learns from the validation slice's lists retrieved by a twin fitted before "
                "it; the re-ranker from cross-fitted (out-of-fold) ranker lists.",
                f"Sizes: retrieval top {cfg.retrieval_k} -> ranking top {cfg.ranking_k} -> "
-               f"final {cfg.k}; the final list has only {cfg.k} items, so its recall@50 is "
-               "recall@10."])]
+               f"final {cfg.k}; the final list has only {cfg.k} items, so it has no recall@50 "
+               "(left blank)."])]
     curve_rows = []
     for method, curve in metrics["diversity_curves"].items():
         for r in curve:

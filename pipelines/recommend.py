@@ -164,8 +164,8 @@ def recommend_cascade(config: RecommendConfig, version_dir: Path, meta: Dict[str
             "instances": [{"user_id": config.user_id, "history": history or [""],
                            "exclude_item_ids": excluded or [""]}]}
     url = rest_predict_url(name, config.host, config.port)
-    print(f"\nTF Serving REST: POST {url} with the body above's "
-          f"{len(json.dumps(body))} bytes (history + exclusions).")
+    print(f"\nTF Serving REST request (POST {url}):")
+    print(json.dumps(body))
     results = {"export": str(version_dir), "kind": "cascade", "user_id": config.user_id,
                "source": source, "history": history, "excluded": len(excluded),
                "recommendations": rows, "rest_url": url, "rest_body": body,

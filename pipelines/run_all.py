@@ -110,13 +110,13 @@ def recall_curve(ids: np.ndarray, users: np.ndarray, test, ks: Sequence[int]) ->
 
 def _plots(run_dir: Path, stages, test, curves: Dict[str, List[Dict[str, float]]],
            stage_rows: Dict[str, Dict[str, float]]) -> Dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The Figure API draws without touching pyplot's backend, so a notebook that calls this
+    # keeps showing its own figures inline.
+    from matplotlib.figure import Figure
 
     out = {}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for stage, label in (("retrieval", "retrieval (two-tower)"),
                          ("ranking", "retrieval + ranking"),
                          ("final", "full cascade")):
@@ -131,10 +131,10 @@ def _plots(run_dir: Path, stages, test, curves: Dict[str, List[Dict[str, float]]
     fig.tight_layout()
     path = run_dir / "recall_at_k.png"
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     out["recall_at_k"] = str(path)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for method, rows in curves.items():
         ax.plot([r["diversity@10"] for r in rows], [r["ndcg@10"] for r in rows], marker="o",
                 label=method.upper())
@@ -150,7 +150,6 @@ def _plots(run_dir: Path, stages, test, curves: Dict[str, List[Dict[str, float]]
     fig.tight_layout()
     path = run_dir / "diversity_tradeoff.png"
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     out["diversity_tradeoff"] = str(path)
     return out
 

@@ -4,6 +4,7 @@ One module-scoped fit (~1 min on 2 cores) feeds every test. The exports are relo
 fresh process and must reproduce the in-process cascade exactly (BruteForce retrieval, so the
 only difference could be the export itself).
 """
+import dataclasses
 import json
 import subprocess
 import sys
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = CascadeConfig(
-    retrieval_k=60, ranking_k=20, k=5,
+    retrieval_k=60, ranking_k=20, k=10,
     retrieval=dict(embedding_dim=16, id_embedding_dim=16, feature_embedding_dim=8,
                    hidden_dims=(), history_len=10, temperature=0.1, learning_rate=0.01,
                    batch_size=128, epochs=4, patience=1),
@@ -69,12 +70,12 @@ def fitted(tmp_path_factory):
 def test_stage_lists_are_nested_and_clean(fitted):
     data, split, cascade, evaluator, stages, _ = fitted
     assert stages.retrieval_ids.shape == (len(evaluator.user_ids), 60)
-    assert stages.ranking_ids.shape[1] == 20 and stages.final_ids.shape[1] == 5
+    assert stages.ranking_ids.shape[1] == 20 and stages.final_ids.shape[1] == 10
     seen = split.train.groupby(split.train[USER_ID].astype(str))[ITEM_ID].agg(
         lambda s: set(s.astype(str)))
     for r, user in enumerate(stages.user_ids):
         final = [i for i in stages.final_ids[r] if i]
-        assert len(final) == len(set(final)) == 5
+        assert len(final) == len(set(final)) == 10
         assert not set(final) & seen.get(user, set()), "a train item was recommended"
         assert set(final) <= set(stages.ranking_ids[r]) <= set(stages.retrieval_ids[r])
         # the ranker's list is its own order of retrieval candidates, best first
@@ -160,7 +161,7 @@ def test_bruteforce_export_matches_in_process_cascade(fitted, tmp_path):
     np.testing.assert_array_equal(np.array(out["retrieval_rank"])[:6], expected_ranks)
     # Unknown user, no history: the most popular train items, in order.
     popular = split.train[ITEM_ID].astype(str).value_counts()
-    top = popular[popular >= popular.iloc[4]].index
+    top = popular[popular >= popular.iloc[9]].index
     assert set(out["item_ids"][7]) <= set(top)
     # Unknown user with a history: that history is never recommended back.
     assert not set(out["item_ids"][6]) & set(cold_history)
@@ -177,9 +178,9 @@ def test_scann_export_loads_with_scann_in_a_fresh_process(fitted, tmp_path):
     hist = cascade.histories_for(users).astype(str).tolist()
     out = _fresh_call(path, users, hist, [[""]] * 4)
     got = np.array(out["item_ids"])
-    assert got.shape == (4, 5) and (got != "").all()
+    assert got.shape == (4, 10) and (got != "").all()
     # ScaNN is approximate: most of the exact cascade's final items come back.
-    overlap = np.mean([len(set(got[r]) & set(stages.final_ids[r])) / 5 for r in range(4)])
+    overlap = np.mean([len(set(got[r]) & set(stages.final_ids[r])) / 10 for r in range(4)])
     assert overlap >= 0.6
 
 
@@ -216,4 +217,16 @@ def test_run_all_then_recommend_on_tiny_data(tmp_path, capsys):
     cold = recommend.main(recommend.RecommendConfig(
         export=str(tmp_path / "models" / "recommender_bruteforce"), user_id="someone-new",
         dataset="synthetic-tiny"))
-    assert cold["source"] == "fallback" and len(cold["recommendations"]) == 5
+    assert cold["source"] == "fallback" and len(cold["recommendations"]) == 10
+
+
+def test_a_run_folder_of_another_fit_is_refused(fitted):
+    from recommenders_tf.cascade.fit import claim_run_dir
+
+    _, split, _, _, _, run_dir = fitted
+    claim_run_dir(run_dir, TINY, split.train)  # same config and data: resumable, accepted
+    other = dataclasses.replace(TINY, cross_fit_folds=3)
+    with pytest.raises(ValueError, match="another config"):
+        claim_run_dir(run_dir, other, split.train)
+    with pytest.raises(ValueError, match="another train data"):
+        claim_run_dir(run_dir, TINY, split.train.iloc[:-1])

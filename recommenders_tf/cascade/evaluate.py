@@ -40,14 +40,18 @@ def evaluate_order(order_ids: np.ndarray, user_ids: Sequence[str],
     table = order_to_scores(order_ids, users, evaluator.item_ids)
     row = {u: r for r, u in enumerate(users)}
     metrics = evaluator.evaluate(lambda batch: table[[row[u] for u in batch]]).metrics
-    return {k: float(metrics[k]) for k in METRICS if k in metrics}
+    # Past the list's end the evaluator would fill in unranked items by id: a metric whose
+    # cut-off exceeds the list length would judge that filler, so it is left out.
+    length = np.asarray(order_ids).shape[1]
+    return {k: float(metrics[k]) for k in METRICS
+            if k in metrics and int(k.split("@")[1]) <= length}
 
 
 def stage_metrics(stages: StageLists, evaluator: TopKEvaluator) -> Dict[str, Dict[str, float]]:
     """{stage: P1 metrics} for every stage of one `Cascade.run` over the evaluator's users.
 
-    Recall@50 of the final list is measured on the re-ranked list extended by the ranker's
-    order, since the final list has only k items.
+    Metrics with a cut-off beyond a stage's list length are left out (the final list of k = 10
+    has no recall@50).
     """
     out = {}
     for stage in STAGES:

@@ -467,6 +467,34 @@ def _split(lists: RankingLists, share: float, seed: int) -> Tuple[RankingLists, 
     return lists.split(share, seed=seed)
 
 
+CLAIM_FILE = "cascade_claim.json"
+
+
+def claim_run_dir(run_dir: Path, config: CascadeConfig, train: pd.DataFrame) -> None:
+    """Records which config and train data a run folder belongs to; refuses any other.
+
+    Every stage's training loop resumes from the checkpoints it finds, which is right for an
+    interrupted run and silently wrong for a different one (it would continue models fitted
+    with other folds, sizes or data), so a folder claimed by another run is refused.
+    """
+    import yaml
+
+    from recommenders_tf.config import to_dict
+    from recommenders_tf.data.splits import frame_sha256
+
+    claim = {"config": yaml.safe_load(yaml.safe_dump(to_dict(config))),
+             "train_sha256": frame_sha256(train), "train_rows": int(len(train))}
+    path = run_dir / CLAIM_FILE
+    if path.exists():
+        held = json.loads(path.read_text())
+        if held != json.loads(json.dumps(claim)):
+            what = ("train data" if held.get("config") == claim["config"] else "config")
+            raise ValueError(f"{run_dir} holds a cascade fitted with another {what} ({path}); "
+                             "use another run folder or delete this one to start over")
+        return
+    path.write_text(json.dumps(claim, indent=2, sort_keys=True))
+
+
 def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
                 items: Optional[pd.DataFrame] = None, users: Optional[pd.DataFrame] = None,
                 text_vectors: Optional[ItemVectors] = None,
@@ -476,7 +504,9 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
     Args:
       train: the interactions to learn from (canonical schema with timestamps).
       config: CascadeConfig.
-      run_dir: artifact folder (each stage's training run below it).
+      run_dir: artifact folder (each stage's training run below it). A folder left by an
+        interrupted fit of the same config and data resumes; one claimed by another fit is
+        refused (`claim_run_dir`).
       items: items frame (genres feed the towers, diversity and category caps).
       users: users frame (for `config.ranking.user_features`).
       text_vectors: item text vectors (e.g. MiniLM, `pipelines.embed_items`); used when
@@ -485,6 +515,7 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(run_dir, config, train)
     cfg = config
     report: Dict[str, Any] = {"train_rows": int(len(train))}
     t0 = time.perf_counter()
