@@ -209,8 +209,12 @@ def test_reindex_makes_new_item_retrievable_through_reloaded_export(built, tmp_p
         new-horror-1,Night of Fear,Horror
         new-comedy-1,Laugh Track,Comedy
     """)
+    # ScaNN's k-means partitions are not seeded, so with the default recall target (0.95) a
+    # rebuilt index sometimes did not search the new item's leaf for this user; a target of 1
+    # makes the tuning (or its search-every-leaf fallback) exact on these users' queries.
     config = reindex.ReindexConfig(**{**vars(built["config"]), "items": str(items),
-                                      "out_dir": str(tmp_path / "reindex_runs")})
+                                      "out_dir": str(tmp_path / "reindex_runs"),
+                                      "target_recall": 1.0})
     results = reindex.main(config)
 
     new_store = run_dir / "candidate_store.v2"
@@ -241,15 +245,8 @@ def test_reindex_makes_new_item_retrievable_through_reloaded_export(built, tmp_p
     got = json.loads((tmp_path / "out.json").read_text())
     for name in ("scann-v2", "bruteforce-v2"):
         assert got[name]["num_candidates"] == 302
+        assert got[name]["plain"][0] == "new-horror-1"
         assert "new-horror-1" not in got[name]["excluded"] and len(got[name]["excluded"]) == K
-    # The exact index must rank the new item first. ScaNN is approximate and its k-means
-    # partitions are not seeded: about one run in four it did not search the new item's leaf
-    # for this user (top 10 otherwise the exact one), so it is held to the recall the build
-    # tunes for, not to the exact top 1.
-    exact = got["bruteforce-v2"]["plain"]
-    assert exact[0] == "new-horror-1"
-    overlap = len(set(got["scann-v2"]["plain"]) & set(exact)) / K
-    assert overlap >= 0.7, (got["scann-v2"]["plain"], exact)
     assert got["bruteforce-v1"]["num_candidates"] == 300
     assert "new-horror-1" not in got["bruteforce-v1"]["plain"]
     # Re-adding the same item is refused, and leaves no further store version behind.
