@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from recommenders_tf.cascade.fit import CascadeConfig
+from recommenders_tf.cascade.config import CascadeConfig
 from recommenders_tf.config import load_config
 
 EXPORT_KINDS = ("scann", "bruteforce")

@@ -21,7 +21,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from recommenders_tf.cascade.candidates import order_to_scores
-from recommenders_tf.cascade.fit import Cascade, StageLists, diversify, finalize
+from recommenders_tf.cascade.stages import Cascade, StageLists, diversify, finalize
 from recommenders_tf.evaluation.protocol import TopKEvaluator
 
 STAGES = ("retrieval", "ranking", "rerank", "final")

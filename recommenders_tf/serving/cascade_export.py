@@ -38,17 +38,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
-from recommenders_tf.cascade.fit import Cascade, query_embeddings
+from recommenders_tf.cascade.stages import Cascade, query_embeddings
 from recommenders_tf.data.schema import ITEM_ID, USER_ID
-from recommenders_tf.index.scann_index import (RetrievalIndex, build_index, pad_and_mask,
-                                               top_k_excluding)
+from recommenders_tf.index.scann_index import RetrievalIndex, build_index, top_k_excluding
 from recommenders_tf.models.candidate_features import RETRIEVAL_SCORE
 from recommenders_tf.models.diversity import dpp_rerank_tf, mmr_rerank_tf
 from recommenders_tf.models.rules import BusinessRulesLayer
