@@ -103,16 +103,14 @@ def measure_latency(path: Path, users: List[str], histories: List[List[str]],
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _round(metrics: Dict[str, float]) -> Dict[str, float]:
-    return {k: round(float(v), 5) for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
 def main(config: BenchCascadeConfig) -> Dict[str, Any]:
     import recommenders_tf  # noqa: F401
     from pipelines import benchmark, run_all
     from recommenders_tf.data import load_dataset, temporal_split
     from recommenders_tf.data.schema import ITEM_ID, USER_ID
     from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
+
+    _round = benchmark._round
 
     data = load_dataset(config.dataset)
     out_dir = Path(config.out_dir or Path("runs") / "bench_cascade" / run_all._slug(data.name))

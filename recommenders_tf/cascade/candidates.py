@@ -28,12 +28,13 @@ def seen_positions(exclude: Optional[pd.DataFrame], catalog: np.ndarray) -> Dict
 
 
 def retrieve(score_fn, user_ids: Sequence[str], catalog: Sequence[str],
-             exclude: Optional[pd.DataFrame], k: int, batch_size: int = 512
-             ) -> Tuple[np.ndarray, np.ndarray]:
+             exclude: Optional[pd.DataFrame], k: int, batch_size: int = 512,
+             seen: Optional[Dict[str, np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Top-k (ids [U, k] object, scores [U, k] float32) per user, best first, seen excluded.
 
     Ties are broken by catalog position (the P1 rule when the catalog is sorted by id). Rows
-    with fewer than k rankable items are padded with "" and score 0.
+    with fewer than k rankable items are padded with "" and score 0. `seen` (from
+    `seen_positions(exclude, catalog)`) saves recomputing the exclusions per call.
     """
     from recommenders_tf.evaluation.protocol import select_topk
 
@@ -41,7 +42,8 @@ def retrieve(score_fn, user_ids: Sequence[str], catalog: Sequence[str],
     catalog = np.asarray([str(i) for i in catalog], dtype=object)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    seen = seen_positions(exclude, catalog)
+    if seen is None:
+        seen = seen_positions(exclude, catalog)
     ids = np.full((len(users), k), PAD, dtype=object)
     scores = np.zeros((len(users), k), np.float32)
     for start in range(0, len(users), batch_size):

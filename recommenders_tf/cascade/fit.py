@@ -69,10 +69,6 @@ def _user_folds(users: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def _split(lists: RankingLists, share: float, seed: int) -> Tuple[RankingLists, RankingLists]:
-    return lists.split(share, seed=seed)
-
-
 CLAIM_FILE = "cascade_claim.json"
 
 
@@ -179,7 +175,7 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
         return layer
 
     def fit_ranker(part: RankingLists, name: str) -> RankingModel:
-        fit_part, held = _split(part, cfg.held_out_share, cfg.seed)
+        fit_part, held = part.split(cfg.held_out_share, seed=cfg.seed)
         model, result, _ = fit_ranking_model(cfg.ranking, fit_part, held, val.train,
                                              str(run_dir / name), items=items, users=users,
                                              context_features=context(fit_part))

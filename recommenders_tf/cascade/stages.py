@@ -17,7 +17,7 @@ import pandas as pd
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
-from recommenders_tf.cascade.candidates import retrieve
+from recommenders_tf.cascade.candidates import retrieve, seen_positions
 from recommenders_tf.cascade.config import CascadeConfig
 from recommenders_tf.data.datasets import PAD
 from recommenders_tf.data.schema import GENRES, ITEM_ID, TIMESTAMP, USER_ID
@@ -115,8 +115,8 @@ class Cascade:
         self.train = train
         self.text = text
         self.items = items
-        genres = genre_vectors(items, catalog)
-        self.diversity_vectors = genres if genres is not None else text
+        self.genres = genre_vectors(items, catalog)
+        self.diversity_vectors = self.genres if self.genres is not None else text
         self.categories = item_categories(items, catalog)
         self.popularity = item_counts(train, catalog)
         self.report = report
@@ -131,7 +131,7 @@ class Cascade:
     @property
     def feature_tables(self) -> Dict[str, Optional[np.ndarray]]:
         """Catalog-aligned item tables the re-ranker inputs may read."""
-        return {"text": self.text, "genres": genre_vectors(self.items, self.catalog)}
+        return {"text": self.text, "genres": self.genres}
 
     def rerank_arrays(self, lists: RankingLists, ranker_scores: np.ndarray,
                       histories: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
@@ -156,13 +156,14 @@ class Cascade:
         histories = np.asarray(histories, dtype=object)
 
         # Retrieval through the query tower with the given histories.
+        seen = seen_positions(exclude, self.catalog)
         r_ids, r_scores = [], []
         for start in range(0, len(users), batch_size):
             b_users = users[start:start + batch_size]
             b_hist = histories[start:start + batch_size]
             s = self.retrieval_scores(b_users, b_hist)
-            ids, sc = retrieve(lambda _u, s=s: s, b_users, self.catalog, exclude,
-                               cfg.retrieval_k, batch_size=len(b_users))
+            ids, sc = retrieve(lambda _u, s=s: s, b_users, self.catalog, None,
+                               cfg.retrieval_k, batch_size=len(b_users), seen=seen)
             r_ids.append(ids)
             r_scores.append(sc)
         r_ids, r_scores = np.concatenate(r_ids), np.concatenate(r_scores)

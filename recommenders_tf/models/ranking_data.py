@@ -444,28 +444,6 @@ def top_candidates(score_fn, user_ids: Sequence[str], item_ids: Sequence[str],
         history); None excludes nothing.
       k: candidates per user; "" fills rows with fewer than k rankable items.
     """
-    from recommenders_tf.evaluation.protocol import select_topk
+    from recommenders_tf.cascade.candidates import retrieve
 
-    users = np.asarray([str(u) for u in user_ids], dtype=object)
-    catalog = np.asarray([str(i) for i in item_ids], dtype=object)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    seen: Dict[str, np.ndarray] = {}
-    if exclude is not None and len(exclude):
-        pos = pd.Index(catalog).get_indexer(exclude[ITEM_ID].astype(str).to_numpy())
-        frame = pd.DataFrame({"u": exclude[USER_ID].astype(str).to_numpy(), "p": pos})
-        frame = frame[frame["p"] >= 0]
-        seen = {u: g.to_numpy() for u, g in frame.groupby("u")["p"]}
-    out = np.full((len(users), k), PAD, dtype=object)
-    for start in range(0, len(users), batch_size):
-        batch = users[start:start + batch_size]
-        scores = np.asarray(score_fn(batch), dtype=np.float64).copy()
-        if scores.shape != (len(batch), len(catalog)):
-            raise ValueError(f"score_fn returned {scores.shape}, expected "
-                             f"{(len(batch), len(catalog))}")
-        for r, u in enumerate(batch):
-            if u in seen:
-                scores[r, seen[u]] = -np.inf
-        top = select_topk(scores, k)
-        out[start:start + len(batch)] = np.where(top >= 0, catalog[np.maximum(top, 0)], PAD)
-    return out
+    return retrieve(score_fn, user_ids, item_ids, exclude, k, batch_size)[0]
