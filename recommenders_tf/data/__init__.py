@@ -14,7 +14,7 @@ import importlib
 
 from recommenders_tf.data.interactions import load_interactions_file, load_items_file
 from recommenders_tf.data.movielens import detect_layout, load_movielens_dir
-from recommenders_tf.data.registry import DatasetNotFoundError, load_dataset
+from recommenders_tf.data.registry import DatasetNotFoundError, DatasetSpecError, load_dataset
 from recommenders_tf.data.schema import LoadReport, RecDataset, canonical_interactions
 from recommenders_tf.data.splits import (BUCKETS, Split, canonical_csv, cold_item_split,
                                          frame_sha256, random_split, rating_split,
@@ -36,7 +36,8 @@ def __getattr__(name):
 
 __all__ = sorted([
     "load_interactions_file", "load_items_file", "detect_layout", "load_movielens_dir",
-    "DatasetNotFoundError", "load_dataset", "LoadReport", "RecDataset", "canonical_interactions",
+    "DatasetNotFoundError", "DatasetSpecError", "load_dataset", "LoadReport", "RecDataset",
+    "canonical_interactions",
     "BUCKETS", "Split", "canonical_csv", "cold_item_split", "frame_sha256", "random_split",
     "rating_split", "sparsity_buckets", "split_for_protocol", "temporal_mask", "temporal_split",
     "validation_split", "SyntheticConfig", "generate_synthetic", "TFDSUnavailableError",

@@ -8,6 +8,10 @@
 
 Item text is what a language model should read about a movie: title, genres, year and, when the
 data has them, the most frequent user tags.
+
+Some public copies hold ratings of movies their movies file does not list. That is an error
+by default; `on_unknown_items="drop"` drops those rows and counts them, with examples, in the
+LoadReport.
 """
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from recommenders_tf.data import schema
-from recommenders_tf.data.validation import (DataValidationError, build_report, parse_ids,
-                                             parse_ratings, parse_timestamps, read_delimited,
-                                             require_columns)
+from recommenders_tf.data.validation import (DataValidationError, build_report,
+                                             check_unknown_items_policy, parse_ids, parse_ratings,
+                                             parse_timestamps, read_delimited, record_dropped,
+                                             require_columns, unknown_item_rows)
 
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
@@ -55,25 +60,30 @@ def detect_layout(path) -> str:
         file=path)
 
 
-def load_movielens_dir(path, name: Optional[str] = None) -> schema.RecDataset:
+def load_movielens_dir(path, name: Optional[str] = None,
+                       on_unknown_items: str = "error") -> schema.RecDataset:
     """Loads a raw MovieLens directory in the 100K, 1M or latest layout.
 
     Args:
       path: the directory (e.g. `../shared/data/ml-100k`).
       name: dataset name; defaults to the directory name when it starts with "ml-", else the
         detected layout.
+      on_unknown_items: ratings of a movie missing from the movies file: "error" (default) or
+        "drop" (dropped, also from the predefined splits, and counted with examples in the
+        report).
 
     Returns:
       A RecDataset with items (item_id, title, text, genres, year[, tags]), users (user_id and,
       for 100K/1M, age, gender, occupation, zip as strings), `rating_range` and, for 100K, the
       predefined splits.
     """
+    check_unknown_items_policy(on_unknown_items)
     path = Path(path)
     layout = detect_layout(path)
     if name is None:
         name = path.resolve().name if path.resolve().name.startswith("ml-") else layout
     loader = {"ml-100k": _load_100k, "ml-1m": _load_1m, "ml-latest": _load_latest}[layout]
-    dataset = loader(path)
+    dataset = loader(path, on_unknown_items)
     dataset.name = name
     return dataset
 
@@ -117,23 +127,30 @@ def _years_from_titles(titles: pd.Series) -> pd.Series:
     return titles.str.extract(_YEAR, expand=False).fillna("").astype(str)
 
 
-def _finish(name: str, interactions: pd.DataFrame, items: pd.DataFrame,
-            users: Optional[pd.DataFrame], rating_range: tuple, sources: List[Path],
-            lines, notes: List[str]) -> schema.RecDataset:
-    known = set(items[schema.ITEM_ID])
-    unknown = sorted(set(interactions[schema.ITEM_ID].unique()) - known)
-    if unknown:
-        raise DataValidationError(
-            f"{len(unknown)} rated item ids are missing from the movies file, e.g. "
-            f"{unknown[:5]}", file=sources[0], field=schema.ITEM_ID)
-    report = build_report(" + ".join(str(s) for s in sources), interactions, rating_range,
-                          lines=lines, notes=notes)
+def _items_label(items_file: Path) -> str:
+    return f"the movies file ({items_file.name})"
+
+
+def _finish(name: str, ratings_frame: pd.DataFrame, interactions: pd.DataFrame,
+            items: pd.DataFrame, items_file: Path, users: Optional[pd.DataFrame],
+            rating_range: tuple, sources: List[Path], notes: List[str],
+            on_unknown_items: str) -> schema.RecDataset:
+    keep = unknown_item_rows(interactions, items[schema.ITEM_ID], on_unknown_items,
+                             ratings_frame, _items_label(items_file))
+    lines = ratings_frame.attrs["lines"]
+    kept = interactions
+    if not keep.all():
+        kept = interactions.loc[keep].reset_index(drop=True)
+        lines = lines[keep]
+    report = build_report(" + ".join(str(s) for s in sources), kept, rating_range,
+                          rows_read=len(interactions), lines=lines, notes=notes)
+    record_dropped(report, interactions, keep, ratings_frame, _items_label(items_file))
     report.counts["catalog_items"] = int(len(items))
-    return schema.RecDataset(name=name, interactions=interactions, items=items, users=users,
+    return schema.RecDataset(name=name, interactions=kept, items=items, users=users,
                              report=report, rating_range=rating_range)
 
 
-def _load_100k(path: Path) -> schema.RecDataset:
+def _load_100k(path: Path, on_unknown_items: str) -> schema.RecDataset:
     ratings_frame = _read_raw(path / "u.data", "\t", _RATING_COLUMNS, "latin-1")
     interactions = _ratings(ratings_frame)
     genre_names = list(ML100K_GENRES)
@@ -160,17 +177,32 @@ def _load_100k(path: Path) -> schema.RecDataset:
         user_frame = _read_raw(path / "u.user", "|",
                                [schema.USER_ID, "age", "gender", "occupation", "zip"], "latin-1")
         users = _users_frame(user_frame)
-    dataset = _finish("ml-100k", interactions, items, users, (1.0, 5.0), [path / "u.data"],
-                      ratings_frame.attrs["lines"], [])
+    dataset = _finish("ml-100k", ratings_frame, interactions, items, path / "u.item", users,
+                      (1.0, 5.0), [path / "u.data"], [], on_unknown_items)
+    split_dropped = 0
     for fold in ("u1", "u2", "u3", "u4", "u5", "ua", "ub"):
         base, test = path / f"{fold}.base", path / f"{fold}.test"
         if base.exists() and test.exists():
-            dataset.predefined_splits[fold] = (
-                _ratings(_read_raw(base, "\t", _RATING_COLUMNS, "latin-1")),
-                _ratings(_read_raw(test, "\t", _RATING_COLUMNS, "latin-1")))
+            parts = []
+            for part_file in (base, test):
+                part_frame = _read_raw(part_file, "\t", _RATING_COLUMNS, "latin-1")
+                part = _ratings(part_frame)
+                # The folds are u.data cut in pieces: rows dropped from u.data go from them
+                # too, or protocol P2 would train and test on items with no metadata.
+                keep = unknown_item_rows(part, items[schema.ITEM_ID], on_unknown_items,
+                                         part_frame, _items_label(path / "u.item"))
+                if not keep.all():
+                    split_dropped += int((~keep).sum())
+                    part = part.loc[keep].reset_index(drop=True)
+                parts.append(part)
+            dataset.predefined_splits[fold] = tuple(parts)
     if dataset.predefined_splits:
         dataset.report.notes.append(
             f"predefined splits: {', '.join(sorted(dataset.predefined_splits))}")
+    if split_dropped:
+        dataset.report.notes.append(
+            f"{split_dropped} rows of the predefined split files dropped: their item is missing "
+            f"from {_items_label(path / 'u.item')}")
     return dataset
 
 
@@ -181,7 +213,7 @@ def _users_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return users
 
 
-def _load_1m(path: Path) -> schema.RecDataset:
+def _load_1m(path: Path, on_unknown_items: str) -> schema.RecDataset:
     ratings_frame = _read_raw(path / "ratings.dat", "::", _RATING_COLUMNS, "latin-1")
     interactions = _ratings(ratings_frame)
     movie_frame = _read_raw(path / "movies.dat", "::",
@@ -197,8 +229,8 @@ def _load_1m(path: Path) -> schema.RecDataset:
                  else str(raw) for c, raw in zip(codes, user_frame["occupation"])]
         user_frame["occupation"] = names
         users = _users_frame(user_frame)
-    return _finish("ml-1m", interactions, items, users, (1.0, 5.0), [path / "ratings.dat"],
-                   ratings_frame.attrs["lines"], [])
+    return _finish("ml-1m", ratings_frame, interactions, items, path / "movies.dat", users,
+                   (1.0, 5.0), [path / "ratings.dat"], [], on_unknown_items)
 
 
 def _movies_items(movie_frame: pd.DataFrame, tags: Optional[pd.Series] = None) -> pd.DataFrame:
@@ -234,7 +266,7 @@ def _top_tags(tag_frame: pd.DataFrame) -> pd.Series:
     return counts.groupby(schema.ITEM_ID)["tag"].agg("|".join)
 
 
-def _load_latest(path: Path) -> schema.RecDataset:
+def _load_latest(path: Path, on_unknown_items: str) -> schema.RecDataset:
     ratings_frame = read_delimited(path / "ratings.csv", delimiter=",")
     ratings_frame = ratings_frame.rename(columns={"userId": schema.USER_ID,
                                                   "movieId": schema.ITEM_ID})
@@ -253,7 +285,9 @@ def _load_latest(path: Path) -> schema.RecDataset:
         tags = _top_tags(tag_frame)
         notes.append(f"tags.csv: tags for {len(tags)} items added to item text")
     items = _movies_items(movie_frame, tags)
-    users = pd.DataFrame({schema.USER_ID: schema.object_column(
-        np.sort(interactions[schema.USER_ID].unique()))})
-    return _finish("ml-latest", interactions, items, users, (0.5, 5.0),
-                   [path / "ratings.csv"], ratings_frame.attrs["lines"], notes)
+    dataset = _finish("ml-latest", ratings_frame, interactions, items, path / "movies.csv",
+                      None, (0.5, 5.0), [path / "ratings.csv"], notes, on_unknown_items)
+    # This layout has no users file: its users are the raters that remain.
+    dataset.users = pd.DataFrame({schema.USER_ID: schema.object_column(
+        np.sort(dataset.interactions[schema.USER_ID].unique()))})
+    return dataset

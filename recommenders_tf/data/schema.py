@@ -34,6 +34,8 @@ class LoadReport:
       rows_read: data rows parsed from the interactions source.
       duplicates: (user, item, timestamp) rows seen more than once; kept, counted.
       out_of_range: ratings outside `rating_range`; kept, counted.
+      dropped: rows removed on request (`on_unknown_items="drop"`); 0 unless asked for.
+      dropped_examples: the first few dropped rows (row, line, user_id, item_id, reason).
       notes: human-readable remarks (e.g. which rows were duplicates, first few only).
     """
 
@@ -41,12 +43,35 @@ class LoadReport:
     rows_read: int = 0
     duplicates: int = 0
     out_of_range: int = 0
+    dropped: int = 0
+    dropped_examples: List[dict] = dataclasses.field(default_factory=list)
     rating_range: Optional[tuple] = None
     counts: Dict[str, int] = dataclasses.field(default_factory=dict)
     notes: List[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        """One line for run summaries: what was read, kept, dropped and flagged."""
+        kept = self.counts.get("interactions", self.rows_read - self.dropped)
+        text = (f"{self.rows_read} rows read, {kept} kept, {self.duplicates} duplicates and "
+                f"{self.out_of_range} out-of-range ratings (kept)")
+        if self.dropped:
+            text += f", {self.dropped} dropped ({dropped_text(self.dropped_examples)})"
+        return text
+
+
+def dropped_text(examples: List[dict]) -> str:
+    """"<reason>, e.g. item '999' (row 4, line 5); ..." for the first dropped rows."""
+    if not examples:
+        return "no examples kept"
+    shown = []
+    for example in examples:
+        line = example.get("line")
+        where = f"row {example['row']}" + (f", line {line}" if line is not None else "")
+        shown.append(f"item {example[ITEM_ID]!r} ({where})")
+    return f"{examples[0]['reason']}, e.g. " + "; ".join(shown)
 
 
 @dataclasses.dataclass
@@ -80,8 +105,14 @@ class RecDataset:
         users = self.interactions[USER_ID].nunique()
         items = self.interactions[ITEM_ID].nunique()
         catalog = len(self.items) if self.items is not None else items
-        return (f"{self.name}: {n} interactions, {users} users, {items} items with interactions "
+        text = (f"{self.name}: {n} interactions, {users} users, {items} items with interactions "
                 f"({catalog} in catalog), rating range {self.rating_range}")
+        if self.report is not None and self.report.dropped:
+            # Pipelines print this line in their run summaries, so a dropped row is never
+            # only in load_report.json.
+            text += (f"; {self.report.dropped} rows dropped on load "
+                     f"({dropped_text(self.report.dropped_examples)})")
+        return text
 
 
 def canonical_interactions(frame: pd.DataFrame) -> pd.DataFrame:
