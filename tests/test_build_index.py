@@ -49,7 +49,7 @@ def test_build_exports_both_indexes_with_metadata(built):
     assert scann["params"]["num_reordering_candidates"] >= K + W
     for kind in ("scann", "bruteforce"):
         meta = read_metadata(results["exports"][kind])
-        assert meta["index_type"] == kind and meta["k"] == K and meta["exclusion_width"] == W
+        assert meta["index_type"] == kind and meta["k"] == K and meta["exclusion_width"] is None
         assert meta["embedding_dim"] == 8 and meta["num_candidates"] == len(ITEMS)
         assert meta["vocab_sizes"] == {"user_id": 21, "item_id": 300}
         assert meta["query_history_len"] == 5  # the training run's tower.history_len

@@ -130,11 +130,20 @@ def _fresh_call(version_dir: Path, users, histories, exclude):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_bruteforce_export_matches_in_process_cascade(fitted, tmp_path):
+@pytest.fixture(scope="module")
+def cascade_exports(fitted, tmp_path_factory):
+    """Both cascade exports of the fitted tiny cascade, written once for the export tests."""
     from recommenders_tf.serving.cascade_export import export_cascade
 
+    cascade = fitted[2]
+    base = tmp_path_factory.mktemp("cascade_models")
+    return base, {kind: export_cascade(cascade, base, kind=kind, log=lambda *_: None)
+                  for kind in ("bruteforce", "scann")}
+
+
+def test_bruteforce_export_matches_in_process_cascade(fitted, cascade_exports):
     data, split, cascade, evaluator, stages, _ = fitted
-    path = export_cascade(cascade, tmp_path, kind="bruteforce", log=lambda *_: None)
+    path = cascade_exports[1]["bruteforce"]
     assert path.name == "1" and path.parent.name == "recommender_bruteforce"
     meta = json.loads((path / "metadata.json").read_text())
     assert meta["kind"] == "cascade" and not meta["requires_scann_ops"]
@@ -167,11 +176,9 @@ def test_bruteforce_export_matches_in_process_cascade(fitted, tmp_path):
     assert not set(out["item_ids"][6]) & set(cold_history)
 
 
-def test_scann_export_loads_with_scann_in_a_fresh_process(fitted, tmp_path):
-    from recommenders_tf.serving.cascade_export import export_cascade
-
+def test_scann_export_loads_with_scann_in_a_fresh_process(fitted, cascade_exports):
     data, split, cascade, evaluator, stages, _ = fitted
-    path = export_cascade(cascade, tmp_path, kind="scann", log=lambda *_: None)
+    path = cascade_exports[1]["scann"]
     meta = json.loads((path / "metadata.json").read_text())
     assert meta["requires_scann_ops"] and meta["model_name"] == "recommender"
     users = list(stages.user_ids[:4])
@@ -182,6 +189,137 @@ def test_scann_export_loads_with_scann_in_a_fresh_process(fitted, tmp_path):
     # ScaNN is approximate: most of the exact cascade's final items come back.
     overlap = np.mean([len(set(got[r]) & set(stages.final_ids[r])) / 10 for r in range(4)])
     assert overlap >= 0.6
+
+
+_PADDING_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    import scann  # the ScaNN export's ops; the BruteForce one needs none
+    spec = json.load(open(sys.argv[1]))
+    out = {}
+    for kind, path in spec["paths"].items():
+        fn = tf.saved_model.load(path).signatures["recommend_with_exclusions"]
+        out[kind] = {}
+        for case, args in spec["cases"].items():
+            res = fn(**{k: tf.constant(v, tf.string) for k, v in args.items()})
+            out[kind][case] = {k: (v.numpy().astype(str).tolist() if v.dtype == tf.string
+                                   else v.numpy().tolist()) for k, v in res.items()}
+    out["recommenders_tf_imported"] = "recommenders_tf" in sys.modules
+    json.dump(out, open(sys.argv[2], "w"))
+""")
+
+
+def _padding_cases(cascade, users):
+    """Row 0 of every case is the same request of users[0], padded differently; users[1] has
+    the longest history and is batched with it in the last cases."""
+    hists = [[h for h in row if h] for row in cascade.histories_for(users).astype(str).tolist()]
+    short, long_ = hists[0][-4:], hists[1]
+    width = len(long_) + 3
+    middle = [x for h in short for x in (h, "")]
+    excl = ["", short[0], ""]
+    cases = {
+        "alone": ([users[0]], [short]),
+        "left": ([users[0]], [[""] * 5 + short]),
+        "right": ([users[0]], [short + [""] * 5]),
+        "middle": ([users[0]], [[""] + middle]),
+        "batched_right": (users[:2], [short + [""] * (width - len(short)),
+                                      long_ + [""] * (width - len(long_))]),
+        "batched_left": (users[:2], [[""] * (width - len(short)) + short,
+                                     [""] * (width - len(long_)) + long_]),
+        "long_alone": ([users[1]], [long_]),
+        "unknown_alone": (["__nobody__"], [short]),
+        "unknown_batched_right": (["__nobody__", users[1]],
+                                  [short + [""] * (width - len(short)),
+                                   long_ + [""] * (width - len(long_))]),
+    }
+    return {name: {"user_id": u, "history": h, "exclude_item_ids": [excl] * len(u)}
+            for name, (u, h) in cases.items()}
+
+
+def _check_cascade_padding(results):
+    def row(case, r=0):
+        return {k: np.asarray(v)[r] for k, v in results[case].items()}
+
+    def same(a, b, what):
+        for key in b:
+            if np.asarray(b[key]).dtype.kind == "f":
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5, err_msg=what)
+            else:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=what)
+
+    for case in ("left", "right", "middle", "batched_right", "batched_left"):
+        same(row(case), row("alone"), case)
+    for case in ("batched_right", "batched_left"):
+        same(row(case, 1), row("long_alone"), "long user " + case)
+    same(row("unknown_batched_right"), row("unknown_alone"), "unknown user batched")
+    same(row("unknown_batched_right", 1), row("long_alone"), "long user beside an unknown one")
+    assert results["alone"]["source"] == ["cascade"]
+    assert results["unknown_alone"]["source"] == ["fallback"]
+
+
+def test_cascade_answers_do_not_depend_on_padding(fitted, cascade_exports, tmp_path):
+    """Fresh process (no recommenders_tf), then REST and gRPC of the loopback test server."""
+    from recommenders_tf.serving.client import GrpcClient, RestClient
+    from recommenders_tf.serving.local_server import LocalModelServer
+
+    _, _, cascade, _, stages, _ = fitted
+    base, paths = cascade_exports
+    cases = _padding_cases(cascade, list(stages.user_ids[:2]))
+    spec = {"paths": {k: str(v) for k, v in paths.items()}, "cases": cases}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, "-c", _PADDING_SCRIPT, str(tmp_path / "spec.json"),
+                           str(tmp_path / "out.json")], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fresh = json.loads((tmp_path / "out.json").read_text())
+    assert fresh.pop("recommenders_tf_imported") is False
+    for kind in paths:
+        _check_cascade_padding(fresh[kind])
+
+    with LocalModelServer(base) as server:
+        rest = RestClient("127.0.0.1", server.rest_port)
+        grpc_client = GrpcClient(server.grpc_target)
+        try:
+            for kind, path in paths.items():
+                model = path.parent.name
+                for transport in (rest, grpc_client):
+                    got = {}
+                    for case, args in cases.items():
+                        out = transport.predict(model, args,
+                                                signature_name="recommend_with_exclusions")
+                        got[case] = {k: (np.asarray(v).astype(str) if np.asarray(v).dtype.kind
+                                         in "OSU" else np.asarray(v)) for k, v in out.items()}
+                    _check_cascade_padding(got)
+                    np.testing.assert_array_equal(got["alone"]["item_ids"],
+                                                  fresh[kind]["alone"]["item_ids"])
+        finally:
+            rest.close()
+            grpc_client.close()
+
+
+def test_cascade_exports_fill_k_slots_for_any_exclusion_width(fitted, cascade_exports):
+    """Exclusions as wide as the catalogue minus k still leave k real items, in both exports,
+    for a known and an unknown user (the ScaNN search width is far smaller than that)."""
+    from recommenders_tf.serving.client import load_savedmodel
+    import tensorflow as tf
+
+    _, split, cascade, _, stages, _ = fitted
+    catalog = [str(i) for i in cascade.catalog]
+    user = str(stages.user_ids[0])
+    hist = [h for h in cascade.histories_for([user]).astype(str).tolist()[0] if h]
+    seen = set(split.train.loc[split.train[USER_ID].astype(str) == user, ITEM_ID].astype(str))
+    for kind, path in cascade_exports[1].items():
+        fn = load_savedmodel(path)[0].signatures["recommend_with_exclusions"]
+        for width in (3, 60, len(catalog) - len(seen) - 10):
+            pool = [i for i in stages.retrieval_ids[0].tolist() + catalog
+                    if i and i not in seen]
+            exclude = list(dict.fromkeys(pool))[:width]
+            out = fn(user_id=tf.constant([user, "__nobody__"]),
+                     history=tf.constant([hist, hist]),
+                     exclude_item_ids=tf.constant([exclude, exclude]))
+            ids = out["item_ids"].numpy().astype(str)
+            assert (ids != "").all(), (kind, width, ids)
+            assert not set(ids.ravel()) & (set(exclude) | set(hist)), (kind, width)
 
 
 def test_run_all_then_recommend_on_tiny_data(tmp_path, capsys):

@@ -200,7 +200,9 @@ def test_layout_metadata_and_scann_ops(exported):
         assert (path / "saved_model.pb").exists() and (path / "variables").is_dir()
         top = json.loads((path / "metadata.json").read_text())
         assert top == json.loads((path / "assets.extra" / "metadata.json").read_text())
-        assert top["k"] == K and top["exclusion_width"] == W and top["embedding_dim"] == DIM
+        # Any exclusion width is accepted: the metadata declares none.
+        assert top["k"] == K and top["exclusion_width"] is None and top["embedding_dim"] == DIM
+        assert "most recent last" in top["input_order"]["history"]
         assert top["index_type"] == kind and top["num_candidates"] == len(ITEMS)
         assert top["vocab_sizes"] == {"user_id": 31, "item_id": 302}
         assert top["versions"]["tensorflow"] == tf.__version__
@@ -256,7 +258,7 @@ def test_versions_are_atomic_and_never_overwritten(exported, tmp_path, monkeypat
 def test_export_rejects_bad_requests_clearly(exported, tmp_path):
     bf, sc, tower = exported["bf"], exported["sc"], exported["query_tower"]
     with pytest.raises(ValueError, match="exceeds this ScaNN index's num_reordering_candidates"):
-        export_retrieval(tower, sc, base_dir=tmp_path, k=K, exclusion_width=60)
+        export_retrieval(tower, sc, base_dir=tmp_path, k=51)
     with pytest.raises(ValueError, match="larger than the number of candidates"):
         export_retrieval(tower, bf, base_dir=tmp_path, k=301)
     with pytest.raises(ValueError, match="written by export_retrieval itself"):
@@ -274,9 +276,12 @@ def test_client_requests_and_in_process_load(exported):
     assert body == {"signature_name": "serving_default", "instances": [
         {"user_id": "u1", "history": ["i1", "i2", "i3"]},
         {"user_id": "u2", "history": ["", "", ""]}]}
+    # Left padding keeps the most recent id last, the order the models read.
+    assert build_rest_request(["u1", "u2"], [["i1", "i2"], ["i3"]])["instances"][1] == \
+        {"user_id": "u2", "history": ["", "i3"]}
     body = build_rest_request("u1", [], exclude_item_ids=["i9"], exclusion_width=W, columnar=True)
     assert body == {"signature_name": "recommend_with_exclusions", "inputs": {
-        "user_id": ["u1"], "history": [[""]], "exclude_item_ids": [["i9", "", ""]]}}
+        "user_id": ["u1"], "history": [[""]], "exclude_item_ids": [["", "", "i9"]]}}
     with pytest.raises(ValueError, match="exclude_item_ids row 0 has 4 ids but the width is 3"):
         build_rest_request(["u1"], [[]], exclude_item_ids=[["a", "b", "c", "d"]], exclusion_width=W)
     assert rest_predict_url("retrieval_bruteforce", version=2) == \
@@ -284,7 +289,7 @@ def test_client_requests_and_in_process_load(exported):
     request = build_grpc_request("retrieval_bruteforce", ["u1"], [["i1"]], [["i2"]],
                                  exclusion_width=W, version=1)
     assert request.model_spec.signature_name == "recommend_with_exclusions"
-    assert tf.make_ndarray(request.inputs["exclude_item_ids"]).tolist() == [[b"i2", b"", b""]]
+    assert tf.make_ndarray(request.inputs["exclude_item_ids"]).tolist() == [[b"", b"", b"i2"]]
 
     model = load_export(exported["paths"]["bruteforce"].parent)  # model dir -> latest version
     want = exported["expected"]["bruteforce"]
@@ -293,3 +298,25 @@ def test_client_requests_and_in_process_load(exported):
     exclude = [[e for e in r if e] for r in want["exclude"]]
     out = model(CALL_USERS, CALL_HISTORY, exclude_item_ids=exclude)
     assert out["item_ids"].tolist() == want["ex_ids"].tolist()
+
+
+def test_stale_temp_dirs_of_killed_exports_are_removed_by_the_next_export(exported, tmp_path):
+    import os
+    import subprocess
+
+    bf, tower = exported["bf"], exported["query_tower"]
+    model_dir = tmp_path / "retrieval_bruteforce"
+    model_dir.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    host = export_module.host_tag()
+    prefix = export_module.TMP_PREFIX
+    killed = model_dir / f"{prefix}{host}-{dead.pid}-{'a' * 32}"
+    live = model_dir / f"{prefix}{host}-{os.getpid()}-{'b' * 32}"
+    old = model_dir / f"{prefix}{'c' * 32}"  # an older name: only its age tells
+    for path in (killed, live, old):
+        (path / "variables").mkdir(parents=True)
+    os.utime(old, (0, 0))
+    assert sorted(export_module.stale_temp_dirs(model_dir)) == sorted([killed, old])
+    export_retrieval(tower, bf, base_dir=tmp_path, k=K, exclusion_width=W)
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(["1", live.name])

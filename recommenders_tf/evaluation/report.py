@@ -29,6 +29,7 @@ PROTOCOL_TITLES = {
     "P4": "P4 — sparsity buckets",
     "P5": "P5 — speed and scale",
     "P5-cascade": "P5 — latency of one recommend call through the exported cascade",
+    "P5-exclusions": "P5 — cost of excluding W ids in recommend_with_exclusions",
 }
 
 

@@ -14,6 +14,14 @@ Two details the raw TFRS layers leave to the caller, handled here once:
   NaN score. `search_tensors` turns such slots into the id `""` with score `-inf` and always
   returns exactly k columns, so callers never mistake a pad for candidate 0.
 
+* Exclusions. `search_excluding` looks the excluded ids up to catalogue rows through a hash
+  table, sorts them once per query and tests each returned row by binary search, so excluding
+  W ids costs about (k + W) log W per query instead of comparing every result with every
+  excluded id. The index is asked for k plus the number of distinct excluded catalogue ids;
+  when ScaNN's reordering budget or its searched leaves still leave a row short of what the
+  exact search would fill, an exact pass over the whole catalogue fills that row, so ScaNN
+  never returns an empty slot that BruteForce would fill.
+
 Queries go through the query tower outside the TFRS layer (the layer is built without a
 `query_model`), so the same index answers raw-feature queries and pre-computed embeddings.
 """
@@ -200,12 +208,64 @@ def top_k_excluding(
     Excluded and pad slots get score -inf before the top k, and any -inf slot that survives
     (too few non-excluded candidates) comes back as id "" with score -inf, so an excluded id can
     never appear in the output. `exclude_ids` is [B, W]; "" in it excludes nothing.
+
+    It compares every slot with every excluded id (L x W per row): fine for short lists whose
+    ids are not catalogue rows; indexes use `RetrievalIndex.search_excluding` instead.
     """
     excluded = tf.reduce_any(tf.equal(ids[:, :, None], exclude_ids[:, None, :]), axis=-1)
-    masked = tf.where(excluded, tf.constant(-np.inf, scores.dtype), scores)
-    width = tf.shape(masked)[1]
-    masked = tf.pad(masked, [[0, 0], [0, tf.maximum(k - width, 0)]], constant_values=-np.inf)
-    ids = tf.pad(ids, [[0, 0], [0, tf.maximum(k - width, 0)]], constant_values=PAD_ID)
+    return _masked_top_k(scores, ids, excluded, k)
+
+
+class CatalogRows(tf.Module):
+    """Candidate id -> row lookup (-1 for "" and unknown ids), and for approximate indexes the
+    exact embeddings that fill rows the approximate search leaves short.
+
+    A `tf.Module`, so a SavedModel that tracks it keeps the table and the variable.
+    """
+
+    def __init__(self, ids: np.ndarray, embeddings: np.ndarray | None):
+        super().__init__(name="catalog_rows")
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(ids, tf.string), tf.range(len(ids), dtype=tf.int64)),
+            default_value=-1)
+        self.num_rows = int(len(ids))
+        self.exact = self.ids = None
+        if embeddings is not None:
+            self.exact = tf.Variable(embeddings, trainable=False, name="exact_candidates")
+            self.ids = tf.Variable(tf.constant(ids, tf.string), trainable=False,
+                                   name="candidate_ids")
+
+    def lookup(self, ids: tf.Tensor) -> tf.Tensor:
+        return self.table.lookup(tf.convert_to_tensor(ids, tf.string))
+
+
+def _sorted_rows(rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Rows [B, W] int64 (-1 = none) -> (sorted [B, W + 1], distinct valid count [B])."""
+    rows = tf.concat([rows, tf.fill(tf.stack([tf.shape(rows)[0], 1]),
+                                    tf.constant(-1, tf.int64))], 1)
+    ordered = tf.sort(rows, axis=-1)
+    previous = tf.pad(ordered[:, :-1], [[0, 0], [1, 0]], constant_values=-1)
+    distinct = tf.logical_and(ordered >= 0, tf.not_equal(ordered, previous))
+    return ordered, tf.reduce_sum(tf.cast(distinct, tf.int32), -1)
+
+
+def _is_excluded(result_rows: tf.Tensor, excluded_sorted: tf.Tensor) -> tf.Tensor:
+    """[B, L] bool: whether each result row is in that query's sorted excluded rows."""
+    pos = tf.searchsorted(excluded_sorted, result_rows, side="left")
+    pos = tf.minimum(pos, tf.shape(excluded_sorted)[1] - 1)
+    found = tf.gather(excluded_sorted, pos, batch_dims=1)
+    return tf.logical_and(tf.equal(found, result_rows), result_rows >= 0)
+
+
+def _masked_top_k(scores: tf.Tensor, ids: tf.Tensor, dropped: tf.Tensor, k: int
+                  ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Best k of [B, L] after dropping `dropped` slots; short rows end in ("", -inf)."""
+    neg_inf = tf.constant(-np.inf, scores.dtype)
+    masked = tf.where(dropped, neg_inf, scores)
+    missing = tf.maximum(k - tf.shape(masked)[1], 0)
+    masked = tf.pad(masked, [[0, 0], [0, missing]], constant_values=-np.inf)
+    ids = tf.pad(ids, [[0, 0], [0, missing]], constant_values=PAD_ID)
     values, positions = tf.math.top_k(masked, k=k)
     kept = tf.gather(ids, positions, batch_dims=1)
     kept = tf.where(tf.math.is_inf(values) & (values < 0), tf.constant(PAD_ID), kept)
@@ -239,6 +299,7 @@ class RetrievalIndex:
     k: int
     scann_params: ScannParams | None
     build_seconds: float
+    rows: CatalogRows | None = None
 
     @property
     def num_candidates(self) -> int:
@@ -273,6 +334,50 @@ class RetrievalIndex:
         scores, ids = self.layer(query_embeddings, k=k)
         return pad_and_mask(scores, ids, k)
 
+    def search_excluding(self, query_embeddings: tf.Tensor, exclude_ids: tf.Tensor, k: int
+                         ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Graph-safe top-k without any id of the query's row of `exclude_ids` [B, W] (any W,
+        "" pads and excludes nothing; ids outside the catalogue are ignored).
+
+        Returns exactly what an exact search over the catalogue minus the excluded ids
+        returns, up to ScaNN's approximation: k real items whenever that many remain. Cost per
+        query: the index search for k + (distinct excluded catalogue ids), plus
+        (k + W) log W to drop them; an exact catalogue pass only for rows ScaNN left short.
+        """
+        if self.rows is None:
+            raise ValueError("This index has no catalogue row table; build it with build_index.")
+        queries = tf.convert_to_tensor(query_embeddings)
+        excluded, n_excluded = _sorted_rows(self.rows.lookup(exclude_ids))
+        width = tf.minimum(k + tf.reduce_max(tf.concat([n_excluded, [0]], 0)), self.max_k)
+        scores, ids = self.layer(queries, k=width)
+        scores, ids = pad_and_mask(scores, ids, width)
+        dropped = _is_excluded(self.rows.lookup(ids), excluded)
+        values, kept = _masked_top_k(scores, ids, dropped, k)
+        if self.rows.exact is None:
+            return values, kept
+        # Rows that an exact search would fill further: the approximate pass ran out (leaves
+        # too small, reordering budget used up by excluded ids).
+        filled = tf.reduce_sum(tf.cast(tf.not_equal(kept, PAD_ID), tf.int32), -1)
+        needed = tf.minimum(k, self.num_candidates - n_excluded)
+        short = filled < needed
+        return tf.cond(tf.reduce_any(short),
+                       lambda: self._exact_fill(queries, excluded, short, values, kept, k),
+                       lambda: (values, kept))
+
+    def _exact_fill(self, queries, excluded, short, values, kept, k):
+        where = tf.where(short)  # [S, 1]
+        q = tf.gather_nd(queries, where)
+        ex = tf.gather_nd(excluded, where)  # [S, W + 1] sorted rows
+        scores = tf.matmul(q, self.rows.exact, transpose_b=True)  # [S, n]
+        rows = tf.broadcast_to(tf.range(tf.shape(scores)[1], dtype=tf.int64)[None, :],
+                               tf.shape(scores))
+        scores = tf.where(_is_excluded(rows, ex), tf.constant(-np.inf, scores.dtype), scores)
+        v, positions = tf.math.top_k(scores, k=k)  # ties: lower row, i.e. id order
+        i = tf.where(tf.math.is_inf(v) & (v < 0), tf.constant(PAD_ID),
+                     tf.gather(self.rows.ids, positions))
+        return (tf.tensor_scatter_nd_update(values, where, v),
+                tf.tensor_scatter_nd_update(kept, where, i))
+
     def embed_queries(self, features: Mapping[str, Any]) -> tf.Tensor:
         if self.query_model is None:
             raise ValueError(
@@ -301,11 +406,8 @@ class RetrievalIndex:
         exclude = to_string_tensor(exclude_ids)
         if exclude.shape.rank != 2:
             raise ValueError(f"exclude_ids must be [batch, width], got shape {exclude.shape}.")
-        width = min(k + int(exclude.shape[1]), self.num_candidates)
-        self.check_query_k(width, "k + exclusion width")
         queries = check_query_embeddings(query_embeddings, self.embedding_dim)
-        scores, ids = self.search_tensors(queries, width)
-        scores, ids = top_k_excluding(scores, ids, exclude, k)
+        scores, ids = self.search_excluding(queries, exclude, k)
         return scores.numpy(), _decode(ids.numpy())
 
 
@@ -419,7 +521,9 @@ def build_index(
     start = time.perf_counter()
     layer.index(tf.constant(embeddings), tf.constant(ids))
     build_seconds = time.perf_counter() - start
-    index = RetrievalIndex(kind, layer, query_model, ids, embeddings, k, params, build_seconds)
+    rows = CatalogRows(ids, embeddings if kind == "scann" else None)
+    index = RetrievalIndex(kind, layer, query_model, ids, embeddings, k, params, build_seconds,
+                           rows)
     # A TFRS index layer must be called once before it can be saved; doing it here also
     # surfaces ScaNN failures at build time rather than at export.
     index.search_tensors(tf.zeros([1, embeddings.shape[1]], tf.float32), k)

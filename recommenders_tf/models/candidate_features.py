@@ -41,6 +41,8 @@ import pandas as pd
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
+from recommenders_tf.features.id_lists import compact_right
+
 RETRIEVAL_SCORE = "retrieval_score"
 _EPS = 1e-6
 
@@ -261,13 +263,14 @@ class CandidateContext(tf.keras.layers.Layer):
         parts.append(tf.gather(self.popularity, rows) * weights)
         if self.trend is not None:
             parts.append(tf.gather(self.trend, rows) * weights)
+        if self.text is not None or self.neighbor_idx is not None:
+            # Compacted: "recent" is the right end however the caller padded.
+            history = compact_right(features["history"])
         if self.text is not None:
-            history = tf.convert_to_tensor(features["history"])
             cand = tf.gather(self.text, rows)  # [B, S, D]
             hist_rows = self.lookup(history)
             hist = tf.gather(self.text, hist_rows)  # [B, N, D]
             known = tf.logical_and(tf.not_equal(history, ""), hist_rows > 0)
-            # Histories are left-padded with the most recent item last.
             recent_hist, recent_known = hist[:, -self.recent:], known[:, -self.recent:]
             recent = self._profile(recent_hist, recent_known)
             overall = self._profile(hist, known)
@@ -278,7 +281,6 @@ class CandidateContext(tf.keras.layers.Layer):
             parts += [tf.einsum("bsd,bd->bs", cand, recent) * weights,
                       tf.einsum("bsd,bd->bs", cand, overall) * weights, best * weights]
         if self.neighbor_idx is not None:
-            history = tf.convert_to_tensor(features["history"])
             hist_rows = self.lookup(history)
             known = tf.logical_and(tf.not_equal(history, ""), hist_rows > 0)
             recent_rows, recent_known = hist_rows[:, -self.recent:], known[:, -self.recent:]

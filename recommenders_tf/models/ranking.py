@@ -43,6 +43,7 @@ import tensorflow_recommenders as tfrs
 from recommenders_tf.compat import tfr
 from recommenders_tf.data.schema import GENRES, ITEM_ID, USER_ID
 from recommenders_tf.features.vocab import Vocabulary, build_vocabularies
+from recommenders_tf.features.id_lists import compact_right
 from recommenders_tf.models.losses import RankingLoss, get_loss
 from recommenders_tf.models.ranking_data import RankingLists
 from recommenders_tf.models.towers import (
@@ -282,7 +283,8 @@ class RankingModel(tfrs.Model):
         return self.candidate_tower.item_id_embedding
 
     def _history(self, features) -> tf.Tensor:
-        history = features["history"]
+        # Compacted so the most recent ids are last however the caller padded.
+        history = compact_right(features["history"])
         return history[:, -self.history_len:] if self.history_len > 0 else history[:, :0]
 
     def user_vectors(self, features: Mapping[str, tf.Tensor], training=None) -> tf.Tensor:

@@ -24,6 +24,8 @@ import numpy as np
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
+from recommenders_tf.features.id_lists import compact_right
+
 HISTORY_POOLINGS = ("attention", "transformer", "mean")
 # Masked attention logits: large enough to give exp() == 0, small enough to stay finite in float32.
 _MASKED_LOGIT = -1e9
@@ -277,12 +279,13 @@ class QueryTower(tf.keras.Model):
             values = _require(features, feat, "QueryTower")
             parts.append(self.feature_embeddings[feat](self.feature_lookups[feat](values)))
         if self.use_history:
-            history = _require(features, "history", "QueryTower")[:, -self.config.history_len:]
+            # Compacted first, so the most recent ids are the last ones however the caller
+            # padded; a given history_mask clears its positions before that.
+            history = compact_right(_require(features, "history", "QueryTower"),
+                                    features.get("history_mask"))
+            history = history[:, -self.config.history_len:]
             ids = self.item_id_embedding.lookup(history)
             mask = tf.not_equal(ids, 0)  # "" is the mask slot
-            if "history_mask" in features:
-                given = tf.cast(features["history_mask"][:, -self.config.history_len:], tf.bool)
-                mask = tf.logical_and(mask, given)
             item_vectors = self.item_id_embedding.embedding(ids)
             parts.append(self.history_encoder(item_vectors, mask, training=training))
         out = self.mlp(tf.concat(parts, axis=-1), training=training)

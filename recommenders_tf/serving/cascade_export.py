@@ -5,7 +5,7 @@ saved_models/recommender/<version>/             ScaNN retrieval (needs the ScaNN
 saved_models/recommender_bruteforce/<version>/  exact retrieval, stock TF ops only
 ```
 
-Signatures (B users, N history ids most recent last, "" padding; W exclusion ids):
+Signatures (B users, N history ids most recent last, "" padding anywhere; any W exclusion ids):
 
 * `serving_default(user_id [B], history [B, N]) -> outputs`
 * `recommend_with_exclusions(user_id [B], history [B, N], exclude_item_ids [B, W])`
@@ -16,16 +16,18 @@ final item its 1-based rank after every stage, `retrieval_rank`, `ranking_rank`,
 "fallback"). Empty slots: id "", score -inf, ranks 0.
 
 What one call runs, all in the graph:
+  0. history     the real ids moved to the end, order kept: "" padding may sit anywhere
   1. retrieval   query tower over (user id, history) -> the index's top `retrieval_k` without
-                 the history and exclusion ids (the index is asked for `search_width`
-                 results, so up to search_width - retrieval_k excluded ids cost nothing)
+                 the history and exclusion ids (`RetrievalIndex.search_excluding`: any
+                 exclusion width, cost k + W; ScaNN rows left short get an exact pass)
   2. ranking     `RankingModel` over those candidates with their retrieval scores ->
                  top `ranking_k`
   3. re-ranking  `Reranker` over the ranked list; MMR/DPP if the cascade has diversity on;
                  `BusinessRulesLayer` (history and exclusions, duplicates, category caps)
   fallback       a user id the retrieval vocabulary does not know gets popular items, blended
                  with the items most similar in text to the history when one is given
-                 (`fallback_text_weight`), the history and exclusions removed.
+                 (`fallback_text_weight`), the history and exclusions removed; computed only
+                 for the rows that use it.
 
 Load a ScaNN export with `import scann` first (or in the ScaNN-enabled TF Serving build); the
 BruteForce twin loads anywhere.
@@ -47,12 +49,14 @@ import tensorflow as tf
 
 from recommenders_tf.cascade.stages import Cascade, query_embeddings
 from recommenders_tf.data.schema import ITEM_ID, USER_ID
-from recommenders_tf.index.scann_index import RetrievalIndex, build_index, top_k_excluding
+from recommenders_tf.features.id_lists import compact_right
+from recommenders_tf.index.scann_index import RetrievalIndex, build_index
 from recommenders_tf.models.candidate_features import RETRIEVAL_SCORE
 from recommenders_tf.models.diversity import dpp_rerank_tf, mmr_rerank_tf
 from recommenders_tf.models.rules import BusinessRulesLayer
-from recommenders_tf.serving.export import (SERVING_DEFAULT, WITH_EXCLUSIONS, EXCLUDE_INPUT,
-                                            package_version, save_export)
+from recommenders_tf.serving.export import (EXCLUDE_INPUT, EXCLUSION_NOTE, ID_ORDER_NOTE,
+                                            SERVING_DEFAULT, WITH_EXCLUSIONS, package_version,
+                                            save_export)
 from recommenders_tf.serving.warmup import batched_requests
 
 DEFAULT_NAMES = {"scann": "recommender", "bruteforce": "recommender_bruteforce"}
@@ -125,7 +129,9 @@ class _CascadeModule(tf.Module):
         self.query_history = max(int(rec.config.history_len), 1)
         self.ranker_history = max(int(cascade.ranker.history_len), 1)
         self.diversity, self.diversity_lambda = cfg.diversity, float(cfg.diversity_lambda)
-        self.search_tensors = index.search_tensors
+        self.catalog_rows = index.rows  # tracked: the index's id -> row table (and vectors)
+        self.search_excluding = index.search_excluding
+        self.num_items = len(catalog)
 
         user = tf.TensorSpec([None], tf.string, name="user_id")
         history = tf.TensorSpec([None, None], tf.string, name="history")
@@ -153,24 +159,31 @@ class _CascadeModule(tf.Module):
         return tf.gather(table, self.catalog_lookup(ids))
 
     def _recommend(self, user_id, history, exclude):
-        history = tf.convert_to_tensor(history)
+        # Real ids moved to the end first: recency is read from the right, whatever padding.
+        history = compact_right(history)
         exclude = tf.convert_to_tensor(exclude)
-        cascade = self._cascade(user_id, history, exclude)
-        fallback = self._fallback(history, exclude)
+        out = self._cascade(user_id, history, exclude)
         known = self.user_lookup(user_id) > 0
-        out = {name: tf.where(known[:, None] if cascade[name].shape.rank == 2 else known,
-                              cascade[name], fallback[name])
-               for name in OUTPUTS if name != "source"}
-        out["source"] = tf.where(known, "cascade", "fallback")
-        return out
+        # The fallback scores the whole catalogue: only for the rows that use it.
+        unknown = tf.where(tf.logical_not(known))  # [U, 1]
+
+        def with_fallback():
+            fallback = self._fallback(tf.gather_nd(history, unknown),
+                                      tf.gather_nd(exclude, unknown))
+            return {name: tf.tensor_scatter_nd_update(out[name], unknown, fallback[name])
+                    for name in fallback}
+
+        merged = tf.cond(tf.size(unknown) > 0, with_fallback,
+                         lambda: {name: out[name] for name in OUTPUTS if name != "source"})
+        merged["source"] = tf.where(known, "cascade", "fallback")
+        return merged
 
     def _cascade(self, user_id, history, exclude):
         query_history = _fit_width(history, self.query_history)
         ranker_history = _fit_width(history, self.ranker_history)
         query = self.query_tower({"user_id": user_id, "history": query_history})
         banned = tf.concat([history, exclude], 1)
-        scores, ids = self.search_tensors(query, self.search_width)
-        scores, ids = top_k_excluding(scores, ids, banned, self.retrieval_k)
+        scores, ids = self.search_excluding(query, banned, self.retrieval_k)
         mask = tf.not_equal(ids, "")
         retrieval_score = tf.where(mask, scores, 0.0)
         ranked = self.ranker({"user_id": user_id, "history": ranker_history, "item_id": ids,
@@ -244,13 +257,18 @@ class _CascadeModule(tf.Module):
             # cosine (in [-1, 1]) scaled to the popularity z-scores' spread
             blended = (1.0 - w) * score + w * 3.0 * similarity
             score = tf.where(has_history, blended, score)
-        ids = tf.broadcast_to(self.catalog_ids[None, :], tf.shape(score))
-        banned = tf.concat([history, exclude], 1)
-        width = tf.shape(banned)[1]
-        top = tf.minimum(n, self.k + width)
-        values, positions = tf.math.top_k(score, k=top)
-        cand = tf.gather(ids, positions, batch_dims=1)
-        values, cand = top_k_excluding(values, cand, banned, self.k)
+        # History and exclusions masked by catalogue row: cost catalogue + W, not x W.
+        banned = self.catalog_lookup(tf.concat([history, exclude], 1))  # 0: unknown or ""
+        rows = tf.stack([tf.broadcast_to(tf.range(batch, dtype=banned.dtype)[:, None],
+                                         tf.shape(banned)), banned], -1)
+        hit = tf.scatter_nd(tf.reshape(rows, [-1, 2]), tf.ones([tf.size(banned)], tf.int32),
+                            tf.cast(tf.stack([batch, n + 1]), banned.dtype))[:, 1:] > 0
+        score = tf.where(hit, _NEG_INF, score)
+        values, positions = tf.math.top_k(score, k=min(self.k, self.num_items))
+        cand = tf.where(tf.math.is_finite(values), tf.gather(self.catalog_ids, positions), "")
+        missing = self.k - min(self.k, self.num_items)
+        values = tf.pad(values, [[0, 0], [0, missing]], constant_values=_NEG_INF)
+        cand = tf.pad(cand, [[0, 0], [0, missing]], constant_values="")
         zeros = tf.zeros(tf.shape(cand), tf.int32)
         return {"item_ids": cand, "scores": values, "retrieval_rank": zeros,
                 "ranking_rank": zeros, "rerank_rank": zeros}
@@ -310,9 +328,9 @@ def export_cascade(cascade: Cascade, base_dir="saved_models", kind: str = "scann
       base_dir: TF Serving model base path.
       kind: "scann" (tuned, needs the ScaNN ops) or "bruteforce" (exact, stock ops).
       name: model name (default "recommender" / "recommender_bruteforce").
-      exclusion_budget: extra results the index returns so that history and exclusion ids
-        can be removed while keeping `retrieval_k` candidates (BruteForce always searches the
-        whole catalog, so no budget is needed there).
+      exclusion_budget: ScaNN's reordering budget beyond `retrieval_k`: up to this many
+        history and exclusion ids are removed within the approximate pass; rows with more
+        get an exact pass over the catalogue (BruteForce is exact at any width).
       fallback_text_weight: text-profile weight of the unknown-user fallback.
       metadata: extra facts for metadata.json.
     """
@@ -341,6 +359,8 @@ def export_cascade(cascade: Cascade, base_dir="saved_models", kind: str = "scann
         "fallback": {"unknown_users": "popularity blended with the history's text profile",
                      "text_weight": fallback_text_weight if cascade.text is not None else 0.0},
         "outputs": list(OUTPUTS), "pad_item_id": "",
+        "exclusion_width": None,
+        "input_order": {"history": ID_ORDER_NOTE, EXCLUDE_INPUT: EXCLUSION_NOTE},
         "versions": {p: package_version(p) for p in ("tensorflow", "tf-keras",
                                                       "tensorflow-recommenders", "scann")},
         **dict(metadata or {}),

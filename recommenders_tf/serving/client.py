@@ -17,9 +17,12 @@ Retrieval helpers:
   the export's metadata says it holds ScaNN ops) and returns a callable; `load_savedmodel`
   does the same for any export and returns the loaded object.
 
-Histories are ragged lists per user; they are padded with "" to one width (at least 1, since
-TF Serving's JSON parser cannot infer the shape of empty lists). Exclusion lists are padded to
-the export's fixed width W and may not be longer. TensorFlow is imported only by the functions
+Histories are ragged lists per user, oldest first and most recent last; they are padded on
+the left with "" to one width (at least 1, since TF Serving's JSON parser cannot infer the
+shape of empty lists). The exports compact every history in the graph, so any padding gives
+the same answer; padding on the left keeps the request readable the way the model reads it.
+Exclusion lists are padded to the longest row (or to an explicit `exclusion_width`); current
+exports accept any width, exports whose metadata declares a fixed width get that width. TensorFlow is imported only by the functions
 that need it, so building REST bodies does not load TensorFlow.
 """
 from __future__ import annotations
@@ -54,7 +57,8 @@ def _as_batch(user_ids: str | Sequence[str], histories: Sequence[Any]):
 
 def pad_rows(rows: Sequence[Sequence[str]], width: int | None = None, *, field: str = "history",
              min_width: int = 1) -> list[list[str]]:
-    """Pads ragged id lists with "" to `width` (default: the longest row, at least `min_width`).
+    """Left-pads ragged id lists with "" to `width` (default: the longest row, at least
+    `min_width`), so the last id of each row stays last (histories: most recent last).
 
     Raises:
         ValueError: naming the row, if a row is longer than an explicit `width`.
@@ -65,8 +69,8 @@ def pad_rows(rows: Sequence[Sequence[str]], width: int | None = None, *, field: 
     for i, row in enumerate(rows):
         if len(row) > width:
             raise ValueError(f"{field} row {i} has {len(row)} ids but the width is {width}; "
-                             "trim it (or export with a larger exclusion_width).")
-    return [row + [PAD] * (width - len(row)) for row in rows]
+                             "trim it or pass a larger width.")
+    return [[PAD] * (width - len(row)) + row for row in rows]
 
 
 def _inputs(user_ids, histories, exclude_item_ids, exclusion_width, signature_name):
@@ -75,16 +79,13 @@ def _inputs(user_ids, histories, exclude_item_ids, exclusion_width, signature_na
     default = WITH_EXCLUSIONS if exclude_item_ids is not None else SERVING_DEFAULT
     signature = signature_name or default
     if signature == WITH_EXCLUSIONS:
-        if exclusion_width is None:
-            raise ValueError("exclusion_width is required for recommend_with_exclusions: it is "
-                             "fixed at export (metadata.json 'exclusion_width').")
         excl = exclude_item_ids if exclude_item_ids is not None else [[] for _ in users]
         if isinstance(user_ids, (str, bytes)):
             excl = [list(excl)]
         if len(excl) != len(users):
             raise ValueError(f"{len(users)} users but {len(excl)} exclusion lists.")
         inputs["exclude_item_ids"] = pad_rows(excl, exclusion_width, field="exclude_item_ids",
-                                              min_width=0)
+                                              min_width=1 if exclusion_width is None else 0)
     elif exclude_item_ids is not None:
         raise ValueError(f"Signature {signature!r} takes no exclusions; use {WITH_EXCLUSIONS!r}.")
     return signature, inputs
@@ -106,7 +107,8 @@ def build_rest_request(
         histories: that user's item ids, or one list per user (ragged is fine).
         exclude_item_ids: per-user ids that must not be returned (selects
             `recommend_with_exclusions`).
-        exclusion_width: the export's W (metadata.json); required with exclusions.
+        exclusion_width: pad exclusion lists to this width (default: the longest list, at
+            least 1); needed only for old exports whose metadata.json fixes a width.
         signature_name: override the signature.
         columnar: use the `{"inputs": {...}}` form instead of `{"instances": [...]}`.
 

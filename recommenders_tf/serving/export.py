@@ -14,10 +14,17 @@ Signatures (named inputs and outputs; B = batch, N = history length, W = exclusi
 * `serving_default(user_id: string [B], history: string [B, N])
   -> {item_ids: string [B, k], scores: float32 [B, k]}`
 * `recommend_with_exclusions(user_id, history, exclude_item_ids: string [B, W])`, same outputs,
-  never containing an excluded id: it asks the index for k + W results, masks the excluded
-  ones and keeps the best k. "" pads `exclude_item_ids` and excludes nothing.
+  never containing an excluded id, for any width W (metadata `exclusion_width` is null: not
+  fixed). The excluded ids are looked up to catalogue rows and dropped by binary search, so
+  the cost grows with k + W, not with k x W; "" pads `exclude_item_ids` and excludes nothing.
 
-Slots that could not be filled (ScaNN found fewer candidates) hold item id "" and score -inf.
+`history` is read oldest first, most recent last; "" padding may sit anywhere (left, right,
+in between): the graph first moves the real ids to the end, keeping their order, so a user
+gets the same answer alone or batched with a longer history (metadata `input_order`).
+
+Slots are empty (item id "", score -inf) only when the catalogue minus the excluded ids holds
+fewer than k items: where ScaNN's approximate pass comes back short, an exact pass over the
+catalogue fills the row.
 The version directory is written under a temporary name inside `<name>/` (TF Serving only
 watches integer names) and renamed to the next integer version, so a server never sees a
 half-written version and an existing version is never overwritten.
@@ -46,6 +53,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,7 +66,8 @@ import recommenders_tf
 import tensorflow as tf
 
 from recommenders_tf.index.candidate_store import QUERY_FEATURE_SPEC
-from recommenders_tf.index.scann_index import RetrievalIndex, top_k_excluding
+from recommenders_tf.features.id_lists import compact_right
+from recommenders_tf.index.scann_index import RetrievalIndex
 from recommenders_tf.serving.server_config import check_signatures
 from recommenders_tf.serving.warmup import (ASSETS_EXTRA, WARMUP_FILE, batched_requests,
                                             write_warmup_requests)
@@ -69,12 +79,21 @@ METADATA_FILE = "metadata.json"
 TMP_PREFIX = ".tmp-export-"
 UNKNOWN_USER = "__warmup_unknown_user__"
 UNKNOWN_ITEM = "__warmup_unknown_item__"
+# Inputs whose order carries meaning (recency, most recent last): compacted in the graph so
+# the answer is the same wherever a client puts the "" padding.
+ORDERED_ID_LISTS = ("history",)
+ID_ORDER_NOTE = ("history: item ids oldest first, most recent last; \"\" entries are padding "
+                 "and may sit anywhere (left, right or between ids): the graph moves the real "
+                 "ids to the end, keeping their order, before reading them.")
+EXCLUSION_NOTE = ("exclude_item_ids: [B, W] with any width W (pad rows with \"\"); ids outside "
+                  "the catalogue are ignored; k real items are returned whenever the catalogue "
+                  "minus the excluded ids holds k.")
 # Written by save_export for every export.
 EXPORT_KEYS = {"signatures", "assets", "warmup"}
 _RESERVED_KEYS = {
     "format_version", "model_name", "index_type", "k", "exclusion_width", "embedding_dim",
     "num_candidates", "scann_params", "requires_scann_ops", "serving_note", "signatures",
-    "versions", "created_utc", "pad_item_id", "assets", "warmup",
+    "versions", "created_utc", "pad_item_id", "assets", "warmup", "input_order",
 }
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SCANN_NOTE = ("Contains ScaNN custom ops: in Python run `import scann` before "
@@ -88,29 +107,36 @@ BRUTEFORCE_NOTE = ("Stock TensorFlow ops only: loads in stock TF Serving and wit
 class _RetrievalModule(tf.Module):
     """The object saved: query tower + index layer, with the two serving functions."""
 
-    def __init__(self, query_model: Any, index: RetrievalIndex, k: int, exclusion_width: int,
+    def __init__(self, query_model: Any, index: RetrievalIndex, k: int,
                  feature_spec: Mapping[str, tf.TensorSpec]):
         super().__init__()
         self.query_model = query_model
         self.index_layer = index.layer
+        self.catalog_rows = index.rows
         names = list(feature_spec)
         spec = {n: tf.TensorSpec(s.shape, s.dtype, name=n) for n, s in feature_spec.items()}
-        excl_spec = tf.TensorSpec([None, exclusion_width], tf.string, name=EXCLUDE_INPUT)
-        width = min(k + exclusion_width, index.num_candidates)
+        # Any exclusion width W: the cost grows with W, not with the catalogue times W.
+        excl_spec = tf.TensorSpec([None, None], tf.string, name=EXCLUDE_INPUT)
+        ordered = [n for n, s in feature_spec.items() if n in ORDERED_ID_LISTS
+                   and s.dtype == tf.string and s.shape.rank == 2]
 
         def embed(features):
-            return self.query_model({n: features[n] for n in names})
+            features = {n: compact_right(features[n]) if n in ordered else features[n]
+                        for n in names}
+            return self.query_model(features)
+
+        def search(features, exclude):
+            scores, ids = index.search_excluding(embed(features), exclude, k)
+            return {"item_ids": ids, "scores": scores}
 
         @tf.function(input_signature=[spec])
         def serve(features):
-            scores, ids = index.search_tensors(embed(features), k)
-            return {"item_ids": ids, "scores": scores}
+            batch = tf.shape(features[names[0]])[0]
+            return search(features, tf.fill(tf.stack([batch, 0]), ""))
 
         @tf.function(input_signature=[spec, excl_spec])
         def serve_with_exclusions(features, exclude_item_ids):
-            scores, ids = index.search_tensors(embed(features), width)
-            scores, ids = top_k_excluding(scores, ids, exclude_item_ids, k)
-            return {"item_ids": ids, "scores": scores}
+            return search(features, exclude_item_ids)
 
         self.serve = serve
         self.serve_with_exclusions = serve_with_exclusions
@@ -174,13 +200,14 @@ def _metadata(name: str, index: RetrievalIndex, k: int, exclusion_width: int,
         "model_name": name,
         "index_type": index.kind,
         "k": k,
-        "exclusion_width": exclusion_width,
+        "exclusion_width": None,  # any width; the warmup requests use `exclusion_width`
         "embedding_dim": index.embedding_dim,
         "num_candidates": index.num_candidates,
         "scann_params": index.scann_params.to_dict() if index.scann_params else None,
         "requires_scann_ops": scann,
         "serving_note": SCANN_NOTE if scann else BRUTEFORCE_NOTE,
         "pad_item_id": "",
+        "input_order": {"history": ID_ORDER_NOTE, EXCLUDE_INPUT: EXCLUSION_NOTE},
         "versions": {
             "tensorflow": tf.__version__,
             "tensorflow_recommenders": package_version("tensorflow-recommenders"),
@@ -434,9 +461,9 @@ def save_export(module: tf.Module, signatures: Mapping[str, Any],
 
     model_dir = Path(base_dir) / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex
-    tmp = model_dir / f"{TMP_PREFIX}{token}"
-    assets_source = model_dir / f"{TMP_PREFIX}assets-{token}"
+    remove_stale_temp_dirs(model_dir)
+    tmp = model_dir / temp_dir_name()
+    assets_source = model_dir / (tmp.name + "-assets")
     try:
         metadata["assets"] = attach_vocabulary_assets(module, assets_source, extra_vocabularies)
         tf.saved_model.save(module, str(tmp), signatures=dict(signatures), options=options)
@@ -534,7 +561,8 @@ def export_retrieval(
         base_dir: TF Serving model base path.
         name: model name; default `retrieval_<index kind>`.
         k: results per query (default `index.k`).
-        exclusion_width: W, the fixed width of `exclude_item_ids` (pad with "").
+        exclusion_width: W of the warmup requests' `exclude_item_ids`; the signature accepts
+            any width (pad rows with "").
         metadata: extra JSON-serialisable facts for metadata.json, e.g. vocab sizes and
             `query_history_len` (the history width clients send; warmup requests use it).
         query_feature_spec: the query tower's inputs; default user_id [B] and history [B, N].
@@ -552,14 +580,6 @@ def export_retrieval(
     if (isinstance(exclusion_width, bool) or not isinstance(exclusion_width, int)
             or exclusion_width < 0):
         raise ValueError(f"exclusion_width must be a non-negative int, got {exclusion_width!r}.")
-    width = min(k + exclusion_width, index.num_candidates)
-    if width > index.max_k:
-        raise ValueError(
-            f"k + exclusion_width = {k + exclusion_width} exceeds this ScaNN index's "
-            f"num_reordering_candidates ({index.max_k}), so excluded items could leave fewer "
-            f"than k results; rebuild with num_reordering_candidates >= {width} (tune_scann("
-            f"..., min_reordering_candidates={width})) or lower exclusion_width."
-        )
     feature_spec = dict(query_feature_spec or QUERY_FEATURE_SPEC)
     extra = dict(metadata or {})
     meta = _metadata(name, index, k, exclusion_width, feature_spec, extra)
@@ -570,7 +590,7 @@ def export_retrieval(
         if missing:
             raise ValueError(f"warmup_inputs lacks query inputs {missing}")
 
-    module = _RetrievalModule(query_model, index, k, exclusion_width, feature_spec)
+    module = _RetrievalModule(query_model, index, k, feature_spec)
     # Tracing the signatures calls the index layer, which TFRS needs before saving.
     signatures = module.signatures()
     item_ids = [str(i) for i in index.candidate_ids[:64].tolist()] or [UNKNOWN_ITEM]
@@ -585,6 +605,65 @@ def export_retrieval(
     return save_export(module, signatures, base_dir, name, meta, requests, options=options,
                        extra_vocabularies={"candidate_ids": [str(i) for i in
                                                              index.candidate_ids.tolist()]})
+
+
+# A temp dir of a killed export is left behind; one whose owner is gone is removed by the
+# next export. Names carry host and pid so a live exporter's dir is never taken for stale.
+STALE_AFTER_SECONDS = 24 * 3600  # for dirs whose owner cannot be checked (other host, old name)
+_TEMP_NAME = re.compile(r"(?P<host>.+)-(?P<pid>\d+)-(?P<token>[0-9a-f]{32})(-assets)?")
+
+
+def host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", socket.gethostname()) or "host"
+
+
+def temp_dir_name() -> str:
+    return f"{TMP_PREFIX}{host_tag()}-{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def stale_temp_dirs(model_dir: str | os.PathLike, now: float | None = None) -> list[Path]:
+    """Temp dirs under `model_dir` left by exports that are no longer running: the owner
+    process (same host) is gone, or, when that cannot be checked, older than a day."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    now = time.time() if now is None else now
+    host = host_tag()
+    stale = []
+    for path in sorted(model_dir.iterdir()):
+        if not path.name.startswith(TMP_PREFIX):
+            continue
+        match = _TEMP_NAME.fullmatch(path.name[len(TMP_PREFIX):])
+        if match and match["host"] == host:
+            gone = not _pid_alive(int(match["pid"]))
+        else:
+            try:
+                gone = now - path.stat().st_mtime > STALE_AFTER_SECONDS
+            except FileNotFoundError:  # its exporter just finished
+                continue
+        if gone:
+            stale.append(path)
+    return stale
+
+
+def remove_stale_temp_dirs(model_dir: str | os.PathLike) -> list[Path]:
+    """Removes `stale_temp_dirs(model_dir)`; returns what was removed."""
+    removed = []
+    for path in stale_temp_dirs(model_dir):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    return removed
 
 
 def publish_version(tmp: Path, model_dir: Path) -> Path:

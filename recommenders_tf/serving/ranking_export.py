@@ -38,7 +38,9 @@ import recommenders_tf
 import tensorflow as tf
 
 # The shared export machinery (versioning, assets, warmup, metadata) lives in serving.export.
+from recommenders_tf.features.id_lists import compact_right
 from recommenders_tf.serving.export import (
+    ID_ORDER_NOTE,
     SERVING_DEFAULT,
     UNKNOWN_ITEM,
     UNKNOWN_USER,
@@ -56,7 +58,7 @@ SCORE_KINDS = {"rating": "predicted rating", "click": "click logit (sigmoid = pr
                "relevance": "ranking score (only the order within a list is meaningful)"}
 _RESERVED_KEYS = {"format_version", "model_name", "stage", "loss", "loss_mode", "score_kind",
                   "history_len", "signatures", "versions", "created_utc", "pad_item_id",
-                  "assets", "warmup"}
+                  "assets", "warmup", "input_order"}
 WARMUP_CANDIDATES = 100
 WARMUP_HISTORY = 50
 
@@ -77,6 +79,7 @@ class _RankingModule(tf.Module):
             tf.TensorSpec([None, None], tf.string, name="item_ids"),
         ])
         def serve(user_id, history, item_ids):
+            history = compact_right(history)  # recency from the right, wherever the padding
             scores = self.model({"user_id": user_id, "history": history, "item_id": item_ids},
                                 training=False)
             scores = tf.where(tf.equal(item_ids, ""), tf.constant(-float("inf")), scores)
@@ -100,6 +103,7 @@ def _metadata(name: str, model: Any, extra: Mapping[str, Any]) -> dict:
         "score_kind": SCORE_KINDS[spec.label_kind],
         "history_len": model.history_len,
         "pad_item_id": "",
+        "input_order": {"history": ID_ORDER_NOTE},
         "versions": {
             "tensorflow": tf.__version__,
             "tensorflow_recommenders": package_version("tensorflow-recommenders"),
