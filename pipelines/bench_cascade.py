@@ -3,9 +3,9 @@
   python -m pipelines.bench_cascade --dataset ml-100k
   python -m pipelines.bench_cascade --dataset synthetic
 
-One run, one split (P1, seed 0): the peers most-popular and implicit-ALS (tuned on the
-validation slice exactly as in `pipelines.benchmark`), then `pipelines.run_all` (every stage
-fitted on train only), giving the rows
+One run, one split (P1, seed 0): the peers most-popular, implicit-ALS, EASE, RP3beta and
+SASRec (tuned on the validation slice exactly as in `pipelines.benchmark`), then
+`pipelines.run_all` (every stage fitted on train only), giving the rows
 
   retrieval alone (two-tower top 10) / retrieval + ranking / full cascade /
   full cascade + MMR and + DPP at the lambda with the largest diversity gain within -3% NDCG@10
@@ -18,7 +18,6 @@ cascade loaded in a fresh process, p50/p99 over `latency_users` users, to
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
@@ -32,9 +31,10 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from recommenders_tf import cli
 from recommenders_tf.config import load_config
 
-PEERS = ("most-popular", "implicit-ALS")
+PEERS = ("most-popular", "implicit-ALS", "EASE", "RP3beta", "SASRec")
 
 
 @dataclasses.dataclass
@@ -225,7 +225,7 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> BenchCascadeConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with BenchCascadeConfig fields")
     parser.add_argument("--dataset")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -237,4 +237,4 @@ def parse_args(argv=None) -> BenchCascadeConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

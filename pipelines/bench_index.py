@@ -23,7 +23,6 @@ cores) and the ScaNN/BruteForce single-query QPS ratio against the >= 5x target 
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import json
@@ -43,6 +42,7 @@ import numpy as np
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
+from recommenders_tf import cli
 from recommenders_tf.config import load_config, machine_info
 from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
 from recommenders_tf.index import ScannParams, build_index
@@ -357,7 +357,7 @@ def main(config: BenchIndexConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> BenchIndexConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with BenchIndexConfig fields")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -365,4 +365,4 @@ def parse_args(argv=None) -> BenchIndexConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

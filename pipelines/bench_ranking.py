@@ -22,7 +22,6 @@ model fitted on the earlier part proposes hard negatives for each user's later i
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as _dt
 import shlex
@@ -34,6 +33,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from pipelines.train_ranking import RankingDataConfig, TrainRankingConfig, build_training_lists
+from recommenders_tf import cli
 from recommenders_tf.config import load_config
 from recommenders_tf.data import load_dataset, rating_split, temporal_split, validation_split
 from recommenders_tf.data.schema import RATING
@@ -307,7 +307,7 @@ def main(config: BenchRankingConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> BenchRankingConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with BenchRankingConfig fields")
     parser.add_argument("--dataset")
     parser.add_argument("--only", help="comma-separated: P2, P1-rerank")
@@ -322,4 +322,4 @@ def parse_args(argv=None) -> BenchRankingConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

@@ -31,7 +31,6 @@ the shared report writer, which re-renders BENCHMARKS.md; the run record goes to
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -46,6 +45,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from recommenders_tf import cli
 from recommenders_tf.config import load_config, machine_info
 
 PROTOCOL = "P5"
@@ -403,7 +403,7 @@ def main(config: BenchServingConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> BenchServingConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with BenchServingConfig fields")
     parser.add_argument("--base-dir", help="exports to time (default: train small ones)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -415,4 +415,4 @@ def parse_args(argv=None) -> BenchServingConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args(sys.argv[1:]))
+    cli.run(main, parse_args)

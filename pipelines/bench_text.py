@@ -22,7 +22,6 @@ Results: benchmarks/results/<dataset>-P3.json, ml-100k-P4.json; BENCHMARKS.md re
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
@@ -33,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from recommenders_tf import cli
 from recommenders_tf.config import load_config
 from recommenders_tf.data import load_dataset, split_for_protocol, validation_split
 from recommenders_tf.data.splits import cold_item_split, sparsity_buckets
@@ -258,7 +258,7 @@ def _last_embed(config: BenchTextConfig, name: str) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> BenchTextConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with BenchTextConfig fields")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -266,4 +266,4 @@ def parse_args(argv=None) -> BenchTextConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

@@ -11,7 +11,6 @@ BENCHMARKS.md is re-rendered from all results files.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shlex
 import sys
@@ -21,6 +20,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
+from recommenders_tf import cli
 from recommenders_tf.config import load_config
 from recommenders_tf.data import load_dataset, split_for_protocol, validation_split
 from recommenders_tf.data.schema import RATING
@@ -205,7 +205,7 @@ def main(config: BenchmarkConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> BenchmarkConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with BenchmarkConfig fields")
     parser.add_argument("--dataset")
     parser.add_argument("--protocol")
@@ -221,4 +221,4 @@ def parse_args(argv=None) -> BenchmarkConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

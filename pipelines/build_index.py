@@ -23,7 +23,6 @@ is used unless `store_dir` is given.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as _dt
 import json
@@ -38,6 +37,7 @@ import yaml
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
+from recommenders_tf import cli
 from recommenders_tf.config import load_config
 from recommenders_tf.features.vocab import load_vocabularies
 from recommenders_tf.index import (CandidateStore, build_index, recall_at_k_vs_exact,
@@ -65,7 +65,8 @@ class BuildIndexConfig:
         history_len: history items per query when the query tower accepts any width; 0 takes
             the training run's `history_len`, else 20.
         k: results per query in the exports.
-        exclusion_width: W of `recommend_with_exclusions`; ScaNN reorders >= k + W candidates.
+        exclusion_width: exclusions ScaNN absorbs in its approximate pass (it reorders >= k + W
+            candidates); requests may exclude more, rows left short get an exact pass.
         target_recall: ScaNN recall@k target against BruteForce.
         num_query_users: users sampled for the queries (half tune, half measure).
         seed: sampling seed (users, noise fallback, ScaNN tuning sample).
@@ -461,7 +462,7 @@ def main(config: BuildIndexConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> BuildIndexConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with BuildIndexConfig fields")
     parser.add_argument("--run-dir", help="train_retrieval run folder")
     parser.add_argument("--dataset", help="dataset spec for the tuning queries")
@@ -476,4 +477,4 @@ def parse_args(argv=None) -> BuildIndexConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

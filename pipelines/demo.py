@@ -14,12 +14,12 @@ Steps, each a pipeline of its own that this module only chains:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any, Dict
 
 from pipelines import prepare_data, recommend, run_all
+from recommenders_tf import cli
 from recommenders_tf.config import load_config
 
 
@@ -77,12 +77,16 @@ def main(config: DemoConfig) -> Dict[str, Any]:
     return results
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv=None) -> DemoConfig:
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset")
     parser.add_argument("--out", dest="out_dir")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     overrides = list(args.set) + [f"{k}={getattr(args, k)}" for k in ("dataset", "out_dir")
                                   if getattr(args, k) is not None]
-    main(load_config(DemoConfig, None, overrides))
+    return load_config(DemoConfig, None, overrides)
+
+
+if __name__ == "__main__":
+    cli.run(main, parse_args)

@@ -19,7 +19,6 @@ texts encodes nothing.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import logging
@@ -32,6 +31,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 import recommenders_tf  # noqa: F401  (selects tf-keras before anything imports TensorFlow)
+from recommenders_tf import cli
 from recommenders_tf.config import load_config
 from recommenders_tf.data import load_dataset, split_for_protocol
 from recommenders_tf.data.schema import ITEM_ID, USER_ID
@@ -200,8 +200,8 @@ def main(config: EmbedItemsConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> EmbedItemsConfig:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.embed_items",
-                                     description=__doc__.split("\n\n")[0])
+    parser = cli.make_parser(prog="python -m pipelines.embed_items",
+                             description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", help="load_dataset spec (overrides the config file)")
     parser.add_argument("--config", help="YAML file with EmbedItemsConfig fields")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -215,7 +215,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> EmbedItemsConfig:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = main(parse_args())
+    result = cli.run(main, parse_args)
     m = result["metrics"]
     print(f"wrote {result['item_vectors']} ({m['items']} items, {m['dim']}-d) and "
           f"{result['user_profiles']} ({m['users']} users)")

@@ -22,15 +22,14 @@ only accepts labels on loaded versions. The run record goes to runs/export/<run 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from recommenders_tf.config import load_config
+from recommenders_tf import cli
+from recommenders_tf.config import ConfigError, load_config
 from recommenders_tf.runs import make_run_dir, record_run
 
 
@@ -95,6 +94,7 @@ def example_curl(model: Any, rest_port: int) -> str:
 
 def main(config: ExportConfig) -> Dict[str, Any]:
     from recommenders_tf.serving import server_config as sc
+    from recommenders_tf.serving.export import stale_temp_dirs
 
     base = Path(config.base_dir).resolve()
     models = sc.discover_models(base, list(config.models) or None)
@@ -127,6 +127,14 @@ def main(config: ExportConfig) -> Dict[str, Any]:
                      f"{'ScaNN ops' if model.requires_scann else 'stock ops'}, "
                      f"{check['warmup_records']} warmup records, assets {check['assets']}")
         lines += [f"    {_signature_line(n, s)}" for n, s in model.signatures.items()]
+    # Folders of killed exports: harmless to TF Serving (not integer names), removed by the
+    # next export into that model folder.
+    stale = {m.name: [p.name for p in stale_temp_dirs(m.base_path)] for m in models}
+    for name, dirs in stale.items():
+        if dirs:
+            lines.append(f"  {name}: {len(dirs)} temp folder(s) left by killed exports "
+                         f"({', '.join(dirs[:3])}{', ...' if len(dirs) > 3 else ''}); the next "
+                         "export removes them")
     lines.append("")
     lines += [f"Wrote {path}" for path in written["files"].values()]
     for command in written["commands"]:
@@ -148,6 +156,7 @@ def main(config: ExportConfig) -> Dict[str, Any]:
                             "requires_scann": m.requires_scann,
                             "signatures": sorted(m.signatures)} for m in models},
         "checks": checks,
+        "stale_temp_dirs": {k: v for k, v in stale.items() if v},
         "files": {k: str(v) for k, v in written["files"].items()},
         "commands": [dataclasses.asdict(c) | {"config_file": str(c.config_file)}
                      for c in written["commands"]],
@@ -168,11 +177,11 @@ def _parse_label(text: str, label: str | None = None) -> Tuple[str, str, int]:
         return model, label, int(version)
     except ValueError:
         form = "MODEL=VERSION" if label else "MODEL:LABEL=VERSION"
-        raise SystemExit(f"bad label {text!r}: expected {form}") from None
+        raise ConfigError(f"bad label {text!r}: expected {form}") from None
 
 
 def parse_args(argv=None) -> ExportConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with ExportConfig fields")
     parser.add_argument("--base-dir", help="TF Serving base dir (default saved_models)")
     parser.add_argument("--stable", action="append", default=[], metavar="MODEL=VERSION")
@@ -194,4 +203,4 @@ def parse_args(argv=None) -> ExportConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args(sys.argv[1:]))
+    cli.run(main, parse_args)

@@ -9,11 +9,11 @@ check it against this manifest.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any, Dict, List
 
+from recommenders_tf import cli
 from recommenders_tf.config import load_config, write_json
 from recommenders_tf.data import load_dataset, split_for_protocol
 from recommenders_tf.features.vocab import build_vocabularies, save_vocabularies
@@ -68,7 +68,7 @@ def main(config: PrepareDataConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> PrepareDataConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with PrepareDataConfig fields")
     parser.add_argument("--dataset")
     parser.add_argument("--protocol")
@@ -83,4 +83,4 @@ def parse_args(argv=None) -> PrepareDataConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

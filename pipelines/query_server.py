@@ -7,20 +7,19 @@
 
 The request is built from the signature the server reports (`GET .../metadata` or
 `GetModelMetadata`), not from local files, so it works for any export: `user_id` <- --user-id,
-`history` <- --history, `item_ids` <- --items, `exclude_item_ids` <- --exclude (each padded
+`history` <- --history, `item_ids` <- --items, `exclude_item_ids` <- --exclude (each left-padded
 with "" to the signature's fixed width, if it has one), and any other input from
 `--input NAME=v1,v2`. With `--protocol both` (the default) the same request goes through REST
 and gRPC and the answers are compared. Errors are TF Serving's own messages (`ServingError`).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from recommenders_tf import cli
 from recommenders_tf.config import load_config
 
 NAMED_INPUTS = {"user_id": "user_id", "history": "history", "item_ids": "items",
@@ -100,7 +99,8 @@ def build_inputs(config: QueryServerConfig, signature: Dict[str, Any]) -> Dict[s
             width = _fixed_width(shape)
             if width is not None and len(row) > width:
                 raise ValueError(f"input {name!r} takes at most {width} values, got {len(row)}")
-            cells = [row + [""] * ((width if width is not None else max(len(row), 1)) - len(row))]
+            # Left-padded, as the client helpers do: the last id stays last (most recent).
+            cells = [[""] * ((width if width is not None else max(len(row), 1)) - len(row)) + row]
         else:
             raise ValueError(f"input {name!r} has rank {rank}; pass it with a client directly")
         if dtype == "string":
@@ -188,7 +188,7 @@ def main(config: QueryServerConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> QueryServerConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with QueryServerConfig fields")
     parser.add_argument("--host")
     parser.add_argument("--rest-port", type=int)
@@ -225,11 +225,7 @@ def parse_args(argv=None) -> QueryServerConfig:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args(sys.argv[1:]))
-    except Exception as exc:  # the message is the useful part for a command-line user
-        from recommenders_tf.serving.client import ServingError
+    from recommenders_tf.serving.client import ServingError
 
-        if isinstance(exc, (ServingError, ValueError)):
-            raise SystemExit(f"error: {exc}") from None
-        raise
+    # The server's answer or a bad input value is the whole story for a command-line user.
+    cli.run(main, parse_args, extra_errors=(ServingError, ValueError))

@@ -20,7 +20,6 @@ TF Serving for the same answer.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from recommenders_tf import cli
 from recommenders_tf.config import load_config, write_json
 from recommenders_tf.serving.client import (build_rest_request, load_export,
                                             rest_predict_url)
@@ -191,7 +191,8 @@ def main(config: RecommendConfig) -> Dict[str, Any]:
     meta = model.metadata
     load_seconds = time.perf_counter() - start
     print(f"Loaded {model.path} ({meta['index_type']}, {meta['num_candidates']} candidates, "
-          f"k={meta['k']}, exclusion width {meta['exclusion_width']}) in {load_seconds:.1f}s")
+          f"k={meta['k']}, exclusion width {meta.get('exclusion_width') or 'any'}) in "
+          f"{load_seconds:.1f}s")
 
     titles: Dict[str, str] = {}
     if config.history:
@@ -203,14 +204,15 @@ def main(config: RecommendConfig) -> Dict[str, Any]:
         seen, history_note = [], "no history given and no dataset: empty history"
     history_len = config.history_len or int(meta.get("query_history_len") or 20)
     history = seen[-history_len:]
-    width = int(meta["exclusion_width"])
+    # Current exports take any exclusion width; older ones declare a fixed W.
+    width = meta.get("exclusion_width")
     excluded: Optional[List[str]] = None
     notes = [history_note]
     if config.exclude_seen:
         # `seen` is oldest first: keep each item's latest position, then the last W.
         latest_first = list(dict.fromkeys(reversed(seen)))
-        excluded = latest_first[:width][::-1] if width else []
-        if len(set(seen)) > width:
+        excluded = (latest_first if width is None else latest_first[:width])[::-1]
+        if width is not None and len(set(seen)) > width:
             notes.append(f"the user has seen {len(set(seen))} items but the export excludes at "
                          f"most {width}; the most recent {width} are excluded")
 
@@ -258,7 +260,7 @@ def main(config: RecommendConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> RecommendConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with RecommendConfig fields")
     parser.add_argument("--export", help="model folder or version folder")
     parser.add_argument("--user-id")
@@ -284,4 +286,4 @@ def parse_args(argv=None) -> RecommendConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

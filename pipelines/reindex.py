@@ -25,7 +25,6 @@ re-tuned) and exported as new versions, exactly as `pipelines.build_index` does.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -44,6 +43,7 @@ import tensorflow as tf
 
 from pipelines.build_index import (STORE_DIR, BuildIndexConfig, Progress, SavedTower,
                                    load_store, run_build, store_dirs, summary_lines)
+from recommenders_tf import cli
 from recommenders_tf.config import load_config
 from recommenders_tf.data.validation import DataValidationError, read_delimited
 from recommenders_tf.index import CandidateStore, add_items
@@ -299,7 +299,7 @@ def main(config: ReindexConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> ReindexConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with ReindexConfig fields")
     parser.add_argument("--run-dir", help="train_retrieval run folder")
     parser.add_argument("--items", help="new-items CSV/TSV")
@@ -314,4 +314,4 @@ def parse_args(argv=None) -> ReindexConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

@@ -18,7 +18,6 @@ training curves), recall_at_k.png (Recall@K of each stage's list) and diversity_
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
@@ -28,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from recommenders_tf import cli
 from recommenders_tf.cascade.config import CascadeConfig
 from recommenders_tf.config import load_config
 
@@ -315,7 +315,7 @@ def summary_lines(dataset: str, rows, tradeoffs, exports, report) -> List[str]:
 
 
 def parse_args(argv=None) -> RunAllConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with RunAllConfig fields")
     parser.add_argument("--dataset")
     parser.add_argument("--out", dest="out_dir")
@@ -330,4 +330,4 @@ def parse_args(argv=None) -> RunAllConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

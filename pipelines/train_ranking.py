@@ -19,7 +19,6 @@ saved_models/ranking/<next integer version>/.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Dict, Optional
 
 import yaml
 
+from recommenders_tf import cli
 from recommenders_tf.config import load_config, save_config, to_dict
 from recommenders_tf.data import load_dataset, split_for_protocol, validation_split
 from recommenders_tf.data.schema import ITEM_ID, USER_ID
@@ -232,7 +232,7 @@ def main(config: TrainRankingConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> TrainRankingConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with TrainRankingConfig fields")
     parser.add_argument("--loss", help="ranking loss key (mse, bce, pairwise_logistic, "
                                        "pairwise_hinge, softmax, listmle, approx_ndcg)")
@@ -252,4 +252,4 @@ def parse_args(argv=None) -> TrainRankingConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

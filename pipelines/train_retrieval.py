@@ -45,7 +45,6 @@ the config uses them (towers.json lists exactly what each SavedModel takes).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -58,6 +57,7 @@ import numpy as np
 import yaml
 
 import recommenders_tf  # noqa: F401  (selects tf-keras before anything imports TensorFlow)
+from recommenders_tf import cli
 from recommenders_tf.config import ConfigError, load_config, to_dict, write_json
 from recommenders_tf.data import load_dataset, temporal_split, validation_split
 from recommenders_tf.data.schema import GENRES
@@ -311,7 +311,7 @@ def main(config: TrainRetrievalConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> TrainRetrievalConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file with TrainRetrievalConfig fields")
     parser.add_argument("--dataset", help="dataset spec (overrides the config file)")
     parser.add_argument("--run-dir", help="artifact folder (resumed when it exists)")
@@ -327,4 +327,4 @@ def parse_args(argv=None) -> TrainRetrievalConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

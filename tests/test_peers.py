@@ -37,9 +37,11 @@ BLOCK_TEST = frame(HELD)
 
 
 def test_registry():
-    assert set(PEERS) == {"most-popular", "implicit-ALS", "implicit-BPR", "tfrs-tutorial",
-                          "global-mean", "surprise-SVD", "surprise-SVD++"}
-    assert set(TOPK_PEERS) == {"most-popular", "implicit-ALS", "implicit-BPR", "tfrs-tutorial"}
+    assert set(PEERS) == {"most-popular", "implicit-ALS", "implicit-BPR", "EASE", "RP3beta",
+                          "SASRec", "tfrs-tutorial", "global-mean", "surprise-SVD",
+                          "surprise-SVD++"}
+    assert set(TOPK_PEERS) == {"most-popular", "implicit-ALS", "implicit-BPR", "EASE", "RP3beta",
+                               "SASRec", "tfrs-tutorial"}
     assert set(RATING_PEERS) == {"global-mean", "surprise-SVD", "surprise-SVD++"}
     assert all(cls.name == name for name, cls in PEERS.items())
 

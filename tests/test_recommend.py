@@ -75,8 +75,8 @@ def test_cli_reads_history_from_dataset_and_excludes_seen(exports, tmp_path):
     assert ids == exact_top_k(exports, "u3", seen[-4:], seen)
     assert all("Action" in ITEM_GENRES[ITEMS.index(i)] for i in ids)
     assert not set(ids) & set(seen)
-    assert got["rest_body"] == build_rest_request("u3", seen[-4:], exclude_item_ids=seen,
-                                                  exclusion_width=W)
+    assert got["rest_body"] == build_rest_request("u3", seen[-4:], exclude_item_ids=seen)
+    assert got["rest_body"]["instances"][0]["exclude_item_ids"] == seen  # no padding needed
     assert got["rest_url"] == "http://localhost:8501/v1/models/retrieval_bruteforce:predict"
     assert "curl -s -X POST -H 'Content-Type: application/json' -d '{\"signature_name\": " \
            "\"recommend_with_exclusions\"" in stdout
@@ -98,13 +98,13 @@ def test_cli_scann_export_with_history_on_the_command_line(exports, tmp_path):
 
 
 def test_in_process_without_exclusions_and_window_note(exports):
-    # 13 distinct seen ids (i000 seen again last) for a width-12 export: the 12 most recent
-    # distinct ones are excluded, i.e. all but i003.
+    # 13 distinct seen ids (i000 seen again last), more than the export's warmup width of 12:
+    # exports take any exclusion width, so every distinct seen id is excluded, oldest first.
     seen = [f"i{i:03d}" for i in range(0, 39, 3)] + ["i000"]
     got = recommend.main(recommend.RecommendConfig(
         export=str(exports["paths"]["bruteforce"]), user_id="u0", history=tuple(seen)))
-    assert got["excluded"] == [f"i{i:03d}" for i in range(6, 39, 3)] + ["i000"]
-    assert "seen 13 items but the export excludes at most 12" in got["notes"][1]
+    assert got["excluded"] == [f"i{i:03d}" for i in range(3, 39, 3)] + ["i000"]
+    assert len(got["notes"]) == 1
     ids = [r["item_id"] for r in got["recommendations"]]
     assert ids == exact_top_k(exports, "u0", seen[-20:], got["excluded"])
     plain = recommend.main(recommend.RecommendConfig(

@@ -202,8 +202,9 @@ def test_bruteforce_answers_are_the_numpy_top_k(exports, servers):
     """u0 prefers Action: through REST, the top 5 is the numpy top 5 of the towers' scores, and
     with exclusions the excluded items are gone and the next best fill in."""
     rest, grpc_client = servers["clients"]["retrieval_bruteforce"]
-    history = [["i000", "i003", ""]]
-    query = exports["query"]({"user_id": tf.constant(["u0"]), "history": tf.constant(history)})
+    history = [["i000", "i003", ""]]  # right-padded: the export reads it as ["", i000, i003]
+    query = exports["query"]({"user_id": tf.constant(["u0"]),
+                              "history": tf.constant([["", "i000", "i003"]])})
     scores = exports["embeddings"] @ query.numpy()[0]
     order = [ITEMS[i] for i in np.argsort(-scores, kind="stable")]
     got = rest.predict("retrieval_bruteforce", {"user_id": ["u0"], "history": history},
@@ -238,7 +239,7 @@ def test_versions_labels_status_and_metadata(exports, servers):
     defs = body["metadata"]["signature_def"]["signature_def"]  # TF Serving's double nesting
     assert defs["serving_default"]["inputs"]["user_id"]["dtype"] == "DT_STRING"
     assert defs["recommend_with_exclusions"]["inputs"]["exclude_item_ids"]["tensor_shape"][
-        "dim"][1]["size"] == str(W)
+        "dim"][1]["size"] == "-1"  # any exclusion width
     protos = grpc_client.metadata("retrieval_bruteforce", version=2)
     assert protos == sc.read_signature_defs(exports["paths"]["retrieval_bruteforce/2"],
                                             include_internal=True)
@@ -260,8 +261,8 @@ REST_ERRORS = [
     (dict(signature_name="nah"), 400, "INVALID_ARGUMENT",
      'Serving signature name: "nah" not found in signature def'),
     (dict(signature_name="recommend_with_exclusions",
-          inputs={"user_id": ["u1"], "history": [["i1"]], "exclude_item_ids": [["a", "b"]]}),
-     400, "INVALID_ARGUMENT", f"has shape [1, 2] but the signature expects [-1, {W}]"),
+          inputs={"user_id": ["u1"], "history": [["i1"]], "exclude_item_ids": ["a", "b"]}),
+     400, "INVALID_ARGUMENT", "has shape [2] but the signature expects [-1, -1]"),
 ]
 
 
@@ -373,12 +374,14 @@ def test_query_server_pipeline_over_rest_and_grpc(exports, servers):
         args + ["--user-id", "u0", "--history", "i000", "--exclude", "i003", "--label",
                 "stable"]))
     assert retrieved["signature"] == "recommend_with_exclusions"
-    assert retrieved["inputs"]["exclude_item_ids"] == [["i003", "", ""]]  # padded to W
+    assert retrieved["inputs"]["exclude_item_ids"] == [["i003"]]  # any width: no padding
     assert len(retrieved["grpc"]["item_ids"][0]) == 5 and "i003" not in \
         retrieved["grpc"]["item_ids"][0]
-    with pytest.raises(ValueError, match="takes at most 3 values"):
-        query_server.main(query_server.parse_args(args + ["--user-id", "u0", "--exclude",
-                                                          "a,b,c,d"]))
+    wide = [f"i{i:03d}" for i in range(0, 60, 3)]  # wider than the warmup's W = 3
+    retrieved = query_server.main(query_server.parse_args(
+        args + ["--user-id", "u0", "--exclude", ",".join(wide), "--label", "stable"]))
+    assert len(retrieved["grpc"]["item_ids"][0]) == 5
+    assert not set(retrieved["grpc"]["item_ids"][0]) & set(wide)
 
 
 def test_a_rejected_warmup_record_fails_the_load_and_the_check(exports, tmp_path):
@@ -482,3 +485,20 @@ def test_local_server_command_line_serves_a_base_dir(exports, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_export_pipeline_reports_temp_folders_of_killed_exports(exports, tmp_path, capsys):
+    from recommenders_tf.serving import export as export_module
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs: its temp folder is stale
+    stale = (exports["base"] / "ranking" /
+             f"{export_module.TMP_PREFIX}{export_module.host_tag()}-{dead.pid}-{'d' * 32}")
+    (stale / "variables").mkdir(parents=True)
+    try:
+        results = export_pipeline.main(export_pipeline.ExportConfig(
+            base_dir=str(exports["base"]), out_dir=str(tmp_path / "runs")))
+        assert results["stale_temp_dirs"] == {"ranking": [stale.name]}
+        assert "1 temp folder(s) left by killed exports" in capsys.readouterr().out
+    finally:
+        shutil.rmtree(stale)

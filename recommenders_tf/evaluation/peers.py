@@ -14,15 +14,18 @@ Rating peers (`task == "rating"`) have `fit(train, validation=None)` and
 `predict(pairs) -> np.ndarray`, clipped to the rating range; unknown users and items fall back
 to the global mean (Surprise does this through its baselines).
 
-Hyperparameters of the `implicit` peers are chosen on `validation`, interactions held out
-from `train` (disjoint from it, e.g. the P1 temporal split applied again to train), by NDCG@10
-from `TopKEvaluator`; the chosen setting is then refit on train + validation so the peer sees
-the same data as an untuned model. TensorFlow, `implicit` and `scikit-surprise` are imported
-lazily so that importing this module is cheap.
+Hyperparameters of the tuned peers (`implicit` ALS and BPR, EASE, RP3beta, SASRec's epochs)
+are chosen on `validation`, interactions held out from `train` (disjoint from it, e.g. the P1
+temporal split applied again to train), by NDCG@10 from `TopKEvaluator`; the chosen setting is
+then refit on train + validation so the peer sees the same data as an untuned model.
+TensorFlow, `implicit` and `scikit-surprise` are imported lazily so that importing this module
+is cheap.
+
+This module holds the registry `PEERS`; the shared base classes live in `peer_base`, the
+item-item peers (EASE, RP3beta) in `peers_item_item` and SASRec in `peers_sasrec`.
 """
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
@@ -31,7 +34,10 @@ import pandas as pd
 
 from recommenders_tf.data.schema import ITEM_ID, RATING, TITLE, USER_ID
 from recommenders_tf.evaluation.metrics import clip_ratings
-from recommenders_tf.evaluation.protocol import TopKEvaluator, check_frame
+from recommenders_tf.evaluation.peer_base import GridSearchPeer, TopKPeer, binary_matrix
+from recommenders_tf.evaluation.peers_item_item import EASE, RP3beta
+from recommenders_tf.evaluation.peers_sasrec import SASRec
+from recommenders_tf.evaluation.protocol import check_frame
 
 __all__ = [
     "TopKPeer",
@@ -39,6 +45,9 @@ __all__ = [
     "MostPopular",
     "ImplicitALS",
     "ImplicitBPR",
+    "EASE",
+    "RP3beta",
+    "SASRec",
     "TFRSTutorialRetrieval",
     "GlobalMean",
     "SurpriseSVD",
@@ -47,79 +56,6 @@ __all__ = [
     "TOPK_PEERS",
     "RATING_PEERS",
 ]
-
-
-class TopKPeer:
-    """Base of the top-K peers: item alignment, popularity fallback, fit timing.
-
-    Args:
-      item_ids: column order of `score` (usually `TopKEvaluator.item_ids`); default the sorted
-        train items. Can also be passed to `score`.
-    """
-
-    name = "peer"
-    task = "topk"
-    # Peers with nothing to tune train on train + validation, so every model in a benchmark
-    # ends up fitted on the same interactions (all of the protocol's train part).
-    tunes_on_validation = False
-
-    def __init__(self, item_ids: Optional[Iterable[str]] = None):
-        self.item_ids = None if item_ids is None else np.asarray(list(item_ids), dtype=object)
-        self.notes = ""
-        self.fit_seconds = 0.0
-        self._train_items: Optional[pd.Index] = None
-        self._popularity: Optional[np.ndarray] = None  # aligned with _train_items
-
-    def fit(self, train: pd.DataFrame, validation: Optional[pd.DataFrame] = None) -> "TopKPeer":
-        check_frame(train, "train", [USER_ID, ITEM_ID])
-        if validation is not None:
-            check_frame(validation, "validation", [USER_ID, ITEM_ID])
-        if validation is not None and not self.tunes_on_validation:
-            train, validation = pd.concat([train, validation], ignore_index=True), None
-        start = time.perf_counter()
-        self._fit(train, validation)
-        self.fit_seconds = time.perf_counter() - start
-        return self
-
-    def _fit(self, train: pd.DataFrame, validation: Optional[pd.DataFrame]) -> None:
-        raise NotImplementedError
-
-    def _set_catalog(self, train: pd.DataFrame) -> None:
-        counts = train[ITEM_ID].astype(str).value_counts()
-        self._train_items = pd.Index(np.sort(counts.index.to_numpy().astype(str)).astype(object))
-        self._popularity = counts.reindex(self._train_items).to_numpy(np.float64)
-        if self.item_ids is None:
-            self.item_ids = self._train_items.to_numpy()
-
-    def _columns(self, item_ids: Optional[Iterable[str]]) -> Tuple[np.ndarray, np.ndarray]:
-        if self._train_items is None:
-            raise RuntimeError(f"{type(self).__name__}.score called before fit")
-        ids = self.item_ids if item_ids is None else np.asarray(list(item_ids), dtype=object)
-        pos = self._train_items.get_indexer(ids)
-        return pos, pos >= 0
-
-    def _known_user_scores(
-        self, users: np.ndarray, cols: np.ndarray
-    ) -> Tuple[np.ndarray, np.ndarray]:
-        """Scores [n_users, len(cols)] over train-item columns and a mask of known users."""
-        raise NotImplementedError
-
-    def score(
-        self, user_ids: Sequence[str], item_ids: Optional[Iterable[str]] = None
-    ) -> np.ndarray:
-        """Float scores [len(user_ids), len(item_ids)], higher is better."""
-        users = np.asarray([str(u) for u in user_ids], dtype=object)
-        pos, known_item = self._columns(item_ids)
-        cols = pos[known_item]
-        out = np.empty((len(users), len(pos)), dtype=np.float64)
-        sub, known_user = self._known_user_scores(users, cols)
-        sub = np.where(known_user[:, None], sub, self._popularity[cols][None, :])
-        out[:, known_item] = sub
-        if (~known_item).any():
-            # Unseen items rank below every seen item of the row.
-            floor = sub.min(axis=1, keepdims=True) - 1.0 if sub.size else np.zeros((len(users), 1))
-            out[:, ~known_item] = floor
-        return out
 
 
 class MostPopular(TopKPeer):
@@ -139,12 +75,8 @@ class MostPopular(TopKPeer):
         return np.tile(self._popularity[cols], (len(users), 1)), np.zeros(len(users), dtype=bool)
 
 
-class _ImplicitPeer(TopKPeer):
-    """Shared code of the `implicit` matrix-factorization peers: CSR input, grid search."""
-
-    default_params: Dict[str, float] = {}
-    default_grid: Dict[str, Sequence[float]] = {}
-    tunes_on_validation = True
+class _ImplicitPeer(GridSearchPeer):
+    """Shared code of the `implicit` matrix-factorization peers: CSR input, factor scoring."""
 
     def __init__(
         self,
@@ -155,14 +87,11 @@ class _ImplicitPeer(TopKPeer):
         num_threads: int = 1,
         **params,
     ):
-        super().__init__(item_ids)
-        self.grid = dict(self.default_grid if grid is None else grid)
-        self.params = {**self.default_params, **params}
+        super().__init__(item_ids, grid, **params)
         self.iterations = int(iterations)
         self.random_state = int(random_state)
         # One thread keeps BPR's Hogwild SGD deterministic and leaves cores to other jobs.
         self.num_threads = int(num_threads)
-        self.chosen_params: Dict[str, float] = dict(self.params)
         self._model = None
         self._user_index: Optional[pd.Index] = None
 
@@ -172,18 +101,9 @@ class _ImplicitPeer(TopKPeer):
     def _train(self, train: pd.DataFrame, params) -> Tuple[object, pd.Index, pd.Index]:
         import implicit.cpu.als  # noqa: F401  (loads its BLAS before the thread limit below)
         import implicit.cpu.bpr  # noqa: F401
-        import scipy.sparse as sp
         from threadpoolctl import threadpool_limits
 
-        users = pd.Index(np.unique(train[USER_ID].astype(str).to_numpy()).astype(object))
-        items = pd.Index(np.unique(train[ITEM_ID].astype(str).to_numpy()).astype(object))
-        rows = users.get_indexer(train[USER_ID].astype(str).to_numpy())
-        cols = items.get_indexer(train[ITEM_ID].astype(str).to_numpy())
-        # Every rating is one implicit interaction (P1); repeats collapse to a single 1.
-        matrix = sp.csr_matrix(
-            (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(users), len(items))
-        )
-        matrix.data[:] = 1.0
+        matrix, users, items = binary_matrix(train)
         # implicit warns (and slows down) when BLAS runs multi-threaded beside its own threads;
         # it checks at construction, so both steps run under the limit.
         with threadpool_limits(limits=1, user_api="blas"):
@@ -197,34 +117,9 @@ class _ImplicitPeer(TopKPeer):
         self._item_factors = np.asarray(model.item_factors, dtype=np.float64)
         self._user_factors = np.asarray(model.user_factors, dtype=np.float64)
 
-    def _fit(self, train, validation):
-        if validation is None or not self.grid:
-            self.chosen_params = dict(self.params)
-            model, users, _ = self._train(train, self.chosen_params)
-            self._install(model, users, train)
-            self.notes = f"{_fmt(self.chosen_params)} (defaults, no validation)"
-            return
-        evaluator = TopKEvaluator(train, validation, ks=(10,))
-        keys = sorted(self.grid)
-        results: List[Tuple[float, Dict[str, float]]] = []
-        for values in itertools.product(*(self.grid[k] for k in keys)):
-            params = {**self.params, **dict(zip(keys, values))}
-            model, users, _ = self._train(train, params)
-            self._install(model, users, train)
-            result = evaluator.evaluate(lambda u: self.score(u, evaluator.item_ids))
-            ndcg = result.metrics["ndcg@10"]
-            results.append((ndcg, params))
-        # max() keeps the first of equal scores, i.e. grid order decides ties.
-        best_ndcg, best = max(results, key=lambda r: r[0])
-        self.chosen_params = best
-        full = pd.concat([train, validation], ignore_index=True)
-        model, users, _ = self._train(full, best)
-        self._install(model, users, full)
-        self.notes = (
-            f"{_fmt({k: best[k] for k in keys})} chosen on validation by ndcg@10="
-            f"{best_ndcg:.4f} over {len(results)} settings of {_fmt(self.grid)}; refit on "
-            f"train+validation"
-        )
+    def _fit_setting(self, train, params):
+        model, users, _ = self._train(train, params)
+        self._install(model, users, train)
 
     def _known_user_scores(self, users, cols):
         upos = self._user_index.get_indexer(users)
@@ -234,10 +129,6 @@ class _ImplicitPeer(TopKPeer):
             # Item rows of the model follow the sorted train items, as does _train_items.
             scores[known] = self._user_factors[upos[known]] @ self._item_factors[cols].T
         return scores, known
-
-
-def _fmt(params: Dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
 
 
 class ImplicitALS(_ImplicitPeer):
@@ -556,8 +447,8 @@ class SurpriseSVDpp(_SurprisePeer):
 
 PEERS: Dict[str, Type] = {
     cls.name: cls
-    for cls in (MostPopular, ImplicitALS, ImplicitBPR, TFRSTutorialRetrieval, GlobalMean,
-                SurpriseSVD, SurpriseSVDpp)
+    for cls in (MostPopular, ImplicitALS, ImplicitBPR, EASE, RP3beta, SASRec,
+                TFRSTutorialRetrieval, GlobalMean, SurpriseSVD, SurpriseSVDpp)
 }
 TOPK_PEERS = tuple(n for n, c in PEERS.items() if c.task == "topk")
 RATING_PEERS = tuple(n for n, c in PEERS.items() if c.task == "rating")

@@ -20,6 +20,11 @@ real exported SavedModels and the real `tensorflow_serving.apis` protos:
   `all` version policies, version labels). A version whose metadata or graph needs ScaNN ops
   gets `import scann` before loading. Each version's `assets.extra/tf_serving_warmup_requests`
   is replayed at load, as TF Serving does, and a rejected record fails the load.
+* Limits, with TF Serving's defaults: a request may hold at most 2**31 - 1 bytes (its gRPC
+  `SetMaxMessageSize(kint32max)`; over REST a larger `Content-Length` is answered 413 and the
+  connection closed), and a REST connection whose client sends nothing for 50 s (libevent
+  evhttp's read timeout, which TF Serving's REST server keeps) is answered 408 if a body was
+  due, and closed. Both are constructor arguments, so tests can make them small.
 
 Error messages follow TF Serving's wording ("Servable not found for request: Latest(x)",
 "Unrecognized servable version label: x", "input size does not match signature: ...").
@@ -45,6 +50,7 @@ import math
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -76,6 +82,13 @@ HTTP_STATUS = {"OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 
                "FAILED_PRECONDITION": 400, "ABORTED": 409, "OUT_OF_RANGE": 400,
                "UNIMPLEMENTED": 501, "INTERNAL": 500, "UNAVAILABLE": 503, "DATA_LOSS": 500,
                "UNAUTHENTICATED": 401}
+# TF Serving's gRPC server takes messages up to kint32max bytes; its REST server (libevent
+# evhttp) times a connection out after 50 s without data.
+DEFAULT_MAX_REQUEST_BYTES = 2**31 - 1
+DEFAULT_READ_TIMEOUT = 50.0
+# How long a refused oversized body is still read and dropped: clients send the whole body
+# before reading the answer, and closing on unread data would reset the connection under them.
+LINGER_SECONDS = 1.0
 _TF_CODE_NAMES = {1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED",
                   5: "NOT_FOUND", 6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED",
                   8: "RESOURCE_EXHAUSTED", 9: "FAILED_PRECONDITION", 10: "ABORTED",
@@ -664,32 +677,81 @@ class _RestHandler(BaseHTTPRequestHandler):
         pass
 
     def setup(self):
+        # StreamRequestHandler.setup puts `timeout` on the socket, so every read of the request
+        # line, headers or body gives up after it; an idle keep-alive connection is closed too.
+        self.timeout = self.server.read_timeout
         super().setup()
         # Small responses must not wait for the client's delayed ACK (Nagle).
-        import socket
-
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     @property
     def registry(self) -> ModelRegistry:
         return self.server.registry
 
-    def _reply(self, status: int, body: str, model_seconds: float | None = None) -> None:
+    def _reply(self, status: int, body: str, model_seconds: float | None = None,
+               close: bool = False) -> None:
         data = body.encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         if model_seconds is not None:
             self.send_header(MODEL_SECONDS_HEADER, f"{model_seconds:.9f}")
+        if close:
+            self.send_header("Connection", "close")  # also sets self.close_connection
         self.end_headers()
         self.wfile.write(data)
 
     def _error(self, status: ServingStatus) -> None:
         self._reply(status.http_status, json.dumps({"error": status.message}, indent=4))
 
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+    def _body(self) -> bytes | None:
+        """The request body, or None after answering a request whose body cannot be read (the
+        connection is then closed: whatever the client still sends is not a next request)."""
+        text = self.headers.get("Content-Length")
+        try:
+            length = int(text or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            return self._reject(400, f"Invalid Content-Length header: {text!r}")
+        limit = self.server.max_request_bytes
+        if length > limit:
+            self._reject(413, f"Request body of {length} bytes exceeds the limit of {limit} "
+                              "bytes")
+            return self._linger(length)
+        try:
+            body = self.rfile.read(length) if length else b""
+        except TimeoutError:
+            return self._reject(408, f"No request data for {self.timeout} s; expected "
+                                     f"{length} body bytes")
+        if len(body) < length:  # the client closed its side early
+            self.close_connection = True
+            return None
+        return body
+
+    def _reject(self, status: int, message: str) -> None:
+        try:
+            self._reply(status, json.dumps({"error": message}, indent=4), close=True)
+        except OSError:  # the client may be gone or not reading; closing is all that is left
+            pass
+        self.close_connection = True
+
+    def _linger(self, most: int) -> None:
+        """Drops up to `most` bytes the client is still sending, for at most LINGER_SECONDS."""
+        deadline = time.monotonic() + LINGER_SECONDS
+        try:
+            self.connection.shutdown(socket.SHUT_WR)  # the answer is complete: send FIN now
+            while most > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.connection.settimeout(left)
+                chunk = self.connection.recv(min(most, 1 << 16))
+                if not chunk:
+                    break
+                most -= len(chunk)
+        except OSError:
+            pass
 
     @staticmethod
     def _parse(match) -> tuple[str, int | None, str | None]:
@@ -700,6 +762,8 @@ class _RestHandler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         path = urllib.parse.urlsplit(self.path).path
+        if self._body() is None:  # a stray body must not be read as the next request
+            return
         match = STATUS_PATH.fullmatch(path)
         try:
             if not match:
@@ -726,6 +790,8 @@ class _RestHandler(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         path = urllib.parse.urlsplit(self.path).path
         body = self._body()
+        if body is None:
+            return
         match = PREDICTION_PATH.fullmatch(path)
         try:
             if not match:
@@ -752,6 +818,8 @@ class _RestHandler(BaseHTTPRequestHandler):
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    max_request_bytes = DEFAULT_MAX_REQUEST_BYTES
+    read_timeout = DEFAULT_READ_TIMEOUT
 
 
 # ---- gRPC ----------------------------------------------------------------------------------------
@@ -841,6 +909,11 @@ class LocalModelServer:
         rest_port, grpc_port: 0 picks a free ephemeral port; None disables that API.
         max_workers: gRPC worker threads.
         replay_warmup: replay each version's warmup file at load (as TF Serving does).
+        max_request_bytes: the largest REST body (a larger Content-Length gets 413) and gRPC
+            message accepted; default TF Serving's 2**31 - 1.
+        read_timeout: seconds a REST connection may wait for data before it is answered 408
+            (when a body was due) and closed; default 50 as TF Serving's REST server. None
+            waits forever.
 
     Example:
         >>> with LocalModelServer("saved_models") as server:
@@ -851,9 +924,16 @@ class LocalModelServer:
                  model_config_file: str | os.PathLike | None = None,
                  models: list[str] | None = None, host: str = "127.0.0.1",
                  rest_port: int | None = 0, grpc_port: int | None = 0, max_workers: int = 8,
-                 replay_warmup: bool = True):
+                 replay_warmup: bool = True,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 read_timeout: float | None = DEFAULT_READ_TIMEOUT):
         if base_dir is None and model_config_file is None:
             raise ValueError("Give base_dir= or model_config_file=.")
+        if not 0 < max_request_bytes <= DEFAULT_MAX_REQUEST_BYTES:
+            raise ValueError(f"max_request_bytes must be in [1, {DEFAULT_MAX_REQUEST_BYTES}] "
+                             f"(gRPC's limit), got {max_request_bytes}")
+        if read_timeout is not None and read_timeout <= 0:
+            raise ValueError(f"read_timeout must be > 0 seconds or None, got {read_timeout}")
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self.model_config_file = Path(model_config_file) if model_config_file else None
         self.model_names = list(models) if models else None
@@ -861,6 +941,8 @@ class LocalModelServer:
         self._rest_port, self._grpc_port = rest_port, grpc_port
         self.max_workers = max_workers
         self.replay_warmup = replay_warmup
+        self.max_request_bytes = max_request_bytes
+        self.read_timeout = read_timeout
         self.registry = ModelRegistry()
         self._http: _HttpServer | None = None
         self._http_thread: threading.Thread | None = None
@@ -918,6 +1000,8 @@ class LocalModelServer:
         if self._rest_port is not None:
             self._http = _HttpServer((self.host, self._rest_port), _RestHandler)
             self._http.registry = self.registry
+            self._http.max_request_bytes = self.max_request_bytes
+            self._http.read_timeout = self.read_timeout
             self.rest_port = self._http.server_address[1]
             self._http_thread = threading.Thread(target=self._http.serve_forever,
                                                  name="local-tf-serving-rest", daemon=True)
@@ -926,7 +1010,10 @@ class LocalModelServer:
             import grpc
 
             add_prediction, prediction, add_model, model = _grpc_servicers(self.registry)
-            self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers))
+            limit = self.max_request_bytes
+            self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers),
+                                     options=[("grpc.max_receive_message_length", limit),
+                                              ("grpc.max_send_message_length", limit)])
             add_prediction(prediction, self._grpc)
             add_model(model, self._grpc)
             self.grpc_port = self._grpc.add_insecure_port(f"{self.host}:{self._grpc_port}")
@@ -974,6 +1061,10 @@ def main(argv=None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--rest-port", type=int, default=8501, help="0 = ephemeral, -1 = off")
     parser.add_argument("--grpc-port", type=int, default=8500, help="0 = ephemeral, -1 = off")
+    parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                        help="largest request body / gRPC message (default TF Serving's)")
+    parser.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT,
+                        help="seconds a REST connection may wait for data (default 50)")
     parser.add_argument("--ready-file", help="write {rest_port, grpc_port, models} JSON here "
                                              "once serving")
     args = parser.parse_args(argv)
@@ -981,7 +1072,9 @@ def main(argv=None) -> None:
                               models=args.models.split(",") if args.models else None,
                               host=args.host,
                               rest_port=None if args.rest_port < 0 else args.rest_port,
-                              grpc_port=None if args.grpc_port < 0 else args.grpc_port)
+                              grpc_port=None if args.grpc_port < 0 else args.grpc_port,
+                              max_request_bytes=args.max_request_bytes,
+                              read_timeout=args.read_timeout)
     server.start()
     info = {"rest_port": server.rest_port, "grpc_port": server.grpc_port,
             "models": server.served(), "pid": os.getpid()}
