@@ -187,17 +187,15 @@ def _check_scann_params(params: ScannParams, num_candidates: int, dim: int, k: i
         raise ValueError("Invalid ScaNN parameters: " + "; ".join(problems) + ".")
 
 
-def pad_and_mask(scores: tf.Tensor, ids: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Marks ScaNN's NaN-scored pad slots as (-inf, "") and pads to exactly k columns."""
+def pad_and_mask(scores: tf.Tensor, rows: tf.Tensor, k) -> tuple[tf.Tensor, tf.Tensor]:
+    """Marks ScaNN's NaN-scored pad slots as (-inf, row -1) and pads to exactly k columns."""
     valid = tf.math.logical_not(tf.math.is_nan(scores))
     scores = tf.where(valid, scores, tf.constant(-np.inf, scores.dtype))
-    ids = tf.where(valid, ids, tf.constant(PAD_ID))
+    rows = tf.where(valid, rows, tf.constant(-1, rows.dtype))
     missing = tf.maximum(k - tf.shape(scores)[1], 0)
     scores = tf.pad(scores, [[0, 0], [0, missing]], constant_values=-np.inf)
-    ids = tf.pad(ids, [[0, 0], [0, missing]], constant_values=PAD_ID)
-    scores = tf.reshape(scores[:, :k], [-1, k])
-    ids = tf.reshape(ids[:, :k], [-1, k])
-    return scores, ids
+    rows = tf.pad(rows, [[0, 0], [0, missing]], constant_values=-1)
+    return tf.reshape(scores[:, :k], [-1, k]), tf.reshape(rows[:, :k], [-1, k])
 
 
 def top_k_excluding(
@@ -217,8 +215,11 @@ def top_k_excluding(
 
 
 class CatalogRows(tf.Module):
-    """Candidate id -> row lookup (-1 for "" and unknown ids), and for approximate indexes the
-    exact embeddings that fill rows the approximate search leaves short.
+    """Candidate id -> row lookup (-1 for "" and unknown ids), row -> id, and for approximate
+    indexes the exact embeddings that fill rows the approximate search leaves short.
+
+    The TFRS layer is indexed with the row numbers as identifiers, so a search returns rows
+    that are tested against excluded rows without hashing every returned id string.
 
     A `tf.Module`, so a SavedModel that tracks it keeps the table and the variable.
     """
@@ -230,14 +231,17 @@ class CatalogRows(tf.Module):
                 tf.constant(ids, tf.string), tf.range(len(ids), dtype=tf.int64)),
             default_value=-1)
         self.num_rows = int(len(ids))
-        self.exact = self.ids = None
-        if embeddings is not None:
-            self.exact = tf.Variable(embeddings, trainable=False, name="exact_candidates")
-            self.ids = tf.Variable(tf.constant(ids, tf.string), trainable=False,
-                                   name="candidate_ids")
+        self.ids = tf.Variable(tf.constant(ids, tf.string), trainable=False, name="candidate_ids")
+        self.exact = (None if embeddings is None else
+                      tf.Variable(embeddings, trainable=False, name="exact_candidates"))
 
     def lookup(self, ids: tf.Tensor) -> tf.Tensor:
         return self.table.lookup(tf.convert_to_tensor(ids, tf.string))
+
+    def to_ids(self, rows: tf.Tensor) -> tf.Tensor:
+        """Rows [B, L] (-1 = empty slot) -> ids ("" for empty slots)."""
+        return tf.where(rows >= 0, tf.gather(self.ids, tf.maximum(rows, 0)),
+                        tf.constant(PAD_ID))
 
 
 def _sorted_rows(rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -258,17 +262,17 @@ def _is_excluded(result_rows: tf.Tensor, excluded_sorted: tf.Tensor) -> tf.Tenso
     return tf.logical_and(tf.equal(found, result_rows), result_rows >= 0)
 
 
-def _masked_top_k(scores: tf.Tensor, ids: tf.Tensor, dropped: tf.Tensor, k: int
-                  ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Best k of [B, L] after dropping `dropped` slots; short rows end in ("", -inf)."""
+def _masked_top_k(scores: tf.Tensor, ids: tf.Tensor, dropped: tf.Tensor, k,
+                  pad: Any = PAD_ID) -> tuple[tf.Tensor, tf.Tensor]:
+    """Best k of [B, L] after dropping `dropped` slots; short rows end in (pad, -inf)."""
     neg_inf = tf.constant(-np.inf, scores.dtype)
     masked = tf.where(dropped, neg_inf, scores)
     missing = tf.maximum(k - tf.shape(masked)[1], 0)
     masked = tf.pad(masked, [[0, 0], [0, missing]], constant_values=-np.inf)
-    ids = tf.pad(ids, [[0, 0], [0, missing]], constant_values=PAD_ID)
+    ids = tf.pad(ids, [[0, 0], [0, missing]], constant_values=pad)
     values, positions = tf.math.top_k(masked, k=k)
     kept = tf.gather(ids, positions, batch_dims=1)
-    kept = tf.where(tf.math.is_inf(values) & (values < 0), tf.constant(PAD_ID), kept)
+    kept = tf.where(tf.math.is_inf(values) & (values < 0), tf.constant(pad, kept.dtype), kept)
     return values, kept
 
 
@@ -329,10 +333,32 @@ class RetrievalIndex:
             )
         return k
 
-    def search_tensors(self, query_embeddings: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+    def search_rows(self, query_embeddings: tf.Tensor, k, per_query: bool = False
+                    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Graph-safe search: [B, d] -> (scores [B, k], catalogue rows [B, k] int64, -1 empty).
+
+        `per_query`: search each query on its own. ScaNN's batched search answers a query
+        differently depending on the other queries of its batch (about one query in eight
+        changed in a test of 200), so the serving path, where a user's answer must not depend
+        on who shares the request, searches one query at a time. BruteForce is exact and
+        always searches the batch at once.
+        """
+        if per_query and self.kind == "scann":
+            def one(query):
+                s, r = self.layer(query[None, :], k=k)
+                return pad_and_mask(s, r, k)
+
+            scores, rows = tf.map_fn(one, query_embeddings, fn_output_signature=(
+                tf.TensorSpec([1, None], tf.float32), tf.TensorSpec([1, None], tf.int64)))
+            return tf.reshape(scores, [-1, tf.shape(scores)[-1]]), \
+                tf.reshape(rows, [-1, tf.shape(rows)[-1]])
+        scores, rows = self.layer(query_embeddings, k=k)
+        return pad_and_mask(scores, rows, k)
+
+    def search_tensors(self, query_embeddings: tf.Tensor, k) -> tuple[tf.Tensor, tf.Tensor]:
         """Graph-safe search: [B, d] float32 -> (scores [B, k] float32, ids [B, k] string)."""
-        scores, ids = self.layer(query_embeddings, k=k)
-        return pad_and_mask(scores, ids, k)
+        scores, rows = self.search_rows(query_embeddings, k)
+        return scores, self.rows.to_ids(rows)
 
     def search_excluding(self, query_embeddings: tf.Tensor, exclude_ids: tf.Tensor, k: int
                          ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -349,15 +375,14 @@ class RetrievalIndex:
         queries = tf.convert_to_tensor(query_embeddings)
         excluded, n_excluded = _sorted_rows(self.rows.lookup(exclude_ids))
         width = tf.minimum(k + tf.reduce_max(tf.concat([n_excluded, [0]], 0)), self.max_k)
-        scores, ids = self.layer(queries, k=width)
-        scores, ids = pad_and_mask(scores, ids, width)
-        dropped = _is_excluded(self.rows.lookup(ids), excluded)
-        values, kept = _masked_top_k(scores, ids, dropped, k)
+        scores, rows = self.search_rows(queries, width, per_query=True)
+        values, kept_rows = _masked_top_k(scores, rows, _is_excluded(rows, excluded), k, pad=-1)
+        kept = self.rows.to_ids(kept_rows)
         if self.rows.exact is None:
             return values, kept
         # Rows that an exact search would fill further: the approximate pass ran out (leaves
         # too small, reordering budget used up by excluded ids).
-        filled = tf.reduce_sum(tf.cast(tf.not_equal(kept, PAD_ID), tf.int32), -1)
+        filled = tf.reduce_sum(tf.cast(kept_rows >= 0, tf.int32), -1)
         needed = tf.minimum(k, self.num_candidates - n_excluded)
         short = filled < needed
         return tf.cond(tf.reduce_any(short),
@@ -519,7 +544,8 @@ def build_index(
             parallelize_batch_searches=params.parallelize_batch_searches,
         )
     start = time.perf_counter()
-    layer.index(tf.constant(embeddings), tf.constant(ids))
+    # Rows as identifiers: searches return catalogue rows (see CatalogRows).
+    layer.index(tf.constant(embeddings), tf.range(len(ids), dtype=tf.int64))
     build_seconds = time.perf_counter() - start
     rows = CatalogRows(ids, embeddings if kind == "scann" else None)
     index = RetrievalIndex(kind, layer, query_model, ids, embeddings, k, params, build_seconds,

@@ -150,7 +150,8 @@ class CandidateAttention(tf.keras.layers.Layer):
         h = tf.broadcast_to(history[:, None, :, :], shape)
         logits = tf.squeeze(self.score(self.hidden(tf.concat([h, c, h - c, h * c], -1))), -1)
         valid = tf.broadcast_to(mask[:, None, :], tf.shape(logits))
-        logits = tf.where(valid, logits, _MASKED_LOGIT)
+        # Rank stated for Grappler's cost model (it loses it inside exported functions).
+        logits = tf.ensure_shape(tf.where(valid, logits, _MASKED_LOGIT), [None, None, None])
         # softmax of an all-masked row is uniform; the mask product zeroes it.
         weights = tf.nn.softmax(logits, axis=-1) * tf.cast(valid, logits.dtype)
         return tf.einsum("bsn,bnd->bsd", weights, history)

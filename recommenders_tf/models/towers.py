@@ -171,7 +171,9 @@ class MaskedAttentionPooling(tf.keras.layers.Layer):
 
     def call(self, x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
         logits = tf.squeeze(self.score(self.proj(x)), -1)
-        logits = tf.where(mask, logits, _MASKED_LOGIT)
+        # The rank stated for Grappler's cost model, which loses it inside SavedModel functions
+        # and logs an error per export otherwise.
+        logits = tf.ensure_shape(tf.where(mask, logits, _MASKED_LOGIT), [None, None])
         # For an all-masked row softmax is uniform; multiplying by the mask zeroes it.
         weights = tf.nn.softmax(logits, axis=-1) * tf.cast(mask, x.dtype)
         return tf.einsum("bn,bnd->bd", weights, x)
