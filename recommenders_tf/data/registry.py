@@ -3,6 +3,9 @@
 Specs:
   "synthetic"                        the offline default (SyntheticConfig(), overridable by kw)
   "synthetic-tiny"                   SyntheticConfig.tiny()
+  "synthetic-100k" | "synthetic-1m" | "synthetic-10m"
+                                     SyntheticConfig.scale(): ~100K / 1M / 10M interactions
+                                     on the vectorised sampler (overridable by kw, e.g. seed=)
   "ml-100k" | "ml-1m" | "ml-latest-small" | "ml-latest"
                                      raw MovieLens folders: `path=` kw, else the environment
                                      variable (RECS_ML100K_DIR, RECS_ML1M_DIR,
@@ -45,13 +48,14 @@ from typing import List
 from recommenders_tf.data import interactions, schema, validation
 from recommenders_tf.data.interactions import load_interactions_file
 from recommenders_tf.data.movielens import load_movielens_dir
-from recommenders_tf.data.synthetic import SyntheticConfig, generate_synthetic
+from recommenders_tf.data.synthetic import SCALE_PRESETS, SyntheticConfig, generate_synthetic
 
 MOVIELENS_ENV = {"ml-100k": "RECS_ML100K_DIR", "ml-1m": "RECS_ML1M_DIR",
                  "ml-latest-small": "RECS_ML_LATEST_SMALL_DIR",
                  "ml-latest": "RECS_ML_LATEST_DIR"}
+SYNTHETIC_SCALES = {f"synthetic-{size}": size for size in SCALE_PRESETS}
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SPECS = ("synthetic", "synthetic-tiny", *MOVIELENS_ENV, "tfds:<name>",
+SPECS = ("synthetic", "synthetic-tiny", *SYNTHETIC_SCALES, *MOVIELENS_ENV, "tfds:<name>",
          "dir:<path>[,on_unknown_items=...]", "file:<path>[,items=<path>][,<option>=<value>...]")
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|",
                    "space": " "}
@@ -204,6 +208,10 @@ def load_dataset(spec: str = "synthetic", **kw) -> schema.RecDataset:
     if spec == "synthetic-tiny":
         dataset = _synthetic(SyntheticConfig.tiny(), kw)
         dataset.name = "synthetic-tiny"
+        return dataset
+    if spec in SYNTHETIC_SCALES:
+        dataset = _synthetic(SyntheticConfig.scale(SYNTHETIC_SCALES[spec]), kw)
+        dataset.name = spec
         return dataset
     if spec in MOVIELENS_ENV:
         path = kw.pop("path", None)
