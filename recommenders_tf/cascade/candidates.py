@@ -3,8 +3,7 @@
 `retrieve` ranks the catalog for a batch of users with any scorer of the peers' interface
 (`score(user_ids, item_ids) -> [U, I]`), drops each user's seen items, and keeps the top K ids
 AND their scores: the next stage reads the retrieval score as a feature, so it must travel with
-the ids. `order_to_scores` turns per-user orders back into a score matrix for `TopKEvaluator`,
-so every stage is judged by the same P1 code.
+the ids.
 """
 from __future__ import annotations
 
@@ -63,22 +62,3 @@ def retrieve(score_fn, user_ids: Sequence[str], catalog: Sequence[str],
             s[rows, np.maximum(top, 0)]), catalog[np.maximum(top, 0)], PAD)
         scores[start:start + len(batch)] = got
     return ids, scores
-
-
-def order_to_scores(order_ids: np.ndarray, user_rows: Sequence[str], catalog: Sequence[str]
-                    ) -> np.ndarray:
-    """Score matrix [U, I] that ranks each user's ordered ids first (k, k-1, ...), others 0.
-
-    Rows follow `user_rows`; `order_ids` [U, k] uses "" for padding. Unranked items tie at 0 and
-    fall back to the evaluator's id tie-break, behind every ranked item.
-    """
-    catalog = pd.Index(np.asarray([str(i) for i in catalog], dtype=object))
-    order_ids = np.asarray(order_ids, dtype=object)
-    k = order_ids.shape[1]
-    pos = catalog.get_indexer(order_ids.ravel()).reshape(order_ids.shape)
-    out = np.zeros((len(user_rows), len(catalog)))
-    weights = (k + 1 - np.arange(k)).astype(np.float64)
-    for r in range(len(user_rows)):
-        valid = pos[r] >= 0
-        out[r, pos[r][valid]] = weights[valid]
-    return out

@@ -1,8 +1,9 @@
 """P1 metrics of every cascade stage and the accuracy-diversity trade-off, from one run.
 
-Each stage's list is turned into a score matrix (`order_to_scores`) and judged by the same
-`TopKEvaluator` as every P1 row in BENCHMARKS.md: full catalog, train items excluded, ties by
-id, coverage and intra-list diversity over the dataset's genre features.
+Each stage's list is judged by the same `TopKEvaluator` as every P1 row in BENCHMARKS.md
+(`evaluate_ranked`: full catalog, train items excluded, ties by id, coverage and intra-list
+diversity over the dataset's genre features), at a cost of users x list length, so a curve of
+many lambdas at 10M interactions stays cheap.
 
   retrieval                 the two-tower's own top 10
   retrieval + ranking       the ranker's top 10 of the retrieval top `retrieval_k`
@@ -20,7 +21,6 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from recommenders_tf.cascade.candidates import order_to_scores
 from recommenders_tf.cascade.stages import Cascade, StageLists, diversify, finalize
 from recommenders_tf.evaluation.protocol import TopKEvaluator
 
@@ -33,18 +33,12 @@ METRICS = ("recall@10", "recall@50", "ndcg@10", "hr@10", "mrr@10", "coverage@10"
 
 def evaluate_order(order_ids: np.ndarray, user_ids: Sequence[str],
                    evaluator: TopKEvaluator) -> Dict[str, float]:
-    """P1 metrics of per-user ordered ids [U, n] ("" padding) for `user_ids` rows."""
-    users = np.asarray([str(u) for u in user_ids], dtype=object)
-    if not np.array_equal(np.sort(users), np.sort(evaluator.user_ids)):
-        raise ValueError("evaluate_order needs one row per evaluator user")
-    table = order_to_scores(order_ids, users, evaluator.item_ids)
-    row = {u: r for r, u in enumerate(users)}
-    metrics = evaluator.evaluate(lambda batch: table[[row[u] for u in batch]]).metrics
-    # Past the list's end the evaluator would fill in unranked items by id: a metric whose
-    # cut-off exceeds the list length would judge that filler, so it is left out.
-    length = np.asarray(order_ids).shape[1]
-    return {k: float(metrics[k]) for k in METRICS
-            if k in metrics and int(k.split("@")[1]) <= length}
+    """P1 metrics of per-user ordered ids [U, n] ("" padding) for `user_ids` rows.
+
+    Metrics whose cut-off exceeds n are left out: they would judge the evaluator's filler.
+    """
+    metrics = evaluator.evaluate_ranked(order_ids, user_ids).metrics
+    return {k: float(metrics[k]) for k in METRICS if k in metrics}
 
 
 def stage_metrics(stages: StageLists, evaluator: TopKEvaluator) -> Dict[str, Dict[str, float]]:

@@ -112,6 +112,8 @@ class _Csr:
         rows, cols = rows[order], cols[order]
         self.indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_rows))])
         self.indices = cols
+        self._keys: Optional[np.ndarray] = None
+        self._width = 1
 
     def dense(self, row_ids: np.ndarray, n_cols: int) -> np.ndarray:
         starts, ends = self.indptr[row_ids], self.indptr[row_ids + 1]
@@ -124,6 +126,23 @@ class _Csr:
             take = np.arange(total) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
             mask[r, self.indices[take]] = True
         return mask
+
+    def contains(self, row_ids: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Whether each of `cols` is in its row of `row_ids` (broadcast); False for cols < 0.
+
+        Rows are stored sorted by (row, col), so `row * width + col` is one sorted key array
+        and a binary search answers each query without a dense row.
+        """
+        cols = np.asarray(cols, dtype=np.int64)
+        if self._keys is None:
+            self._width = int(self.indices.max()) + 1 if len(self.indices) else 1
+            rows = np.repeat(np.arange(len(self.indptr) - 1), np.diff(self.indptr))
+            self._keys = rows * self._width + self.indices
+        ok = (cols >= 0) & (cols < self._width)
+        query = np.asarray(row_ids, dtype=np.int64) * self._width + np.where(ok, cols, 0)
+        at = np.minimum(np.searchsorted(self._keys, query), max(len(self._keys) - 1, 0))
+        found = self._keys[at] == query if len(self._keys) else np.zeros(query.shape, bool)
+        return ok & found
 
 
 def check_frame(df: pd.DataFrame, name: str, columns: Sequence[str]) -> pd.DataFrame:
@@ -354,26 +373,137 @@ class TopKEvaluator:
           user_groups: optional {user_id: label} covering every test user; metrics are also
             averaged per label (P4 sparsity buckets).
         """
-        if user_groups is not None:
-            missing = [u for u in self.user_ids if u not in user_groups]
-            if missing:
-                raise ValueError(
-                    f"user_groups has no label for {len(missing)} test user(s), e.g. {missing[:5]}"
-                )
+        self._check_groups(user_groups)
         kmax = self.ks[-1]
         n_items = len(self.item_ids)
+
+        def batches():
+            for rows in self._batches(np.arange(len(self.user_ids))):
+                top = select_topk(self._scores(score_fn, rows), kmax)
+                relevant = self._relevant.dense(rows, n_items)
+                hits = np.take_along_axis(relevant, np.maximum(top, 0), axis=1) & (top >= 0)
+                yield rows, top, hits
+
+        return self._summarize(batches(), self.ks, user_groups)
+
+    def evaluate_ranked(
+        self,
+        ranked_ids: np.ndarray,
+        user_ids: Optional[Sequence[str]] = None,
+        user_groups: Optional[Mapping[str, Hashable]] = None,
+    ) -> EvalResult:
+        """Top-K metrics of given ranked lists, at a cost of users x list length.
+
+        The result is what `evaluate` gives for scores that rank each list first, in its order,
+        without building those users x catalog scores: ids that are not candidates, the user's
+        train items, padding ("") and repeats of an earlier id are skipped, and a list left
+        shorter than a cut-off is completed the way `evaluate` ranks unscored items, with the
+        user's other unseen candidates in id order. Cut-offs beyond the lists' width would
+        judge mostly that completion, so their metrics are left out.
+
+        Args:
+          ranked_ids: [n_users, L] item ids per user, best first, "" padding.
+          user_ids: the user of each row, every test user once in any order; default
+            `self.user_ids`.
+          user_groups: as for `evaluate`.
+
+        Example:
+          >>> ev = TopKEvaluator(train, test, ks=(10, 50))
+          >>> lists = np.array([recs[u] for u in ev.user_ids], dtype=object)  # [U, 10]
+          >>> ev.evaluate_ranked(lists).metrics["ndcg@10"]  # no recall@50 from 10-long lists
+        """
+        self._check_groups(user_groups)
+        ranked = np.asarray(ranked_ids, dtype=object)
+        if ranked.ndim != 2:
+            raise ValueError(f"ranked_ids must be [users, list length], got shape {ranked.shape}")
+        if user_ids is None:
+            users = self.user_ids
+        else:
+            users = np.asarray([str(u) for u in user_ids], dtype=object)
+        if len(users) != ranked.shape[0]:
+            raise ValueError(f"ranked_ids has {ranked.shape[0]} rows for {len(users)} user ids")
+        row_of = pd.Index(self.user_ids).get_indexer(users)
+        if np.any(row_of < 0) or len(np.unique(row_of)) != len(self.user_ids):
+            unknown = list(users[row_of < 0][:5])
+            missing = list(np.setdiff1d(self.user_ids, users[row_of >= 0])[:5])
+            raise ValueError(
+                f"ranked lists need one row per test user: not test users {unknown}, "
+                f"missing {missing}, {len(users) - len(np.unique(users))} repeated"
+            )
+        ks = tuple(k for k in self.ks if k <= ranked.shape[1])
+        pos = np.empty(ranked.shape, dtype=np.int64)
+        pos[row_of] = self._item_pos.get_indexer(ranked.ravel()).reshape(ranked.shape)
+        width = ks[-1] if ks else 0
+
+        def batches():
+            for rows in self._batches(np.arange(len(self.user_ids))):
+                top = self._ranked_top(pos[rows], rows, width)
+                yield rows, top, self._relevant.contains(rows[:, None], top)
+
+        return self._summarize(batches(), ks, user_groups)
+
+    def _ranked_top(self, pos: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
+        """What `select_topk(scores, width)` returns when `scores` rank `pos` [n, L] first."""
+        by_id = np.argsort(pos, axis=1, kind="stable")
+        sorted_pos = np.take_along_axis(pos, by_id, axis=1)
+        repeat_sorted = np.zeros(pos.shape, dtype=bool)
+        repeat_sorted[:, 1:] = sorted_pos[:, 1:] == sorted_pos[:, :-1]
+        repeat = np.zeros(pos.shape, dtype=bool)
+        np.put_along_axis(repeat, by_id, repeat_sorted, axis=1)
+        keep = (pos >= 0) & ~repeat & ~self._seen.contains(rows[:, None], pos)
+        first = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+        top = np.where(
+            np.take_along_axis(keep, first, axis=1), np.take_along_axis(pos, first, axis=1), -1
+        )
+        n_kept = np.minimum(keep.sum(axis=1), width)
+        short = np.flatnonzero(n_kept < width)
+        if len(short) == 0:
+            return top
+        # Unscored items tie at the bottom and go in id order: a short row's next entries are
+        # its lowest-id candidates neither seen nor listed, all among its first width + |seen|.
+        n_items = len(self.item_ids)
+        n_seen = np.diff(self._seen.indptr)[rows[short]]
+        span = np.minimum(width + n_seen, n_items)
+        owner = np.repeat(np.arange(len(short)), span)
+        starts = np.cumsum(span) - span
+        col = np.arange(int(span.sum())) - np.repeat(starts, span)
+        kr, kc = np.nonzero(keep[short])
+        listed = np.isin(owner * n_items + col, kr * n_items + pos[short][kr, kc])
+        free = ~listed & ~self._seen.contains(rows[short][owner], col)
+        seen_free = np.cumsum(free)
+        free_before = np.concatenate([[0], seen_free])[starts]
+        rank = seen_free - free_before[owner] - 1
+        fill = free & (rank < (width - n_kept[short])[owner])
+        top[short[owner[fill]], n_kept[short][owner[fill]] + rank[fill]] = col[fill]
+        return top
+
+    def _check_groups(self, user_groups: Optional[Mapping[str, Hashable]]) -> None:
+        if user_groups is None:
+            return
+        missing = [u for u in self.user_ids if u not in user_groups]
+        if missing:
+            raise ValueError(
+                f"user_groups has no label for {len(missing)} test user(s), e.g. {missing[:5]}"
+            )
+
+    def _summarize(self, batches: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+                   ks: Sequence[int], user_groups: Optional[Mapping[str, Hashable]]
+                   ) -> EvalResult:
+        """Averages the metrics of `(rows, top, hits)` batches covering every test user in order.
+
+        `top` [n, >= max(ks)] holds candidate columns best first (-1 pads) and `hits` whether
+        each is relevant to the row's user.
+        """
+        n_items = len(self.item_ids)
         per_user: Dict[str, List[np.ndarray]] = {}
-        covered = {k: np.zeros(n_items, dtype=bool) for k in self.ks}
+        covered = {k: np.zeros(n_items, dtype=bool) for k in ks}
 
         def add(name: str, values: np.ndarray) -> None:
             per_user.setdefault(name, []).append(values)
 
-        for rows in self._batches(np.arange(len(self.user_ids))):
-            top = select_topk(self._scores(score_fn, rows), kmax)
-            relevant = self._relevant.dense(rows, n_items)
-            hits = np.take_along_axis(relevant, np.maximum(top, 0), axis=1) & (top >= 0)
+        for rows, top, hits in batches:
             n_rel = self.n_relevant[rows]
-            for k in self.ks:
+            for k in ks:
                 for name, fn in _RANK_METRICS.items():
                     add(f"{name}@{k}", fn(hits, n_rel, k))
                 topk_k = top[:, :k]
@@ -382,9 +512,10 @@ class TopKEvaluator:
                 if self._features is not None:
                     add(f"diversity@{k}", M.intra_list_diversity(topk_k, self._features))
 
-        table = pd.DataFrame({name: np.concatenate(v) for name, v in per_user.items()})
+        table = pd.DataFrame({name: np.concatenate(v) for name, v in per_user.items()},
+                             index=pd.RangeIndex(len(self.user_ids)))
         metrics = {name: float(np.nanmean(table[name].to_numpy())) for name in table.columns}
-        for k in self.ks:
+        for k in ks:
             metrics[f"coverage@{k}"] = float(covered[k].mean())
         metrics["n_users"] = int(len(self.user_ids))
         table.insert(0, USER_ID, self.user_ids)
