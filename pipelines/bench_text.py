@@ -34,7 +34,8 @@ import numpy as np
 
 from recommenders_tf import cli
 from recommenders_tf.config import load_config
-from recommenders_tf.data import load_dataset, split_for_protocol, validation_split
+from recommenders_tf.data import (items_for_train, load_dataset, split_for_protocol,
+                                   validation_split)
 from recommenders_tf.data.splits import cold_item_split, sparsity_buckets
 from recommenders_tf.evaluation.protocol import TopKEvaluator
 from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
@@ -85,16 +86,19 @@ class BenchTextConfig:
             raise ValueError(f"unknown model(s) {unknown}; choose from {PROJECT_MODELS}")
 
 
-def item_vectors_for(config: BenchTextConfig, spec: str) -> Tuple[ItemVectors, Dict[str, Any]]:
-    """Runs `pipelines.embed_items` for the dataset (cache hits make a re-run cheap) and loads
-    its item vectors; returns them with the step's metrics (throughput, cache hits)."""
+def item_vectors_for(config: BenchTextConfig, spec: str, protocol: str = "P3"
+                     ) -> Tuple[ItemVectors, Dict[str, Any]]:
+    """Runs `pipelines.embed_items` for the dataset on `protocol`'s split (cache hits make a
+    re-run cheap) and loads its item vectors; returns them with the step's metrics (throughput,
+    cache hits). The split matters: item text carries only the tags its train part allows."""
     from pipelines.embed_items import EmbedItemsConfig, _slug
     from pipelines.embed_items import main as embed_main
 
     out = Path(config.embed_dir) / _slug(load_dataset(spec).name)
     result = embed_main(EmbedItemsConfig(dataset=spec, model=config.text_model,
                                          cache_dir=config.cache_dir, out_dir=str(out),
-                                         split_protocol="P3", seed=config.seed, progress=False))
+                                         split_protocol=protocol, seed=config.seed,
+                                         progress=False))
     return ItemVectors.load(result["item_vectors"]), result["metrics"]
 
 
@@ -128,14 +132,15 @@ def _round(metrics: Dict[str, float], keys) -> Dict[str, float]:
 
 def run_p3(config: BenchTextConfig, spec: str) -> Dict[str, Any]:
     data = load_dataset(spec)
-    vectors, embed_metrics = item_vectors_for(config, spec)
+    vectors, embed_metrics = item_vectors_for(config, spec, "P3")
     split = split_for_protocol("P3", data, seed=config.seed)
     cold = split.info["cold_items"]
     print(f"[P3 {data.name}] {len(cold)} cold items, train {len(split.train)} rows, "
           f"test {len(split.test)} rows", flush=True)
     rows: List[Dict[str, Any]] = []
     start = time.perf_counter()
-    baselines = evaluate_text_baselines(split.train, split.test, items=data.items,
+    baselines = evaluate_text_baselines(split.train, split.test,
+                                        items=items_for_train(data, split.train),
                                         item_vectors=vectors, ks=(10, 50), candidate_items=cold)
     base_seconds = time.perf_counter() - start
     kinds = {"chance": "reference", "tfidf-knn": "baseline", "lm-knn": "baseline"}
@@ -171,7 +176,7 @@ def run_p3(config: BenchTextConfig, spec: str) -> Dict[str, Any]:
 
 def run_p4(config: BenchTextConfig, spec: str) -> Dict[str, Any]:
     data = load_dataset(spec)
-    vectors, embed_metrics = item_vectors_for(config, spec)
+    vectors, embed_metrics = item_vectors_for(config, spec, "P4")
     split = split_for_protocol("P4", data, seed=config.seed)
     evaluator = TopKEvaluator(split.train, split.test, ks=(10, 50))
     buckets = sparsity_buckets(split.train, evaluator.user_ids).to_dict()

@@ -9,7 +9,7 @@ Writes to `out_dir` (default `runs/embed_items/<dataset name>`)::
 
     item_vectors/        ItemVectors store: every catalog item, cold ones included (P3 needs them)
     user_profiles/       UserVectors store: profile of every user from the TRAIN split only
-    split_manifest.json  counts and sha256 of the split the profiles were built from
+    split_manifest.json  counts and sha256 of the split the profiles and the text come from
     config.yaml          the resolved config
     metrics.json         counts, cache hits/misses, model load time, encoding throughput
     summary.md           the same in a few lines
@@ -33,7 +33,7 @@ import numpy as np
 import recommenders_tf  # noqa: F401  (selects tf-keras before anything imports TensorFlow)
 from recommenders_tf import cli
 from recommenders_tf.config import load_config
-from recommenders_tf.data import load_dataset, split_for_protocol
+from recommenders_tf.data import items_for_train, load_dataset, split_for_protocol
 from recommenders_tf.data.schema import ITEM_ID, USER_ID
 from recommenders_tf.features.item_vectors import ItemVectors, check_item_ids, item_texts
 from recommenders_tf.features.profiles import WEIGHTINGS, build_user_profiles
@@ -53,14 +53,15 @@ class EmbedItemsConfig:
     Args:
         dataset: `load_dataset` spec ("synthetic", "synthetic-tiny", "ml-100k", "dir:<path>",
             "file:<path>,items=<path>", ...).
-        text_fields: item columns joined (". ") into the encoded text; the loaders' "text"
-            column already holds title + genres + tags/description.
+        text_fields: item columns joined (". ") into the encoded text; the "text" column holds
+            title + genres (+ description), and the tags the split's train part allows.
         model: "all-MiniLM-L6-v2" (bundled), a local BERT-family folder or "hf://org/name".
         batch_size: texts per forward pass.
         max_length: tokens per text, [CLS]/[SEP] included.
         cache_dir: root of the text-vector cache shared by runs.
         out_dir: output folder; default `runs/embed_items/<dataset name>`.
-        split_protocol: the split whose TRAIN part builds the profiles ("P1"; "P3" keeps the
+        split_protocol: the split whose TRAIN part builds the profiles and decides which user
+            tags the item text may carry (`data.side_info.items_for_train`) ("P1"; "P3" keeps the
             held-out items out of them; "P4" is P1).
         profile_weighting: "mean" or "rating" (see `features.profiles`).
         seed: split seed.
@@ -112,8 +113,15 @@ def main(config: EmbedItemsConfig) -> Dict[str, Any]:
     resolved = dataclasses.replace(config, out_dir=str(out_dir),
                                    split_protocol=config.split_protocol.upper())
 
-    ids = check_item_ids(data.items, source=f"{data.name} items")
-    texts = item_texts(data.items, config.text_fields)
+    split = split_for_protocol(resolved.split_protocol, data, seed=config.seed)
+    manifest = split.manifest()
+    split_facts = {"protocol": split.protocol, "seed": split.seed, "part": "train",
+                   "train_rows": manifest["parts"]["train"]["rows"],
+                   "train_sha256": manifest["parts"]["train"]["sha256"]}
+    # Tags users wrote are train information only: the text is that of this split's train.
+    items = items_for_train(data, split.train)
+    ids = check_item_ids(items, source=f"{data.name} items")
+    texts = item_texts(items, config.text_fields)
     empty = [str(i) for i, t in zip(ids, texts) if not t]
     if empty:
         logger.warning("%d items have empty text (e.g. %s); they get the vector of an empty "
@@ -142,17 +150,12 @@ def main(config: EmbedItemsConfig) -> Dict[str, Any]:
         text_fields=tuple(config.text_fields),
         extra={"dataset": data.name, "dataset_spec": config.dataset,
                "max_length": config.max_length, "texts_sha256": texts_sha,
-               "empty_texts": len(empty)})
+               "empty_texts": len(empty), "text_split": split_facts})
     items_path = items_store.save(out_dir / "item_vectors")
 
-    split = split_for_protocol(resolved.split_protocol, data, seed=config.seed)
     profiles = build_user_profiles(split.train, items_store, users=_all_users(data),
                                    weighting=config.profile_weighting)
-    manifest = split.manifest()
     split.write_manifest(out_dir)
-    split_facts = {"protocol": split.protocol, "seed": split.seed, "part": "train",
-                   "train_rows": manifest["parts"]["train"]["rows"],
-                   "train_sha256": manifest["parts"]["train"]["sha256"]}
     users_path = profiles.to_store(items_store, extra={"dataset": data.name, "split": split_facts}
                                    ).save(out_dir / "user_profiles")
 

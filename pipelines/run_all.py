@@ -82,8 +82,10 @@ def text_vectors_for(dataset: str, out_dir: Path, cache_dir: str, log=print):
     from pipelines import embed_items
     from recommenders_tf.features.item_vectors import ItemVectors
 
+    # The run trains on the P1 train part, so the item text may carry only the tags it allows.
     result = embed_items.main(embed_items.EmbedItemsConfig(
-        dataset=dataset, out_dir=str(out_dir), cache_dir=cache_dir, progress=False))
+        dataset=dataset, out_dir=str(out_dir), cache_dir=cache_dir, split_protocol="P1",
+        progress=False))
     log(f"[run_all] item text vectors: {result['metrics']['items']} items, "
         f"{result['metrics']['cache_hits']} from cache")
     return ItemVectors.load(result["item_vectors"])

@@ -5,6 +5,7 @@ import pytest
 from recommenders_tf.data import schema
 from recommenders_tf.data.movielens import detect_layout, load_movielens_dir
 from recommenders_tf.data.registry import DatasetNotFoundError, load_dataset
+from recommenders_tf.data.side_info import items_for_train
 from recommenders_tf.data.validation import DataValidationError
 
 
@@ -81,11 +82,18 @@ def test_ml_latest_layout_with_tags(tmp_path):
     assert data.report.out_of_range == 1  # the 5.5 is kept and counted
     assert data.interactions[schema.RATING].tolist() == [4.0, 0.5, 5.5]
     items = data.items.set_index(schema.ITEM_ID)
+    # Tags are side information produced by interactions: kept apart, never in the loaded text.
     assert items.loc["1", schema.TEXT] == ("Toy Story (1995). Genres: Adventure, Animation. "
-                                           "Year: 1995. Tags: pixar, fun.")
+                                           "Year: 1995.")
     assert items.loc["3", schema.GENRES] == ""
     assert items.loc["3", schema.TITLE] == "Grumpier Old Men, The (1995)"
-    assert items.loc["3", "tags"] == "old"
+    assert "tags" not in items.columns
+    assert data.tags.values.tolist() == [["1", "1", "pixar", 1], ["2", "1", "Fun", 2],
+                                         ["3", "1", "pixar", 3], ["4", "3", "old", 4]]
+    # All ratings in train: user 1's own tag counts; users 2-4 never rated anything.
+    with_tags = items_for_train(data, data.interactions).set_index(schema.ITEM_ID)
+    assert with_tags.loc["1", schema.TEXT].endswith("Year: 1995. Tags: pixar.")
+    assert with_tags.loc["3", "tags"] == ""
 
 
 def test_unknown_folder_layout_names_expected_files(tmp_path):

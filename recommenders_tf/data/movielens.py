@@ -6,8 +6,10 @@
 - ml-1m (and ml-10m): `ratings.dat`, `movies.dat`, `users.dat` ('::', latin-1).
 - ml-latest / ml-latest-small: `ratings.csv`, `movies.csv` and optional `tags.csv` (UTF-8).
 
-Item text is what a language model should read about a movie: title, genres, year and, when the
-data has them, the most frequent user tags.
+Item text is what a language model should read about a movie: title, genres and year. User tags
+(`tags.csv`) are side information produced by interactions, so they are kept apart as the
+dataset's `tags` frame; `data.side_info.items_for_train` puts into the text only the tags a
+split's train part allows (BENCHMARK.md), and the loaded `items` carry none.
 
 Some public copies hold ratings of movies their movies file does not list. That is an error
 by default; `on_unknown_items="drop"` drops those rows and counts them, with examples, in the
@@ -38,7 +40,6 @@ ML1M_OCCUPATIONS = ("other", "academic/educator", "artist", "clerical/admin",
                     "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer",
                     "programmer", "retired", "sales/marketing", "scientist", "self-employed",
                     "technician/engineer", "tradesman/craftsman", "unemployed", "writer")
-MAX_TAGS_IN_TEXT = 10
 _RATING_COLUMNS = [schema.USER_ID, schema.ITEM_ID, schema.RATING, schema.TIMESTAMP]
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
@@ -73,9 +74,10 @@ def load_movielens_dir(path, name: Optional[str] = None,
         report).
 
     Returns:
-      A RecDataset with items (item_id, title, text, genres, year[, tags]), users (user_id and,
-      for 100K/1M, age, gender, occupation, zip as strings), `rating_range` and, for 100K, the
-      predefined splits.
+      A RecDataset with items (item_id, title, text, genres, year), users (user_id and, for
+      100K/1M, age, gender, occupation, zip as strings), `rating_range`, for 100K the
+      predefined splits and, for latest with a `tags.csv`, `tags` (user_id, item_id, tag,
+      timestamp).
     """
     check_unknown_items_policy(on_unknown_items)
     path = Path(path)
@@ -106,7 +108,7 @@ def _read_raw(path: Path, delimiter: str, names: List[str], encoding: str) -> pd
     return frame
 
 
-def _item_text(titles: pd.Series, genres: pd.Series, years: pd.Series,
+def movie_text(titles: pd.Series, genres: pd.Series, years: pd.Series,
                tags: Optional[pd.Series] = None) -> pd.Series:
     """"Title. Genres: A, B. Year: 1995. Tags: x, y." — empty parts left out."""
     out = []
@@ -168,7 +170,7 @@ def _load_100k(path: Path, on_unknown_items: str) -> schema.RecDataset:
     items = pd.DataFrame({
         schema.ITEM_ID: parse_ids(item_frame, schema.ITEM_ID),
         schema.TITLE: schema.object_column(titles),
-        schema.TEXT: _item_text(titles, genres, years),
+        schema.TEXT: movie_text(titles, genres, years),
         schema.GENRES: genres,
         "year": schema.object_column(years),
     })
@@ -233,37 +235,31 @@ def _load_1m(path: Path, on_unknown_items: str) -> schema.RecDataset:
                    (1.0, 5.0), [path / "ratings.dat"], [], on_unknown_items)
 
 
-def _movies_items(movie_frame: pd.DataFrame, tags: Optional[pd.Series] = None) -> pd.DataFrame:
+def _movies_items(movie_frame: pd.DataFrame) -> pd.DataFrame:
     ids = parse_ids(movie_frame, schema.ITEM_ID)
     titles = movie_frame[schema.TITLE].astype(str).str.strip().reset_index(drop=True)
     genres = movie_frame[schema.GENRES].astype(str).str.strip().reset_index(drop=True)
     genres = genres.where(genres != "(no genres listed)", "")
     years = _years_from_titles(titles)
-    tag_text = None
-    if tags is not None:
-        tag_text = pd.Series(ids.map(tags).fillna("").to_numpy(dtype=object), dtype=object)
-    items = pd.DataFrame({
+    return pd.DataFrame({
         schema.ITEM_ID: ids,
         schema.TITLE: schema.object_column(titles),
-        schema.TEXT: _item_text(titles, genres, years, tag_text),
+        schema.TEXT: movie_text(titles, genres, years),
         schema.GENRES: schema.object_column(genres),
         "year": schema.object_column(years),
     })
-    if tag_text is not None:
-        items["tags"] = tag_text
-    return items
 
 
-def _top_tags(tag_frame: pd.DataFrame) -> pd.Series:
-    """item_id → '|'-joined most frequent tags (ties alphabetical), at most MAX_TAGS_IN_TEXT."""
-    tags = pd.DataFrame({schema.ITEM_ID: parse_ids(tag_frame, schema.ITEM_ID),
-                         "tag": tag_frame["tag"].astype(str).str.strip().str.lower()
-                         .reset_index(drop=True)})
-    tags = tags[tags["tag"] != ""]
-    counts = tags.groupby([schema.ITEM_ID, "tag"]).size().rename("n").reset_index()
-    counts = counts.sort_values([schema.ITEM_ID, "n", "tag"], ascending=[True, False, True])
-    counts = counts.groupby(schema.ITEM_ID).head(MAX_TAGS_IN_TEXT)
-    return counts.groupby(schema.ITEM_ID)["tag"].agg("|".join)
+def _tag_applications(tag_frame: pd.DataFrame) -> pd.DataFrame:
+    """The raw tags as TAG_COLUMNS: stripped, empty tags dropped, case kept as written."""
+    tags = pd.DataFrame({
+        schema.USER_ID: parse_ids(tag_frame, schema.USER_ID),
+        schema.ITEM_ID: parse_ids(tag_frame, schema.ITEM_ID),
+        schema.TAG: schema.object_column(
+            tag_frame[schema.TAG].fillna("").astype(str).str.strip().reset_index(drop=True)),
+        schema.TIMESTAMP: parse_timestamps(tag_frame, schema.TIMESTAMP).reset_index(drop=True),
+    })
+    return tags[tags[schema.TAG] != ""].reset_index(drop=True)
 
 
 def _load_latest(path: Path, on_unknown_items: str) -> schema.RecDataset:
@@ -280,13 +276,19 @@ def _load_latest(path: Path, on_unknown_items: str) -> schema.RecDataset:
     notes = []
     if (path / "tags.csv").exists():
         tag_frame = read_delimited(path / "tags.csv", delimiter=",")
-        tag_frame = tag_frame.rename(columns={"movieId": schema.ITEM_ID})
-        require_columns(tag_frame, [schema.ITEM_ID, "tag"], mapping_hint=False)
-        tags = _top_tags(tag_frame)
-        notes.append(f"tags.csv: tags for {len(tags)} items added to item text")
-    items = _movies_items(movie_frame, tags)
+        tag_frame = tag_frame.rename(columns={"userId": schema.USER_ID,
+                                              "movieId": schema.ITEM_ID})
+        # Who tagged and when decide whether a tag is train information, so a tags file
+        # without them cannot be used at all.
+        require_columns(tag_frame, list(schema.TAG_COLUMNS), mapping_hint=False)
+        tags = _tag_applications(tag_frame)
+        notes.append(f"tags.csv: {len(tags)} tags on {tags[schema.ITEM_ID].nunique()} items "
+                     "kept apart from item text (data.side_info.items_for_train admits those "
+                     "a split's train part allows)")
+    items = _movies_items(movie_frame)
     dataset = _finish("ml-latest", ratings_frame, interactions, items, path / "movies.csv",
                       None, (0.5, 5.0), [path / "ratings.csv"], notes, on_unknown_items)
+    dataset.tags = tags
     # This layout has no users file: its users are the raters that remain.
     dataset.users = pd.DataFrame({schema.USER_ID: schema.object_column(
         np.sort(dataset.interactions[schema.USER_ID].unique()))})

@@ -19,6 +19,9 @@ TIMESTAMP = "timestamp"  # int64 seconds since the epoch
 INTERACTION_COLUMNS = (USER_ID, ITEM_ID, RATING, TIMESTAMP)
 INTERACTION_DTYPES = {USER_ID: "object", ITEM_ID: "object", RATING: "float32", TIMESTAMP: "int64"}
 
+TAG = "tag"
+TAG_COLUMNS = (USER_ID, ITEM_ID, TAG, TIMESTAMP)
+
 TITLE = "title"
 TEXT = "text"  # free text for the language model: title + genres + tags/description
 GENRES = "genres"  # '|'-separated labels, "" when unknown
@@ -86,6 +89,9 @@ class RecDataset:
       report: the LoadReport of the load.
       predefined_splits: optional named (train, test) interaction frames shipped with the data
         (MovieLens 100K's u1.base/u1.test), used by protocol P2.
+      tags: side information produced by interactions (MovieLens `tags.csv`), TAG_COLUMNS, or
+        None. Never part of `items`: `data.side_info.items_for_train` admits the tags a split's
+        train part allows (BENCHMARK.md).
     """
 
     name: str
@@ -95,6 +101,7 @@ class RecDataset:
     report: Optional[LoadReport] = None
     predefined_splits: Dict[str, tuple] = dataclasses.field(default_factory=dict)
     rating_range: Optional[tuple] = None  # (min, max) for explicit ratings, None if implicit
+    tags: Optional[pd.DataFrame] = None
     # Side information that is not a model input: the synthetic generator's ground truth
     # (user topic preferences, item topic matrix, cold item ids) lives here so tests can check
     # learnability without the truth leaking into feature columns.

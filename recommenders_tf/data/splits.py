@@ -9,6 +9,8 @@
   a user who is in train.
 - P4 `sparsity_buckets`: the bucket of each user by number of train interactions.
 - `validation_split`: P1's rule applied to a train set, for hyperparameter selection.
+- `split_boundaries`: each user's split boundary (the earliest of their interactions that a
+  train part leaves out), which decides the side information that train part may use.
 
 Every split is a `Split` whose `manifest()` records counts and the sha256 of each part's
 canonical CSV, so two runs (or two machines) can prove they used the same data.
@@ -206,6 +208,32 @@ def validation_split(train: pd.DataFrame, test_fraction: float = 0.2,
     """
     return temporal_split(train, test_fraction, min_interactions, seed, dataset,
                           protocol="validation")
+
+
+def split_boundaries(interactions: pd.DataFrame, train: pd.DataFrame) -> pd.Series:
+    """Each user's split boundary: the earliest timestamp of their rows missing from `train`.
+
+    Works for any split whose train part is a subset of `interactions` (P1, P2, P3, a
+    validation slice): everything a user did strictly before the boundary precedes all of their
+    held-out interactions. Rows are matched on (user, item, timestamp) with multiplicity, so a
+    repeated row held out once still counts as held out.
+
+    Returns:
+      A Series of int64 timestamps indexed by user_id, holding only users with at least one
+      held-out row; users wholly in train (or absent) have no boundary.
+    """
+    keys = [schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP]
+
+    def counts(frame: pd.DataFrame) -> pd.Series:
+        canon = schema.canonical_interactions(frame)
+        return canon.groupby(keys, sort=False).size()
+
+    all_counts = counts(interactions)
+    in_train = counts(train).reindex(all_counts.index, fill_value=0)
+    held = all_counts - in_train
+    held = held[held > 0].reset_index()
+    return (held.groupby(schema.USER_ID)[schema.TIMESTAMP].min().astype("int64")
+            .rename("boundary"))
 
 
 def sparsity_buckets(train: pd.DataFrame, users: Optional[Iterable[str]] = None) -> pd.Series:

@@ -21,7 +21,8 @@ TF-IDF uses scipy.sparse (installed with the `peers` extra, as a dependency of `
 
 Example:
   >>> split = cold_item_split(data.interactions, seed=0)
-  >>> results = evaluate_text_baselines(split.train, split.test, items=data.items,
+  >>> results = evaluate_text_baselines(split.train, split.test,
+  ...     items=items_for_train(data, split.train),
   ...     item_vectors=ItemVectors.load(".../item_vectors"),
   ...     candidate_items=split.info["cold_items"], ks=(10,))
   >>> {name: r.metrics["ndcg@10"] for name, r in results.items()}
@@ -416,7 +417,8 @@ def evaluate_text_baselines(train: pd.DataFrame, test: pd.DataFrame, *,
 
     Args:
         train, test: the split; profiles use `train` only.
-        items: catalog with item text, for "tfidf-knn".
+        items: catalog with item text, for "tfidf-knn": `items_for_train(data, train)`,
+            so that the text carries only the user tags `train` allows.
         item_vectors: LM item vectors, for "lm-knn".
         ks: cut-offs.
         candidate_items: P3's held-out items; default every train item (P1/P4).

@@ -320,8 +320,9 @@ class UserVectors(VectorStore):
 def item_texts(items: pd.DataFrame, fields: Sequence[str] = ("text",)) -> List[str]:
     """The text to encode for each row of `items`: the non-empty `fields` joined by ". ".
 
-    The canonical items frame already has a `text` column (title + genres + tags or
-    description, whatever the dataset has), so the default uses it as is. A `genres` field is
+    The canonical items frame already has a `text` column (title + genres or description,
+    whatever the dataset has; user tags only in the frame that `data.side_info.items_for_train`
+    returns for a split's train part), so the default uses it as is. A `genres` field is
     written as a comma-separated list rather than '|'-separated labels, as a sentence would.
 
     Raises:
