@@ -15,6 +15,25 @@ Re-running with the same `run_dir` resumes: finished epochs are not trained agai
 interrupted epoch loop continues from its last checkpoint. A run_dir that holds a different
 config or split is refused.
 
+Several workers (`--strategy multi_worker`, synchronous data parallelism with
+MultiWorkerMirroredStrategy): start the same command on every machine with the standard
+`TF_CONFIG` set per process and `--run-dir` on a folder all of them see, e.g. for two workers
+on one machine
+
+    TF_CONFIG='{"cluster": {"worker": ["127.0.0.1:12345", "127.0.0.1:12346"]},
+                "task": {"type": "worker", "index": 0}}' \
+      python -m pipelines.train_retrieval --dataset synthetic --strategy multi_worker \
+        --run-dir runs/two_workers
+    # and the same with "index": 1 in a second shell
+
+`retrieval.batch_size` is the global batch, split evenly over the workers (so each in-batch
+softmax sees batch_size / workers negatives). Every worker trains, evaluates and exports the
+same synchronised model; only the chief (worker 0) writes into the run directory, the others
+into a temporary folder they remove. If a worker dies, restart all of them with the same
+command: they resume from the chief's checkpoints (and, inside an interrupted `fit`, from the
+`BackupAndRestore` state under `selection/backup` or `final/backup`). `--strategy mirrored`
+uses every local GPU of one machine.
+
 Run directory (default `runs/train_retrieval/<dataset name>`):
 
     config.yaml             resolved TrainRetrievalConfig
@@ -57,6 +76,7 @@ import numpy as np
 import yaml
 
 import recommenders_tf  # noqa: F401  (selects tf-keras before anything imports TensorFlow)
+import tensorflow as tf
 from recommenders_tf import cli
 from recommenders_tf.config import ConfigError, load_config, to_dict, write_json
 from recommenders_tf.data import load_dataset, temporal_split, validation_split
@@ -65,13 +85,16 @@ from recommenders_tf.evaluation.peers import MostPopular
 from recommenders_tf.evaluation.protocol import TopKEvaluator, genre_features
 from recommenders_tf.features.vocab import save_vocabularies
 from recommenders_tf.index.candidate_store import CandidateStore
+from recommenders_tf.models.distribute import (STRATEGIES, make_strategy, num_workers,
+                                               writable_dir)
 from recommenders_tf.models.recommender import (FINAL_DIR, SELECTION_DIR, TwoTowerConfig,
                                                 TwoTowerRecommender)
 from recommenders_tf.runs import record_run
 
 HEADLINE = ("ndcg@10", "recall@10", "recall@50", "hr@10", "mrr@10", "coverage@10")
-# Fields that may change between a run and its resumption without invalidating checkpoints.
-_RESUMABLE_FIELDS = {"retrieval.verbose"}
+# Fields that may change between a run and its resumption without invalidating checkpoints
+# (TensorFlow checkpoints do not depend on the strategy that wrote them).
+_RESUMABLE_FIELDS = {"retrieval.verbose", "strategy"}
 
 
 @dataclasses.dataclass
@@ -87,6 +110,8 @@ class TrainRetrievalConfig:
       seed: seed of the split and validation slice (the model seed is `retrieval.seed`).
       run_dir: artifact folder; default `runs/train_retrieval/<dataset name>`.
       recall_curve_max_k: the Recall@K curve covers K = 1..this.
+      strategy: "default" (one device), "mirrored" (every local GPU) or "multi_worker"
+        (the machines of TF_CONFIG); see the module docstring.
     """
 
     dataset: str = "ml-100k"
@@ -95,8 +120,12 @@ class TrainRetrievalConfig:
     seed: int = 0
     run_dir: Optional[str] = None
     recall_curve_max_k: int = 100
+    strategy: str = "default"
 
     def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, "
+                              f"got {self.strategy!r}")
         if self.recall_curve_max_k < 1:
             raise ValueError(f"recall_curve_max_k must be >= 1, got {self.recall_curve_max_k}")
         if self.text_vectors is not None and not Path(self.text_vectors).is_dir():
@@ -229,22 +258,32 @@ def _plot_recall_curve(curves: Dict[str, list], path: Path) -> None:
 def main(config: TrainRetrievalConfig) -> Dict[str, Any]:
     """Runs the step; returns the metrics written to metrics.json plus the output paths."""
     config.validate()
+    # First: a multi-worker strategy has to configure the runtime before any TensorFlow op.
+    strategy = make_strategy(config.strategy)
     data = load_dataset(config.dataset)
     run_dir = Path(config.run_dir or Path("runs") / "train_retrieval" / _slug(data.name))
+    with writable_dir(str(run_dir), strategy) as out:
+        return _run(config, strategy, data, run_dir, Path(out))
+
+
+def _run(config: TrainRetrievalConfig, strategy: tf.distribute.Strategy, data, run_dir: Path,
+         out: Path) -> Dict[str, Any]:
+    """`main` writing its artifacts into `out`: `run_dir` on the chief, a temporary folder on
+    the other workers (which still read `run_dir` to resume and train the same model)."""
     resolved = dataclasses.replace(config, run_dir=str(run_dir))
     split = temporal_split(data.interactions, seed=config.seed, dataset=data.name)
     manifest = split.manifest()
     _check_resumable(run_dir, resolved, manifest)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    split.write_manifest(run_dir)
+    split.write_manifest(out)
     # Saved before training, so an interrupted run can be traced and resumed.
-    record_run(run_dir, resolved, {"status": "training"})
+    record_run(out, resolved, {"status": "training"})
     val = validation_split(split.train, seed=config.seed, dataset=data.name)
 
     recommender = TwoTowerRecommender(resolved.retrieval, items=data.items,
-                                      text_vectors=config.text_vectors, work_dir=run_dir)
+                                      text_vectors=config.text_vectors, work_dir=run_dir,
+                                      strategy=strategy)
     recommender.fit(val.train, validation=val.test)
-    save_vocabularies(recommender.vocabularies, run_dir / "vocab")
+    save_vocabularies(recommender.vocabularies, out / "vocab")
 
     items = data.items
     features = (genre_features(items) if items is not None and GENRES in items.columns
@@ -268,15 +307,17 @@ def main(config: TrainRetrievalConfig) -> Dict[str, Any]:
     for name, fn in (("two-tower", model_scores), ("most-popular", popular_scores)):
         metrics = curve_eval.evaluate(fn).metrics
         curves[name] = [round(metrics[f"recall@{k}"], 6) for k in range(1, max_k + 1)]
-    write_json(run_dir / "recall_at_k.json", {"k": list(range(1, max_k + 1)), **curves})
-    _plot_recall_curve(curves, run_dir / "recall_at_k.png")
+    write_json(out / "recall_at_k.json", {"k": list(range(1, max_k + 1)), **curves})
+    _plot_recall_curve(curves, out / "recall_at_k.png")
 
-    export_towers(recommender, run_dir, config.text_vectors)
+    # Every worker exports (into its own folder): saving reads the model's variables, which
+    # may be an all-reduce that needs all of them.
+    export_towers(recommender, out, config.text_vectors)
     final_history = recommender.phase_results[FINAL_DIR].history
-    write_json(run_dir / "history.json", {SELECTION_DIR: recommender.selection,
-                                          FINAL_DIR: final_history})
+    write_json(out / "history.json", {SELECTION_DIR: recommender.selection,
+                                      FINAL_DIR: final_history})
     _plot_training(recommender.selection, final_history, recommender.best_epoch,
-                   run_dir / "training_curves.png")
+                   out / "training_curves.png")
 
     best = recommender.selection[recommender.best_epoch - 1]
     results = {
@@ -290,7 +331,9 @@ def main(config: TrainRetrievalConfig) -> Dict[str, Any]:
                      "final_epochs_done": recommender.epochs_trained,
                      "epochs_trained_this_run": dict(recommender.epochs_this_session),
                      "fit_seconds_this_run": round(recommender.fit_seconds, 2),
-                     "examples_per_second": recommender.examples_per_second},
+                     "examples_per_second": recommender.examples_per_second,
+                     "strategy": config.strategy, "workers": num_workers(strategy),
+                     "replicas": int(strategy.num_replicas_in_sync)},
         "notes": recommender.notes,
         "split": {part: info["rows"] for part, info in manifest["parts"].items()},
         "validation_split": {"train rows": len(val.train), "validation rows": len(val.test)},
@@ -305,7 +348,7 @@ def main(config: TrainRetrievalConfig) -> Dict[str, Any]:
                   f"{best['ndcg@10']:.4f}, recall@50={best['recall@50']:.4f}.",
               f"Settings: {recommender.notes}.",
               f"Towers: {run_dir / 'candidate_store'}; vocabularies: {run_dir / 'vocab'}."]
-    record_run(run_dir, resolved, results, lines)
+    record_run(out, resolved, results, lines)
     print("\n".join(lines), flush=True)
     return results
 
@@ -315,6 +358,8 @@ def parse_args(argv=None) -> TrainRetrievalConfig:
     parser.add_argument("--config", help="YAML file with TrainRetrievalConfig fields")
     parser.add_argument("--dataset", help="dataset spec (overrides the config file)")
     parser.add_argument("--run-dir", help="artifact folder (resumed when it exists)")
+    parser.add_argument("--strategy", choices=STRATEGIES,
+                        help="tf.distribute strategy (multi_worker reads TF_CONFIG)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field, e.g. retrieval.temperature=0.1")
     args = parser.parse_args(argv)
@@ -323,6 +368,8 @@ def parse_args(argv=None) -> TrainRetrievalConfig:
         overrides.append(f"dataset={args.dataset}")
     if args.run_dir is not None:
         overrides.append(f"run_dir={args.run_dir}")
+    if args.strategy is not None:
+        overrides.append(f"strategy={args.strategy}")
     return load_config(TrainRetrievalConfig, args.config, overrides)
 
 

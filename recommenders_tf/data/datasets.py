@@ -10,7 +10,8 @@ Sharding: every builder takes `input_context` (a `tf.distribute.InputContext`, a
 `strategy.distribute_datasets_from_function`). With it, the dataset keeps only the shard
 `input_pipeline_id` of `num_input_pipelines` (`Dataset.shard`, before shuffling, so shards are
 disjoint) and `batch_size` is read as the global batch size and divided per replica. Without it,
-call `.shard(num_workers, worker_index)` yourself on the unbatched data.
+call `.shard(num_workers, worker_index)` yourself on the unbatched data, or hand the batched
+dataset to Keras `fit` after `shard_by_data` and let the strategy split every global batch.
 
 Example:
   ds = pointwise_dataset(split.train, batch_size=256, history=20)
@@ -78,6 +79,21 @@ def previous_items(interactions: pd.DataFrame, length: int):
     out_history[order] = history
     out_mask[order] = mask
     return out_history, out_mask
+
+
+def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Marks a dataset built from in-memory arrays for element-wise sharding across workers.
+
+    Keras `fit` under a multi-worker strategy distributes a batched dataset itself: each global
+    batch is split into per-replica batches and every worker keeps its own share
+    (`AutoShardPolicy.DATA`). The default policy tries file sharding first, which cannot apply
+    to `from_tensor_slices`, and only then falls back (with a warning). Every worker reads the
+    whole dataset in the same order, so any shuffle before it needs a fixed seed. Single-worker
+    strategies ignore the option.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def _apply_input_context(ds: tf.data.Dataset, batch_size: int, input_context):

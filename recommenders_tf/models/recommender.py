@@ -54,11 +54,12 @@ import pandas as pd
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
-from recommenders_tf.data.datasets import PAD, previous_items, user_history
+from recommenders_tf.data.datasets import PAD, previous_items, shard_by_data, user_history
 from recommenders_tf.data.schema import GENRES, ITEM_ID, TIMESTAMP, TITLE, USER_ID
 from recommenders_tf.evaluation.protocol import TopKEvaluator, check_frame
 from recommenders_tf.features.item_vectors import ItemVectors
 from recommenders_tf.features.vocab import Vocabulary, build_vocabularies
+from recommenders_tf.models.distribute import is_chief
 from recommenders_tf.models.retrieval import RetrievalConfig, build_retrieval_model
 from recommenders_tf.models.training import fit_model
 
@@ -262,7 +263,7 @@ def _pointwise(interactions: pd.DataFrame, context: Optional[pd.DataFrame], hist
     ds = tf.data.Dataset.from_tensor_slices(features)
     if shuffle:
         ds = ds.shuffle(max(1, len(interactions)), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -297,7 +298,11 @@ class TwoTowerRecommender:
         candidate tower instead of learned titles.
       work_dir: folder for checkpoints (`selection/`, `final/`); a `fit` on the same folder and
         data resumes where it stopped. Default: a temporary folder removed after `fit`.
+        Under a multi-worker strategy give every worker the same (shared) folder: only the
+        chief writes into it, all of them resume from it.
       score_batch_size: users / items per tower call when scoring.
+      strategy: tf.distribute strategy the models are built and trained under (default: the
+        current one); `batch_size` is then the global batch over all replicas.
 
     Attributes (after fit):
       query_tower, candidate_tower, model: the final trained parts.
@@ -320,8 +325,10 @@ class TwoTowerRecommender:
                  text_vectors: Union[ItemVectors, str, os.PathLike, None] = None,
                  select_metric: Optional[str] = None,
                  work_dir: Union[str, os.PathLike, None] = None,
-                 score_batch_size: int = 1024):
+                 score_batch_size: int = 1024,
+                 strategy: Optional[tf.distribute.Strategy] = None):
         self.config = config if config is not None else TwoTowerConfig()
+        self.strategy = strategy or tf.distribute.get_strategy()
 
         def pick(value, name, default):
             return value if value is not None else getattr(self.config, name, default)
@@ -417,19 +424,20 @@ class TwoTowerRecommender:
             return vocabs[name].tokens if name in vocabs and len(vocabs[name]) else None
 
         tv = self.item_features.text_vectors
-        model = build_retrieval_model(
-            self.config, vocabs[USER_ID], vocabs[ITEM_ID], vocabs[ITEM_ID].counts,
-            genre_vocab=tokens_or_none("genre"), title_vocab=tokens_or_none("title_token"),
-            text_vector_dim=None if tv is None else tv.dim)
-        dropout = float(getattr(self.config, "item_id_dropout", 0.0))
-        zero_oov = bool(getattr(self.config, "zero_oov_item_id", False))
-        if dropout > 0 or zero_oov:
-            # Only the candidate tower's use of the shared table changes; the history branch
-            # of the query tower keeps reading it directly.
-            tower = model.candidate_tower
-            tower.item_id_embedding = ColdStartItemId(
-                tower.item_id_embedding, self.config.num_oov, dropout, zero_oov,
-                name="cold_start_item_id")
+        with self.strategy.scope():
+            model = build_retrieval_model(
+                self.config, vocabs[USER_ID], vocabs[ITEM_ID], vocabs[ITEM_ID].counts,
+                genre_vocab=tokens_or_none("genre"), title_vocab=tokens_or_none("title_token"),
+                text_vector_dim=None if tv is None else tv.dim)
+            dropout = float(getattr(self.config, "item_id_dropout", 0.0))
+            zero_oov = bool(getattr(self.config, "zero_oov_item_id", False))
+            if dropout > 0 or zero_oov:
+                # Only the candidate tower's use of the shared table changes; the history
+                # branch of the query tower keeps reading it directly.
+                tower = model.candidate_tower
+                tower.item_id_embedding = ColdStartItemId(
+                    tower.item_id_embedding, self.config.num_oov, dropout, zero_oov,
+                    name="cold_start_item_id")
         return model
 
     def _datasets(self, train, validation):
@@ -456,6 +464,7 @@ class TwoTowerRecommender:
         if state_path.exists():
             state = json.loads(state_path.read_text(encoding="utf-8"))
         records: List[Dict[str, float]] = state["epochs"]
+        chief = is_chief(self.strategy)
         if not state["done"]:
             cfg = self.config
             vocabs = self._vocabularies(train)
@@ -474,7 +483,8 @@ class TwoTowerRecommender:
             while len(records) < cfg.epochs and not (cfg.patience and wait >= cfg.patience):
                 result = fit_model(model, train_ds, val_ds,
                                    dataclasses.replace(step, epochs=len(records) + 1),
-                                   str(run_dir), examples_per_epoch=n_examples)
+                                   str(run_dir), strategy=self.strategy,
+                                   examples_per_epoch=n_examples)
                 self._candidate_cache = None
                 self.epochs_this_session[SELECTION_DIR] += result.epochs_done - result.initial_epoch
                 metrics = evaluator.evaluate(
@@ -489,13 +499,17 @@ class TwoTowerRecommender:
                                                  if result.train_seconds > 0 else None)
                 records.append(record)
                 best, wait = self._update(best, wait, record[self.select_metric])
-                _write_json(state_path, state)
+                # Every worker computes the same records from the same synchronised weights;
+                # only the chief keeps them, and a restarted cluster resumes from its copy.
+                if chief:
+                    _write_json(state_path, state)
                 if cfg.verbose:
                     print(f"  selection epoch {record['epoch']}: validation "
                           f"ndcg@10={record['ndcg@10']:.4f} recall@50={record['recall@50']:.4f}",
                           flush=True)
             state["done"] = True
-            _write_json(state_path, state)
+            if chief:
+                _write_json(state_path, state)
         self.selection = records
         values = [r[self.select_metric] for r in records]
         return int(np.argmax(values)) + 1  # first of equal values: fewer epochs win ties
@@ -552,7 +566,7 @@ class TwoTowerRecommender:
         train_ds, _ = self._datasets(data, None)
         config = dataclasses.replace(self.config, epochs=epochs, patience=0, restore_best=False,
                                      monitor="example_loss")
-        result = fit_model(model, train_ds, None, config, str(run_dir),
+        result = fit_model(model, train_ds, None, config, str(run_dir), strategy=self.strategy,
                            examples_per_epoch=len(data))
         self._candidate_cache = None
         self.epochs_this_session[FINAL_DIR] = result.epochs_done - result.initial_epoch

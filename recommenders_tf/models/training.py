@@ -10,10 +10,16 @@ optimizer state and the loop state (epoch, best value, patience counter) with a
 Distribution: the caller owns the `tf.distribute.Strategy`. Build the model inside
 `strategy.scope()` and pass the same strategy here; `fit_model` creates the optimizer inside
 that scope (optimizer slots must live with the model variables) and Keras distributes the
-datasets. With `strategy=None` the default (single-device) strategy is used.
+datasets. With `strategy=None` the default (single-device) strategy is used. Under a
+multi-worker strategy every worker calls `fit_model` with the same `run_dir`: all of them read
+it to resume, only the chief writes into it (the others save the same checkpoints into a
+private temp folder, see `recommenders_tf.models.distribute`), and a
+`tf.keras.callbacks.BackupAndRestore` under `run_dir/backup` lets a cluster whose workers were
+restarted mid-`fit` continue from the last finished epoch.
 
 Run directory layout:
   checkpoints/        latest epochs (model + optimizer + loop state), best/ (best weights)
+  backup/             multi-worker only: BackupAndRestore state of an unfinished `fit` call
   tensorboard/        TensorBoard event files
   history.json        per-epoch metrics, including epochs from interrupted sessions
   training_curves.png one panel per metric, train vs validation
@@ -29,6 +35,10 @@ from typing import Dict, List, Optional, Sequence
 
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
+
+from recommenders_tf.models.distribute import barrier, num_workers, writable_dir
+
+BACKUP_DIR = "backup"
 
 _OPTIMIZERS = {
     "adam": tf.keras.optimizers.Adam,
@@ -262,7 +272,8 @@ def fit_model(model: tf.keras.Model, train_ds: tf.data.Dataset,
       train_ds: batched training dataset (not repeated).
       val_ds: batched validation dataset, or None (early stopping then watches train values).
       config: TrainingConfig (or a subclass such as RetrievalConfig).
-      run_dir: artifact folder; reused as-is to resume an interrupted run.
+      run_dir: artifact folder; reused as-is to resume an interrupted run. Under a
+        multi-worker strategy every worker passes the same folder (only the chief writes it).
       strategy: the tf.distribute strategy the model was built under, or None.
       callbacks: extra Keras callbacks, run after the checkpointing ones.
       examples_per_epoch: size of one pass over `train_ds`; counted once if not given.
@@ -271,25 +282,36 @@ def fit_model(model: tf.keras.Model, train_ds: tf.data.Dataset,
       FitResult. The model holds the best epoch's weights if `config.restore_best`.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    os.makedirs(run_dir, exist_ok=True)
+    with writable_dir(run_dir, strategy) as out:
+        return _fit(model, train_ds, val_ds, config, run_dir, out, strategy, callbacks,
+                    examples_per_epoch)
+
+
+def _fit(model, train_ds, val_ds, config: TrainingConfig, run_dir: str, out: str, strategy,
+         callbacks, examples_per_epoch: Optional[int]) -> FitResult:
+    """`fit_model` reading its resume state from `run_dir` and writing into `out` (the same
+    folder on the chief, a private temp folder on the other workers)."""
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    history_path = os.path.join(run_dir, "history.json")
+    history_path = os.path.join(out, "history.json")
     with strategy.scope():
         if getattr(model, "optimizer", None) is None:
             model.compile(optimizer=make_optimizer(config))
         state = _LoopState(config.monitor_mode)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, loop=state)
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=config.max_checkpoints)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(out, "checkpoints"),
+                                         max_to_keep=config.max_checkpoints)
     best_checkpoint = tf.train.Checkpoint(model=model)
-    best_manager = tf.train.CheckpointManager(best_checkpoint, os.path.join(ckpt_dir, "best"),
-                                              max_to_keep=1)
+    best_manager = tf.train.CheckpointManager(
+        best_checkpoint, os.path.join(out, "checkpoints", "best"), max_to_keep=1)
     history: Dict[str, List[float]] = {}
-    if manager.latest_checkpoint:
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if latest:
         # Restoring before the first step: deferred restoration fills the optimizer slots
         # when Keras creates them on the first apply_gradients.
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
-        if os.path.exists(history_path):
-            with open(history_path) as f:
+        checkpoint.restore(latest).expect_partial()
+        saved_history = os.path.join(run_dir, "history.json")
+        if os.path.exists(saved_history):
+            with open(saved_history) as f:
                 history = json.load(f)
         done = int(state.epoch.numpy())
         history = {k: v[:done] for k, v in history.items()}
@@ -300,23 +322,41 @@ def fit_model(model: tf.keras.Model, train_ds: tf.data.Dataset,
     keeper = _CheckpointAndEarlyStop(config, state, manager, best_manager, val_ds is not None,
                                      history, history_path)
     timer = _Throughput()
+    # Saved before the keeper's checkpoint at each epoch end, so after a crash between the two
+    # the backup (which Keras restores last, in on_train_begin) is never older than the
+    # weights fit_model restored above.
+    backup = []
+    if num_workers(strategy) > 1:
+        backup = [tf.keras.callbacks.BackupAndRestore(os.path.join(run_dir, BACKUP_DIR))]
+        if not model.built:
+            # BackupAndRestore restores into existing variables only; a subclassed model
+            # creates its variables on the first call.
+            element = next(iter(train_ds.take(1)))
+            with strategy.scope():
+                model(element[0] if isinstance(element, tuple) else element, training=False)
     # A resumed run that already exhausted its patience must not train further.
     exhausted = bool(config.patience) and int(state.wait.numpy()) >= config.patience
     if initial_epoch < config.epochs and not exhausted:
         model.fit(
             train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
             verbose=config.verbose,
-            callbacks=[timer, keeper,
-                       tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
+            callbacks=[*backup, timer, keeper,
+                       tf.keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"),
                                                       write_graph=False, profile_batch=0),
                        *callbacks])
+        # The next fit_model on this run_dir restores the chief's newest checkpoint on every
+        # worker; none may read it before the chief has finished writing it.
+        barrier(strategy)
     _write_json(history_path, history)
 
     best_epoch = int(state.best_epoch.numpy()) or None
-    if config.restore_best and best_manager.latest_checkpoint:
-        best_checkpoint.restore(best_manager.latest_checkpoint).expect_partial()
+    # A worker other than the chief only holds the best checkpoints of this session.
+    best = (best_manager.latest_checkpoint
+            or tf.train.latest_checkpoint(os.path.join(ckpt_dir, "best")))
+    if config.restore_best and best:
+        best_checkpoint.restore(best).expect_partial()
     if history:
-        plot_history(history, os.path.join(run_dir, "training_curves.png"))
+        plot_history(history, os.path.join(out, "training_curves.png"))
 
     seconds = timer.seconds
     after_first = seconds[1:]

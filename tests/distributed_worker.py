@@ -1,0 +1,108 @@
+"""One process of the multi-worker tests: runs `pipelines.train_retrieval` as a worker would.
+
+    TF_CONFIG=... python tests/distributed_worker.py OUT.npz -- <train_retrieval flags>
+    TF_CONFIG=... python tests/distributed_worker.py OUT.npz --fit WORK_DIR EPOCHS [MARKER]
+
+The first form passes the flags through the pipeline's own `parse_args` (so
+`--strategy multi_worker` is read as a user would give it). The second trains one
+`TwoTowerRecommender` on synthetic-tiny without validation (a single `fit` of EPOCHS epochs,
+checkpoints in WORK_DIR); with MARKER it writes `MARKER.<task index>` after the first epoch's
+backup and checkpoint are saved and then waits to be killed.
+
+Afterwards the worker saves what the test compares in OUT.npz: the final query tower's weights
+(`weight_<i>` arrays) and a JSON `results` (what `main` returned, or the fit's epochs). Each
+process keeps to one intra-op thread, so two workers and a reference run share two cores
+without starving the collective ops of each other.
+"""
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+import recommenders_tf  # noqa: E402,F401
+import tensorflow as tf  # noqa: E402
+
+# Before anything runs an op: the runtime reads it once, when it starts.
+tf.config.threading.set_intra_op_parallelism_threads(1)
+
+import pipelines.train_retrieval as train_retrieval  # noqa: E402
+
+_fitted = []
+
+
+class _KeptRecommender(train_retrieval.TwoTowerRecommender):
+    """The pipeline's recommender, kept so its trained towers can be read after `main`."""
+
+    def fit(self, *args, **kwargs):
+        _fitted.append(self)
+        return super().fit(*args, **kwargs)
+
+
+def run(out: str, argv) -> None:
+    config = train_retrieval.parse_args(argv)
+    train_retrieval.TwoTowerRecommender = _KeptRecommender
+    results = train_retrieval.main(config)
+    _save(out, results, _fitted[-1].query_tower.get_weights())
+
+
+class _StopAfterFirstEpoch(tf.keras.callbacks.Callback):
+    """Signals that epoch 1 is saved (it runs after fit_model's own callbacks), then hangs."""
+
+    def __init__(self, marker: str, task_id: int):
+        super().__init__()
+        self.marker, self.task_id = marker, task_id
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            with open(f"{self.marker}.{self.task_id}", "w") as f:
+                f.write("saved epoch 1\n")
+            time.sleep(600)
+
+
+def fit(out: str, work_dir: str, epochs: int, marker=None) -> None:
+    from recommenders_tf.data import load_dataset
+    from recommenders_tf.models import recommender as recommender_module
+    from recommenders_tf.models.distribute import make_strategy, task_of
+
+    strategy = make_strategy("multi_worker")
+    if marker:
+        plain_fit_model = recommender_module.fit_model
+
+        def fit_model(*args, **kwargs):
+            kwargs["callbacks"] = [*kwargs.get("callbacks", ()),
+                                   _StopAfterFirstEpoch(marker, task_of(strategy)[1])]
+            return plain_fit_model(*args, **kwargs)
+
+        recommender_module.fit_model = fit_model
+    data = load_dataset("synthetic-tiny")
+    config = recommender_module.TwoTowerConfig(
+        embedding_dim=16, id_embedding_dim=16, history_len=10, learning_rate=0.01,
+        batch_size=128, epochs=epochs, seed=0, verbose=0)
+    rec = recommender_module.TwoTowerRecommender(config, items=data.items, work_dir=work_dir,
+                                                 strategy=strategy)
+    rec.fit(data.interactions)
+    result = rec.phase_results[recommender_module.FINAL_DIR]
+    _save(out, {"initial_epoch": result.initial_epoch, "epochs_done": result.epochs_done,
+                "history": result.history}, rec.query_tower.get_weights())
+
+
+def _save(out: str, results: dict, weights) -> None:
+    tmp = out + ".tmp.npz"
+    np.savez(tmp, results=json.dumps(results),
+             **{f"weight_{i}": w for i, w in enumerate(weights)})
+    os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 5 and sys.argv[2] == "--fit":
+        fit(sys.argv[1], sys.argv[3], int(sys.argv[4]), *sys.argv[5:6])
+    elif len(sys.argv) >= 3 and sys.argv[2] == "--":
+        run(sys.argv[1], sys.argv[3:])
+    else:
+        sys.exit(f"usage: {sys.argv[0]} OUT.npz -- <pipelines.train_retrieval flags>\n"
+                 f"       {sys.argv[0]} OUT.npz --fit WORK_DIR EPOCHS [MARKER]")

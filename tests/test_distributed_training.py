@@ -1,0 +1,244 @@
+"""Multi-worker training: `pipelines.train_retrieval --strategy multi_worker` on two local
+worker processes (MultiWorkerMirroredStrategy over gRPC on 127.0.0.1) against one worker.
+
+Each worker is a subprocess of `tests/distributed_worker.py` with a TF_CONFIG naming both free
+ports and its own index; the one-worker reference runs in the test process meanwhile.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import recommenders_tf  # noqa: F401
+import tensorflow as tf
+
+from pipelines.train_retrieval import main, parse_args
+from recommenders_tf.config import ConfigError
+from recommenders_tf.models.distribute import (is_chief, make_strategy, num_workers,
+                                               read_tf_config, writable_dir)
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = REPO / "tests" / "distributed_worker.py"
+TINY_YAML = REPO / "configs" / "retrieval_synthetic_tiny.yaml"
+# Two epochs of epoch selection on synthetic-tiny, then the refit: enough to learn the
+# structure, short enough for two workers and a reference on two cores.
+FLAGS = ["--config", str(TINY_YAML), "--set", "retrieval.epochs=2",
+         "--set", "recall_curve_max_k=10"]
+# Two workers split each global batch of 128 into two in-batch softmaxes of 64, so they do not
+# retrace the single worker's steps; the test asks for the same quality, not the same numbers.
+NDCG_TOLERANCE = 0.03
+TIMEOUT_SECONDS = 240
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _env(tf_config=None):
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=str(REPO))
+    # gRPC honours proxy variables even for 127.0.0.1; the workers must talk directly.
+    for name in ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy"):
+        env.pop(name, None)
+        env.pop(name.upper(), None)
+    env.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    return env
+
+
+def _start(out, flags, tf_config=None):
+    """A worker process; `flags` are the pipeline's, or ["--fit", ...] for the fit mode."""
+    args = flags if flags[:1] == ["--fit"] else ["--", *flags]
+    return subprocess.Popen([sys.executable, str(WORKER), str(out), *args],
+                            env=_env(tf_config), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(procs, timeout=TIMEOUT_SECONDS):
+    """Waits for every process; on a timeout or a failure kills the rest and shows the logs."""
+    deadline = time.monotonic() + timeout
+    logs = {}
+    try:
+        for name, proc in procs.items():
+            logs[name], _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    failed = {name: proc.returncode for name, proc in procs.items() if proc.returncode != 0}
+    assert not failed, f"exit codes {failed}\n" + "\n".join(
+        f"--- {name} ---\n{logs.get(name, '')[-3000:]}" for name in failed)
+
+
+def _cluster(ports):
+    return {"worker": [f"127.0.0.1:{p}" for p in ports]}
+
+
+def _load(path):
+    saved = np.load(path)
+    weights = [saved[f"weight_{i}"] for i in range(len(saved.files) - 1)]
+    return json.loads(str(saved["results"])), weights
+
+
+@pytest.mark.slow
+def test_two_workers_train_the_same_model_as_one(tmp_path):
+    ports = _free_ports(2)
+    procs = {}
+    for index in range(2):
+        tf_config = {"cluster": _cluster(ports), "task": {"type": "worker", "index": index}}
+        procs[f"worker{index}"] = _start(
+            tmp_path / f"worker{index}.npz",
+            FLAGS + ["--strategy", "multi_worker", "--run-dir", str(tmp_path / "multi")],
+            tf_config)
+    try:
+        single = main(parse_args(FLAGS + ["--run-dir", str(tmp_path / "single")]))
+    finally:
+        _finish(procs)
+
+    chief, chief_weights = _load(tmp_path / "worker0.npz")
+    other, other_weights = _load(tmp_path / "worker1.npz")
+    assert chief["training"]["workers"] == other["training"]["workers"] == 2
+    assert chief["training"]["replicas"] == 2
+    assert single["training"]["workers"] == 1
+
+    # Synchronous training: the same weights on both workers, hence the same evaluation.
+    assert len(chief_weights) == len(other_weights) > 0
+    for mine, theirs in zip(chief_weights, other_weights):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+    assert other["test"]["ndcg@10"] == pytest.approx(chief["test"]["ndcg@10"], abs=1e-6)
+    assert other["validation"]["best_epoch"] == chief["validation"]["best_epoch"]
+
+    # As good as one worker on the same P1 split, and clearly better than most-popular.
+    print(f"P1 NDCG@10: single worker {single['test']['ndcg@10']:.4f}, "
+          f"two workers {chief['test']['ndcg@10']:.4f}, "
+          f"most-popular {single['most_popular_test']['ndcg@10']:.4f}")
+    assert chief["most_popular_test"] == single["most_popular_test"]
+    assert chief["test"]["ndcg@10"] == pytest.approx(single["test"]["ndcg@10"],
+                                                     abs=NDCG_TOLERANCE)
+    assert chief["test"]["ndcg@10"] > chief["most_popular_test"]["ndcg@10"] + 0.03
+
+    # Only the chief wrote the run: its metrics, its export; no worker temp folders left.
+    run_dir = tmp_path / "multi"
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["test"] == chief["test"]
+    assert (run_dir / "candidate_store" / "query_tower").is_dir()
+    assert not list(run_dir.rglob("workertemp_*"))
+    # BackupAndRestore removes its state once a fit call has finished.
+    assert not [p for p in run_dir.glob("*/backup/**/*") if p.is_file()]
+
+
+def test_strategy_names_and_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    default = make_strategy("default")
+    assert default is tf.distribute.get_strategy()
+    assert is_chief(default) and num_workers(default) == 1
+    assert read_tf_config() == {}
+    mirrored = make_strategy("mirrored")
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+    assert is_chief(mirrored) and num_workers(mirrored) == 1
+    with pytest.raises(ConfigError, match="multi_worker"):
+        make_strategy("parameter_server")
+
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        read_tf_config()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                                "task": {"type": "worker", "index": 2}}))
+    with pytest.raises(ConfigError, match="not one of the cluster's 'worker' tasks"):
+        read_tf_config()
+
+
+class _FakeResolver:
+    def __init__(self, cluster, task_type, task_id):
+        self._cluster, self.task_type, self.task_id = cluster, task_type, task_id
+
+    def cluster_spec(self):
+        return tf.train.ClusterSpec(self._cluster)
+
+
+class _FakeStrategy:
+    def __init__(self, cluster, task_type, task_id):
+        self.cluster_resolver = _FakeResolver(cluster, task_type, task_id)
+
+
+def test_only_the_chief_writes_into_the_run_dir(tmp_path):
+    two = {"worker": ["h0:1", "h1:1"]}
+    with_chief = {"chief": ["c:1"], "worker": ["h0:1"]}
+    assert is_chief(_FakeStrategy(two, "worker", 0))
+    assert not is_chief(_FakeStrategy(two, "worker", 1))
+    assert is_chief(_FakeStrategy(with_chief, "chief", 0))
+    assert not is_chief(_FakeStrategy(with_chief, "worker", 0))
+    assert num_workers(_FakeStrategy(two, "worker", 1)) == 2
+    assert num_workers(_FakeStrategy(with_chief, "worker", 0)) == 2
+
+    run_dir = tmp_path / "run"
+    with writable_dir(str(run_dir), _FakeStrategy(two, "worker", 0)) as out:
+        assert out == str(run_dir) and run_dir.is_dir()
+    with writable_dir(str(tmp_path / "other"), _FakeStrategy(two, "worker", 1)) as out:
+        assert Path(out).is_dir() and not Path(out).is_relative_to(tmp_path)
+        (Path(out) / "f").write_text("x")
+    assert not Path(out).exists() and not (tmp_path / "other").exists()
+
+
+def _wait_for(paths, procs, timeout):
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        dead = {name: p.returncode for name, p in procs.items() if p.poll() is not None}
+        if dead or time.monotonic() > deadline:
+            _finish(procs, timeout=1)  # shows the logs of whoever stopped
+            pytest.fail(f"waited {timeout}s for {[str(p) for p in paths]}; exited: {dead}")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarts_and_the_cluster_resumes_from_the_backup(tmp_path):
+    ports = _free_ports(2)
+    work, marker, epochs = tmp_path / "work", tmp_path / "epoch1", 3
+
+    def start(index, *extra):
+        tf_config = {"cluster": _cluster(ports), "task": {"type": "worker", "index": index}}
+        return _start(tmp_path / f"worker{index}.npz",
+                      ["--fit", str(work), str(epochs), *extra], tf_config)
+
+    procs = {f"worker{i}": start(i, str(marker)) for i in range(2)}
+    backup = work / "final" / "backup" / "chief" / "checkpoint"
+    _wait_for([backup] + [Path(f"{marker}.{i}") for i in range(2)], procs, TIMEOUT_SECONDS)
+    # Worker 1 dies. The chief's collectives would fail on the next step (after its health
+    # check notices), and a cluster manager restarts every failed worker; do both at once.
+    for name in ("worker1", "worker0"):
+        procs[name].kill()
+        procs[name].communicate()
+    assert backup.exists() and not (tmp_path / "worker0.npz").exists()
+
+    procs = {f"worker{i}": start(i) for i in range(2)}
+    _finish(procs)
+    chief, chief_weights = _load(tmp_path / "worker0.npz")
+    other, other_weights = _load(tmp_path / "worker1.npz")
+    for result in (chief, other):
+        assert result["initial_epoch"] == 1 and result["epochs_done"] == epochs
+        assert len(result["history"]["example_loss"]) == epochs
+    for mine, theirs in zip(chief_weights, other_weights):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+    assert not backup.exists()
+
+
+def test_strategy_flag_and_config_field(tmp_path):
+    assert parse_args(["--dataset", "synthetic-tiny"]).strategy == "default"
+    assert parse_args(["--strategy", "multi_worker"]).strategy == "multi_worker"
+    config = parse_args(["--set", "strategy=one_per_gpu", "--run-dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="strategy must be one of"):
+        main(config)
