@@ -27,11 +27,13 @@ setup: $(VENV)/.synced
 demo: setup
 	$(PY) -m pipelines.demo
 
+# Two pytest workers, each taking whole test files (--dist loadfile), so a module's fixtures (a
+# fitted cascade, its exports) are built once; many tests wait on fresh processes and servers.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 benchmark: setup
 	$(PY) -m pipelines.benchmark --dataset ml-100k --protocol P1

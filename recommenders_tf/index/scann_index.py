@@ -304,6 +304,7 @@ class RetrievalIndex:
     scann_params: ScannParams | None
     build_seconds: float
     rows: CatalogRows | None = None
+    _served: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_candidates(self) -> int:
@@ -416,8 +417,19 @@ class RetrievalIndex:
         """Top-k for pre-computed query embeddings: (scores [B, k], ids [B, k] str)."""
         k = self.check_query_k(self.k if k is None else k)
         queries = check_query_embeddings(query_embeddings, self.embedding_dim)
-        scores, ids = self.search_tensors(queries, k)
+        empty = tf.zeros(tf.stack([tf.shape(queries)[0], 0]), tf.string)
+        scores, ids = self._serving_search(queries, empty, k)
         return scores.numpy(), _decode(ids.numpy())
+
+    def _serving_search(self, queries: tf.Tensor, exclude: tf.Tensor, k: int):
+        """`search_excluding` as the exports run it (ScaNN one query at a time), compiled once
+        per k so in-process evaluation, tuning and serving compute the same answers."""
+        if k not in self._served:
+            self._served[k] = tf.function(
+                lambda q, e: self.search_excluding(q, e, k),
+                input_signature=[tf.TensorSpec([None, self.embedding_dim], tf.float32),
+                                 tf.TensorSpec([None, None], tf.string)])
+        return self._served[k](queries, exclude)
 
     def query(self, features: Mapping[str, Any], k: int | None = None):
         """Top-k for raw query features, through the query tower."""
@@ -432,7 +444,7 @@ class RetrievalIndex:
         if exclude.shape.rank != 2:
             raise ValueError(f"exclude_ids must be [batch, width], got shape {exclude.shape}.")
         queries = check_query_embeddings(query_embeddings, self.embedding_dim)
-        scores, ids = self.search_excluding(queries, exclude, k)
+        scores, ids = self._serving_search(queries, exclude, k)
         return scores.numpy(), _decode(ids.numpy())
 
 
