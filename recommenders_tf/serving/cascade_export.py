@@ -88,7 +88,7 @@ def _rank_of(final: tf.Tensor, stage: tf.Tensor) -> tf.Tensor:
 class _CascadeModule(tf.Module):
     """Everything one recommendation needs, tracked so `tf.saved_model.save` keeps it."""
 
-    def __init__(self, cascade: Cascade, index: RetrievalIndex, search_width: int,
+    def __init__(self, cascade: Cascade, index: RetrievalIndex,
                  fallback_text_weight: float):
         super().__init__()
         cfg = cascade.config
@@ -125,7 +125,6 @@ class _CascadeModule(tf.Module):
             self.fallback_text = _table(unit)
         self.fallback_text_weight = float(fallback_text_weight)
         self.retrieval_k, self.ranking_k, self.k = cfg.retrieval_k, cfg.ranking_k, cfg.k
-        self.search_width = int(search_width)
         self.query_history = max(int(rec.config.history_len), 1)
         self.ranker_history = max(int(cascade.ranker.history_len), 1)
         self.diversity, self.diversity_lambda = cfg.diversity, float(cfg.diversity_lambda)
@@ -340,7 +339,7 @@ def export_cascade(cascade: Cascade, base_dir="saved_models", kind: str = "scann
     n = len(cascade.catalog)
     width = n if kind == "bruteforce" else min(n, cfg.retrieval_k + int(exclusion_budget))
     index, index_facts = build_cascade_index(cascade, kind, width, log=log)
-    module = _CascadeModule(cascade, index, width, fallback_text_weight)
+    module = _CascadeModule(cascade, index, fallback_text_weight)
     rec = cascade.retrieval
     meta = {
         "format_version": 1, "model_name": name or DEFAULT_NAMES[kind], "kind": "cascade",
