@@ -32,3 +32,14 @@ def compact_right(ids: tf.Tensor, keep: tf.Tensor | None = None) -> tf.Tensor:
     # Stable: pads (0) first, real ids (1) after, each group in its original order.
     order = tf.argsort(real, axis=-1, stable=True)
     return tf.gather(ids, order, batch_dims=1)
+
+
+def fit_width(ids: tf.Tensor, width: int) -> tf.Tensor:
+    """[B, width]: the last `width` ids of each row, left-padded with "" when shorter.
+
+    A model then always sees the same shape, so a short request and the same request padded
+    wider run the same kernels and give bit-identical vectors.
+    """
+    ids = tf.convert_to_tensor(ids, tf.string)
+    pad = tf.maximum(width - tf.shape(ids)[1], 0)
+    return tf.pad(ids, [[0, 0], [pad, 0]], constant_values=PAD)[:, -width:]

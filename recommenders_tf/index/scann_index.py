@@ -404,6 +404,27 @@ class RetrievalIndex:
         return (tf.tensor_scatter_nd_update(values, where, v),
                 tf.tensor_scatter_nd_update(kept, where, i))
 
+    def serving_embeddings(self, query_model: Any, features: Mapping[str, tf.Tensor]
+                           ) -> tf.Tensor:
+        """Query embeddings as the exports compute them for this index.
+
+        ScaNN's candidate selection (leaves, int8 lookup tables, reordering cut) is
+        discontinuous: a last-bit change of a query vector, which a batched matmul makes
+        depending on the batch size, can swap an item of the top 10. For a ScaNN index the
+        tower therefore runs one row at a time, so a user's answer is bit-identical alone or
+        batched with anyone. BruteForce is exact and embeds the batch at once.
+        """
+        if self.kind != "scann":
+            return query_model(features)
+        names = list(features)
+
+        def one(row):
+            return query_model({n: row[i][None] for i, n in enumerate(names)})[0]
+
+        vectors = tf.map_fn(one, [features[n] for n in names],
+                            fn_output_signature=tf.TensorSpec([self.embedding_dim], tf.float32))
+        return tf.ensure_shape(vectors, [None, self.embedding_dim])
+
     def embed_queries(self, features: Mapping[str, Any]) -> tf.Tensor:
         if self.query_model is None:
             raise ValueError(

@@ -24,7 +24,7 @@ import numpy as np
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
-from recommenders_tf.features.id_lists import compact_right
+from recommenders_tf.features.id_lists import compact_right, fit_width
 
 HISTORY_POOLINGS = ("attention", "transformer", "mean")
 # Masked attention logits: large enough to give exp() == 0, small enough to stay finite in float32.
@@ -285,7 +285,7 @@ class QueryTower(tf.keras.Model):
             # padded; a given history_mask clears its positions before that.
             history = compact_right(_require(features, "history", "QueryTower"),
                                     features.get("history_mask"))
-            history = history[:, -self.config.history_len:]
+            history = fit_width(history, self.config.history_len)
             ids = self.item_id_embedding.lookup(history)
             mask = tf.not_equal(ids, 0)  # "" is the mask slot
             item_vectors = self.item_id_embedding.embedding(ids)

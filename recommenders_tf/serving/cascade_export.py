@@ -49,7 +49,7 @@ import tensorflow as tf
 
 from recommenders_tf.cascade.stages import Cascade, query_embeddings
 from recommenders_tf.data.schema import ITEM_ID, USER_ID
-from recommenders_tf.features.id_lists import compact_right
+from recommenders_tf.features.id_lists import compact_right, fit_width
 from recommenders_tf.index.scann_index import RetrievalIndex, build_index
 from recommenders_tf.models.candidate_features import RETRIEVAL_SCORE
 from recommenders_tf.models.diversity import dpp_rerank_tf, mmr_rerank_tf
@@ -68,13 +68,6 @@ def _table(rows: np.ndarray) -> tf.Tensor:
     """A constant lookup table whose row 0 (unknown / padding ids) is zeros."""
     rows = np.asarray(rows, np.float32)
     return tf.constant(np.concatenate([np.zeros((1,) + rows.shape[1:], np.float32), rows]))
-
-
-def _fit_width(history: tf.Tensor, width: int) -> tf.Tensor:
-    """[B, width]: the last `width` ids, left-padded with "" when the history is shorter."""
-    pad = tf.maximum(width - tf.shape(history)[1], 0)
-    history = tf.pad(history, [[0, 0], [pad, 0]], constant_values="")
-    return history[:, -width:]
 
 
 def _rank_of(final: tf.Tensor, stage: tf.Tensor) -> tf.Tensor:
@@ -130,6 +123,7 @@ class _CascadeModule(tf.Module):
         self.diversity, self.diversity_lambda = cfg.diversity, float(cfg.diversity_lambda)
         self.catalog_rows = index.rows  # tracked: the index's id -> row table (and vectors)
         self.search_excluding = index.search_excluding
+        self.serving_embeddings = index.serving_embeddings
         self.num_items = len(catalog)
 
         user = tf.TensorSpec([None], tf.string, name="user_id")
@@ -178,9 +172,10 @@ class _CascadeModule(tf.Module):
         return merged
 
     def _cascade(self, user_id, history, exclude):
-        query_history = _fit_width(history, self.query_history)
-        ranker_history = _fit_width(history, self.ranker_history)
-        query = self.query_tower({"user_id": user_id, "history": query_history})
+        query_history = fit_width(history, self.query_history)
+        ranker_history = fit_width(history, self.ranker_history)
+        query = self.serving_embeddings(
+            self.query_tower, {"user_id": user_id, "history": query_history})
         banned = tf.concat([history, exclude], 1)
         scores, ids = self.search_excluding(query, banned, self.retrieval_k)
         mask = tf.not_equal(ids, "")

@@ -123,7 +123,7 @@ class _RetrievalModule(tf.Module):
         def embed(features):
             features = {n: compact_right(features[n]) if n in ordered else features[n]
                         for n in names}
-            return self.query_model(features)
+            return index.serving_embeddings(self.query_model, features)
 
         def search(features, exclude):
             scores, ids = index.search_excluding(embed(features), exclude, k)
