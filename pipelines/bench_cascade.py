@@ -32,7 +32,6 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from recommenders_tf import cli
-from recommenders_tf.config import load_config
 
 PEERS = ("most-popular", "implicit-ALS", "EASE", "RP3beta", "SASRec")
 
@@ -65,12 +64,12 @@ _LATENCY_SCRIPT = textwrap.dedent("""
     import recommenders_tf
     import tensorflow as tf
     args = json.loads(sys.stdin.read())
-    meta = json.load(open(args["path"] + "/metadata.json"))
+    meta = json.load(open(args["metadata"]))
     start = time.perf_counter()
     if meta["requires_scann_ops"]:
         import scann
     loaded = tf.saved_model.load(args["path"])
-    fn = loaded.signatures["recommend_with_exclusions"]
+    fn = loaded.signatures[args["signature"]]
     load_s = time.perf_counter() - start
     times = []
     for i, (user, hist, excl) in enumerate(zip(args["users"], args["history"], args["exclude"])):
@@ -94,7 +93,10 @@ _LATENCY_SCRIPT = textwrap.dedent("""
 def measure_latency(path: Path, users: List[str], histories: List[List[str]],
                     exclude: List[List[str]]) -> Dict[str, float]:
     """Single-user request latency of an exported cascade, loaded in a fresh process."""
-    payload = json.dumps({"path": str(path), "users": users, "history": histories,
+    from recommenders_tf.serving.contract import METADATA_FILE, WITH_EXCLUSIONS
+
+    payload = json.dumps({"path": str(path), "metadata": str(Path(path) / METADATA_FILE),
+                          "signature": WITH_EXCLUSIONS, "users": users, "history": histories,
                           "exclude": exclude})
     proc = subprocess.run([sys.executable, "-c", _LATENCY_SCRIPT], input=payload,
                           capture_output=True, text=True, timeout=3600)
@@ -108,18 +110,22 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
     from pipelines import benchmark, run_all
     from recommenders_tf.data import load_dataset, temporal_split
     from recommenders_tf.data.schema import ITEM_ID, USER_ID
-    from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
-
-    _round = benchmark._round
+    from recommenders_tf.evaluation.report import (render_benchmarks_md, round_metrics,
+                                                   write_results)
+    from recommenders_tf.runs import default_run_dir
 
     data = load_dataset(config.dataset)
-    out_dir = Path(config.out_dir or Path("runs") / "bench_cascade" / run_all._slug(data.name))
+    out_dir = Path(config.out_dir or default_run_dir("bench_cascade", data.name))
     split = temporal_split(data.interactions, seed=config.seed, dataset=data.name)
-    bench_cfg = benchmark.BenchmarkConfig(dataset=config.dataset, protocol="P1",
-                                          seed=config.seed)
     print(f"[P1-cascade {data.name}] peers in the same run: {', '.join(config.peers)}",
           flush=True)
-    rows = benchmark._topk_rows(bench_cfg, data, split, list(config.peers))
+    # The peers' rows are pipelines.benchmark's P1 rows on the same split; its results file
+    # and tables stay in this run's folder, the published ones come from this bench.
+    peers_dir = out_dir / "peers"
+    rows = list(benchmark.main(benchmark.BenchmarkConfig(
+        dataset=config.dataset, protocol="P1", models=tuple(config.peers), seed=config.seed,
+        results_dir=str(peers_dir), benchmarks_md=str(peers_dir / "BENCHMARKS.md"),
+        run_dir=str(peers_dir)))["rows"])
 
     export_dir = Path(tempfile.mkdtemp(prefix="bench_cascade_exports_"))
     start = time.perf_counter()
@@ -148,13 +154,13 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
             "untrained re-ranker (= ranker order) is served")),
     ]
     for name, stage, note in project:
-        rows.append({"model": name, "kind": "project", "metrics": _round(stages[stage]),
+        rows.append({"model": name, "kind": "project", "metrics": round_metrics(stages[stage]),
                      "train_seconds": round(seconds, 1) if stage == "final" else None,
                      "notes": note})
     for method, best in metrics["tradeoffs"].items():
         if best:
             rows.append({"model": f"full cascade + {method.upper()}", "kind": "project",
-                         "metrics": _round({k: best[k] for k in stages["final"]}),
+                         "metrics": round_metrics({k: best[k] for k in stages["final"]}),
                          "notes": f"lambda={best['lambda']:g} (largest diversity within -3% "
                                   f"NDCG@10): diversity@10 {best['diversity_gain']:+.1%}, "
                                   f"ndcg@10 {best['ndcg_change']:+.1%}"})
@@ -179,9 +185,8 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
         for r in curve:
             curve_rows.append({"model": f"{method.upper()} lambda={r['lambda']:g}",
                                "kind": "project",
-                               "metrics": _round({k: r[k] for k in ("ndcg@10", "recall@10",
-                                                                    "coverage@10",
-                                                                    "diversity@10")})})
+                               "metrics": round_metrics({k: r[k] for k in (
+                                   "ndcg@10", "recall@10", "coverage@10", "diversity@10")})})
     paths.append(write_results(
         results_dir, protocol="P1-diversity", dataset=data.name, seed=config.seed,
         command=command, rows=curve_rows, split=split_info,
@@ -203,8 +208,8 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
     for key, facts in metrics["exports"].items():
         lat = measure_latency(Path(facts["path"]), list(users), hist.tolist(), exclude)
         latency_rows.append({"model": key.replace("cascade_", "recommender "), "kind": "project",
-                             "metrics": _round({k: lat[k] for k in ("latency_p50_ms",
-                                                                    "latency_p99_ms")}),
+                             "metrics": round_metrics({k: lat[k] for k in (
+                                 "latency_p50_ms", "latency_p99_ms")}),
                              "notes": f"{lat['requests']} single-user requests after one "
                                       f"warm-up call ({lat['first_call_ms']:.0f} ms); "
                                       f"load {lat['load_seconds']:.1f} s; history "
@@ -225,15 +230,8 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> BenchCascadeConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with BenchCascadeConfig fields")
-    parser.add_argument("--dataset")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    overrides = list(args.set)
-    if args.dataset:
-        overrides.append(f"dataset={json.dumps(args.dataset)}")
-    return load_config(BenchCascadeConfig, args.config, overrides)
+    parser = cli.config_parser(__doc__.splitlines()[0], BenchCascadeConfig, dataset=True)
+    return cli.parse_config(BenchCascadeConfig, parser, argv)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,11 @@ import recommenders_tf  # noqa: F401
 import tensorflow as tf
 
 from recommenders_tf import cli
-from recommenders_tf.config import load_config
 from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
 from recommenders_tf.index import ScannParams, build_index
 from recommenders_tf.models.towers import (TowerConfig, build_candidate_tower,
                                            build_item_id_embedding, build_query_tower)
+from recommenders_tf.serving.contract import WITH_EXCLUSIONS
 from recommenders_tf.serving.export import export_retrieval
 
 
@@ -67,7 +67,7 @@ _TIMING = textwrap.dedent("""
     args = json.loads(sys.stdin.read())
     if args["scann"]:
         import scann
-    fn = tf.saved_model.load(args["path"]).signatures["recommend_with_exclusions"]
+    fn = tf.saved_model.load(args["path"]).signatures[args["signature"]]
     out = {}
     for width, rows in args["exclude"].items():
         times = []
@@ -131,7 +131,8 @@ def bench_catalogue(name: str, config: BenchExclusionsConfig, work: Path) -> Lis
                             scann_params=scann_params if kind == "scann" else None)
         path = export_retrieval(query, index, work, name=f"{kind}_{n}", k=config.k,
                                 exclusion_width=50)
-        payload = json.dumps({"path": str(path), "scann": kind == "scann", "users": req_users,
+        payload = json.dumps({"path": str(path), "signature": WITH_EXCLUSIONS,
+                              "scann": kind == "scann", "users": req_users,
                               "history": history, "exclude": exclude})
         proc = subprocess.run([sys.executable, "-c", _TIMING], input=payload, text=True,
                               capture_output=True, timeout=3600)
@@ -181,11 +182,8 @@ def main(config: BenchExclusionsConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> BenchExclusionsConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with BenchExclusionsConfig fields")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    return load_config(BenchExclusionsConfig, args.config, list(args.set))
+    parser = cli.config_parser(__doc__.splitlines()[0], BenchExclusionsConfig)
+    return cli.parse_config(BenchExclusionsConfig, parser, argv)
 
 
 if __name__ == "__main__":

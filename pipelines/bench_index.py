@@ -43,11 +43,12 @@ import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
 from recommenders_tf import cli
-from recommenders_tf.config import load_config, machine_info
+from recommenders_tf.config import machine_info
 from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
 from recommenders_tf.index import ScannParams, build_index
 from recommenders_tf.index.bench import benchmark_indexes, synthetic_catalogue
 from recommenders_tf.runs import make_run_dir, record_run
+from recommenders_tf.serving.contract import SERVING_DEFAULT
 
 PROTOCOL = "P5"
 TARGET_SPEEDUP = 5.0
@@ -162,7 +163,7 @@ import numpy as np
 import tensorflow as tf
 import_seconds = time.perf_counter() - start
 start = time.perf_counter()
-serve = tf.saved_model.load(spec["path"]).signatures["serving_default"]
+serve = tf.saved_model.load(spec["path"]).signatures[spec["signature"]]
 load_seconds = time.perf_counter() - start
 users, histories = spec["users"], spec["histories"]
 
@@ -209,7 +210,9 @@ def probe_export(path: Path, requires_scann: bool, users: List[str], histories: 
                  config: BenchIndexConfig, work: Path) -> Dict[str, Any]:
     """Times one export's `serving_default` in a fresh interpreter; returns its figures."""
     path, work = Path(path).resolve(), Path(work).resolve()  # the probe runs in `work`
-    spec = {"path": str(path), "requires_scann_ops": requires_scann, "users": users,
+    # The probe imports no project code (its import cost is measured), so names come in here.
+    spec = {"path": str(path), "signature": SERVING_DEFAULT,
+            "requires_scann_ops": requires_scann, "users": users,
             "histories": histories, "single_requests": config.serving_requests,
             "min_seconds": config.serving_min_seconds}
     spec_path, out_path = work / f"probe-{path.parent.name}.json", work / "probe-out.json"
@@ -357,11 +360,8 @@ def main(config: BenchIndexConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> BenchIndexConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with BenchIndexConfig fields")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    return load_config(BenchIndexConfig, args.config, args.set)
+    parser = cli.config_parser(__doc__.splitlines()[0], BenchIndexConfig)
+    return cli.parse_config(BenchIndexConfig, parser, argv)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,8 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from pipelines.train_ranking import RankingDataConfig, TrainRankingConfig, build_training_lists
 from recommenders_tf import cli
-from recommenders_tf.config import load_config
+from recommenders_tf.cascade.ranking_lists import RankingDataConfig, build_training_lists
 from recommenders_tf.data import load_dataset, rating_split, temporal_split, validation_split
 from recommenders_tf.data.schema import RATING
 from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
@@ -120,23 +119,23 @@ def _round(metrics: Dict[str, float]) -> Dict[str, float]:
 
 def run_p2(config: BenchRankingConfig, data, run_dir: Path):
     """Rating-prediction rows: the mse ranking model and the three peers, one run."""
-    from recommenders_tf.evaluation.peers import GlobalMean, SurpriseSVD, SurpriseSVDpp
     from recommenders_tf.evaluation.protocol import evaluate_ratings
+    from recommenders_tf.evaluation.registry import available, get_model
     from recommenders_tf.models.ranking import fit_ranking_model, predict_lists
     from recommenders_tf.models.ranking_data import pair_lists, rating_lists
 
     split = rating_split(data, seed=config.seed)
     truth = split.test[RATING].to_numpy()
     rows = []
-    for cls in (GlobalMean, SurpriseSVD, SurpriseSVDpp):
-        print(f"[P2 {data.name}] fitting {cls.name} ...", flush=True)
+    for name in available(kind="peer", task="rating"):
+        print(f"[P2 {data.name}] fitting {name} ...", flush=True)
         start = time.perf_counter()
-        peer = cls(rating_range=data.rating_range, seed=config.seed).fit(split.train)
+        peer = get_model(name, data=data, seed=config.seed).fit(split.train)
         seconds = time.perf_counter() - start
         metrics = evaluate_ratings(truth, peer.predict(split.test), data.rating_range)
-        rows.append({"model": cls.name, "kind": "peer", "metrics": _round(metrics),
+        rows.append({"model": name, "kind": "peer", "metrics": _round(metrics),
                      "train_seconds": round(seconds, 2), "notes": peer.notes})
-        print(f"  {cls.name}: rmse={metrics['rmse']:.4f} mae={metrics['mae']:.4f}", flush=True)
+        print(f"  {name}: rmse={metrics['rmse']:.4f} mae={metrics['mae']:.4f}", flush=True)
 
     rcfg = _ranking_config(P2_SETTINGS, config.p2_settings, config, data, loss="mse")
     print(f"[P2 {data.name}] training ranking model (loss mse) ...", flush=True)
@@ -180,8 +179,8 @@ def run_rerank(config: BenchRankingConfig, data, run_dir: Path):
     from recommenders_tf.evaluation.protocol import TopKEvaluator
     from recommenders_tf.models.losses import LOSS_KEYS
     from recommenders_tf.models.ranking import fit_ranking_model, predict_lists
-    from recommenders_tf.models.ranking_data import (make_candidate_source, scoring_lists,
-                                                     top_candidates)
+    from recommenders_tf.cascade.candidates import make_candidate_source, top_candidates
+    from recommenders_tf.models.ranking_data import scoring_lists
 
     split = temporal_split(data.interactions, seed=config.seed, dataset=data.name)
     evaluator = TopKEvaluator(split.train, split.test, ks=(10,))
@@ -192,12 +191,11 @@ def run_rerank(config: BenchRankingConfig, data, run_dir: Path):
                                    num_candidates=config.num_candidates, label="binary",
                                    lists="candidates")
     base = _ranking_config(RERANK_SETTINGS, config.rerank_settings, config, data)
-    lists_cfg = TrainRankingConfig(dataset=config.dataset, seed=config.seed, ranking=base,
-                                   data=data_cfg)
     print(f"[{RERANK_PROTOCOL} {data.name}] building training lists (retrieval stage "
           f"{config.candidate_source} fitted before the time cut) ...", flush=True)
     start = time.perf_counter()
-    lists, info = build_training_lists(lists_cfg, split.train, data.items)
+    lists, info = build_training_lists(split.train, base, data_cfg, data.items,
+                                       seed=config.seed)
     list_seconds = time.perf_counter() - start
     train_lists, held_out = lists.split(data_cfg.validation_fraction, seed=config.seed)
     print(f"  {len(lists)} lists of {lists.list_size} ({lists.num_entries} entries) in "
@@ -307,18 +305,10 @@ def main(config: BenchRankingConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> BenchRankingConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with BenchRankingConfig fields")
-    parser.add_argument("--dataset")
+    parser = cli.config_parser(__doc__.splitlines()[0], BenchRankingConfig, dataset=True)
     parser.add_argument("--only", help="comma-separated: P2, P1-rerank")
     parser.add_argument("--losses", help="comma-separated loss keys")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    overrides = list(args.set)
-    for key in ("dataset", "only", "losses"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
-    return load_config(BenchRankingConfig, args.config, overrides)
+    return cli.parse_config(BenchRankingConfig, parser, argv, fields=("only", "losses"))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ warmup file (real ids; the batch of 256 repeats its rows):
    `serving_default`: single-request latency p50/p99 over `requests` one-row calls, and
    throughput (rows/s) of `batch_requests` calls of `batch_size` rows.
 2. REST and gRPC: the loopback TF-Serving-compatible test fixture
-   (`recommenders_tf.serving.local_server`, a fresh process serving every model) answers
+   (`recommenders_tf.testing.local_server`, a fresh process serving every model) answers
    `RestClient` (columnar JSON) and `GrpcClient` (PredictRequest protos) calls from this
    process, timed end to end. The fixture reports the time spent inside the signature call of
    each request, so every row splits the latency into model time and transport time (HTTP/JSON
@@ -41,12 +41,13 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
 from recommenders_tf import cli
-from recommenders_tf.config import load_config, machine_info
+from recommenders_tf.config import machine_info
+from recommenders_tf.serving.contract import SERVING_DEFAULT
 
 PROTOCOL = "P5"
 
@@ -73,7 +74,7 @@ class BenchServingConfig:
 
     base_dir: str = ""
     models: Tuple[str, ...] = ()
-    signature: str = "serving_default"
+    signature: str = SERVING_DEFAULT
     dataset: str = "synthetic"
     requests: int = 200
     warmup_requests: int = 20
@@ -208,7 +209,7 @@ class ServerProcess:
         env = _env()
         env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recommenders_tf.serving.local_server", "--base-dir",
+            [sys.executable, "-m", "recommenders_tf.testing.local_server", "--base-dir",
              str(base_dir), "--models", ",".join(models), "--rest-port", "0", "--grpc-port",
              "0", "--ready-file", str(self.ready)], env=env, cwd=repo, stdout=self.log,
             stderr=subprocess.STDOUT)
@@ -379,7 +380,7 @@ def main(config: BenchServingConfig) -> Dict[str, Any]:
         f"second, qps_batch256 = rows per second in {config.batch_size}-row requests; a row is "
         "one user (for ranking, one user's whole candidate list, item_ids [S] in the notes).",
         "REST / gRPC rows: end-to-end calls from this project's RestClient / GrpcClient to the "
-        "loopback TF-Serving-compatible test fixture (recommenders_tf.serving.local_server, "
+        "loopback TF-Serving-compatible test fixture (recommenders_tf.testing.local_server, "
         "Python, its own process), NOT the C++ TF Serving, which cannot be installed here. The "
         "model share is the server-side signature time over the end-to-end time; the rest is "
         "transport (encoding, HTTP/gRPC, the fixture's Python request handling).",
@@ -403,15 +404,9 @@ def main(config: BenchServingConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> BenchServingConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with BenchServingConfig fields")
+    parser = cli.config_parser(__doc__.splitlines()[0], BenchServingConfig)
     parser.add_argument("--base-dir", help="exports to time (default: train small ones)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    overrides = list(args.set)
-    if args.base_dir:
-        overrides.append(f"base_dir={json.dumps(args.base_dir)}")
-    return load_config(BenchServingConfig, args.config, overrides)
+    return cli.parse_config(BenchServingConfig, parser, argv, fields=("base_dir",))
 
 
 if __name__ == "__main__":

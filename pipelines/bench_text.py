@@ -12,6 +12,9 @@ The project models choose their epochs on a cold-item validation carved from TRA
 same rule (`cold_item_split(train)`: its held-out items are ranked for its users), then refit
 on train + validation; test data never reaches a fit.
 
+The project models are built by name from `recommenders_tf.evaluation.registry` with this
+bench's settings (`model_settings`).
+
 P4: the P1 split; test users bucketed by train interactions (1-20, 21-50, 51-150, >150); per
 bucket NDCG@10 / Recall@10 with the bucket sizes, plus an "all" row (the P1 figure). Epochs
 are chosen on the P1 validation slice of train.
@@ -28,21 +31,20 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 
 from recommenders_tf import cli
-from recommenders_tf.config import load_config
 from recommenders_tf.data import (items_for_train, load_dataset, split_for_protocol,
                                    validation_split)
 from recommenders_tf.data.splits import cold_item_split, sparsity_buckets
 from recommenders_tf.evaluation.protocol import TopKEvaluator
+from recommenders_tf.evaluation.registry import get_model
 from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
 from recommenders_tf.evaluation.text_baselines import evaluate_text_baselines
 from recommenders_tf.features.item_vectors import ItemVectors
 from recommenders_tf.features.text_encoder import DEFAULT_MODEL
-from recommenders_tf.runs import make_run_dir, record_run
+from recommenders_tf.runs import make_run_dir, record_run, slug
 
 PROJECT_MODELS = ("two-tower-id", "two-tower-text", "dmf-hybrid")
 P3_METRICS = ("recall@10", "ndcg@10", "recall@50", "hr@10", "mrr@10")
@@ -91,10 +93,10 @@ def item_vectors_for(config: BenchTextConfig, spec: str, protocol: str = "P3"
     """Runs `pipelines.embed_items` for the dataset on `protocol`'s split (cache hits make a
     re-run cheap) and loads its item vectors; returns them with the step's metrics (throughput,
     cache hits). The split matters: item text carries only the tags its train part allows."""
-    from pipelines.embed_items import EmbedItemsConfig, _slug
+    from pipelines.embed_items import EmbedItemsConfig
     from pipelines.embed_items import main as embed_main
 
-    out = Path(config.embed_dir) / _slug(load_dataset(spec).name)
+    out = Path(config.embed_dir) / slug(load_dataset(spec).name)
     result = embed_main(EmbedItemsConfig(dataset=spec, model=config.text_model,
                                          cache_dir=config.cache_dir, out_dir=str(out),
                                          split_protocol=protocol, seed=config.seed,
@@ -102,28 +104,21 @@ def item_vectors_for(config: BenchTextConfig, spec: str, protocol: str = "P3"
     return ItemVectors.load(result["item_vectors"]), result["metrics"]
 
 
-def model_factories(config: BenchTextConfig, data, vectors: ItemVectors
-                    ) -> Dict[str, Callable[[], Any]]:
-    from recommenders_tf.models.dmf import DMFConfig, DMFHybrid
-    from recommenders_tf.models.recommender import TwoTowerConfig, TwoTowerRecommender
+def model_settings(config: BenchTextConfig, name: str) -> Dict[str, Any]:
+    """The settings of this bench that apply to project model `name` (registry keywords)."""
+    settings: Dict[str, Any] = {"seed": config.seed}
+    if config.max_epochs is not None:
+        settings["epochs"] = int(config.max_epochs)
+    if name.startswith("two-tower"):
+        settings["text_embedding_dim"] = config.text_embedding_dim
+    if name == "two-tower-text":
+        settings["item_id_dropout"] = config.item_id_dropout
+    return settings
 
-    caps = {} if config.max_epochs is None else {"epochs": int(config.max_epochs)}
 
-    def two_tower(text: bool):
-        # Genres are off in both: the ID-only model is the pure collaborative baseline, and
-        # the text (title + genres + year / description) reaches the text model as one vector.
-        cfg = TwoTowerConfig(seed=config.seed, verbose=0, use_genres=False,
-                             item_id_dropout=config.item_id_dropout if text else 0.0,
-                             text_embedding_dim=config.text_embedding_dim, **caps)
-        return TwoTowerRecommender(cfg, items=data.items,
-                                   text_vectors=vectors if text else None)
-
-    return {
-        "two-tower-id": lambda: two_tower(False),
-        "two-tower-text": lambda: two_tower(True),
-        "dmf-hybrid": lambda: DMFHybrid(DMFConfig(seed=config.seed, **caps),
-                                        item_vectors=vectors),
-    }
+def build_model(config: BenchTextConfig, name: str, data, vectors: ItemVectors):
+    """The registry model `name` with this bench's settings, the dataset and its item vectors."""
+    return get_model(name, data=data, item_vectors=vectors, **model_settings(config, name))
 
 
 def _round(metrics: Dict[str, float], keys) -> Dict[str, float]:
@@ -154,10 +149,9 @@ def run_p3(config: BenchTextConfig, spec: str) -> Dict[str, Any]:
                      "notes": notes[name]})
     evaluator = TopKEvaluator(split.train, split.test, ks=(10, 50), candidate_items=cold)
     val = cold_item_split(split.train, seed=config.seed, dataset=data.name)
-    factories = model_factories(config, data, vectors)
     for name in config.models:
         print(f"[P3 {data.name}] fitting {name} ...", flush=True)
-        model = factories[name]()
+        model = build_model(config, name, data, vectors)
         start = time.perf_counter()
         model.fit(val.train, validation=val.test, validation_candidates=val.info["cold_items"])
         seconds = time.perf_counter() - start
@@ -182,10 +176,9 @@ def run_p4(config: BenchTextConfig, spec: str) -> Dict[str, Any]:
     buckets = sparsity_buckets(split.train, evaluator.user_ids).to_dict()
     val = validation_split(split.train, seed=config.seed, dataset=data.name)
     rows: List[Dict[str, Any]] = []
-    factories = model_factories(config, data, vectors)
     for name in config.models:
         print(f"[P4 {data.name}] fitting {name} ...", flush=True)
-        model = factories[name]()
+        model = build_model(config, name, data, vectors)
         start = time.perf_counter()
         model.fit(val.train, validation=val.test)
         seconds = time.perf_counter() - start
@@ -257,17 +250,12 @@ def main(config: BenchTextConfig) -> Dict[str, Any]:
 
 
 def _last_embed(config: BenchTextConfig, name: str) -> Dict[str, Any]:
-    from pipelines.embed_items import _slug
-
-    return json.loads((Path(config.embed_dir) / _slug(name) / "metrics.json").read_text())
+    return json.loads((Path(config.embed_dir) / slug(name) / "metrics.json").read_text())
 
 
 def parse_args(argv=None) -> BenchTextConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with BenchTextConfig fields")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    return load_config(BenchTextConfig, args.config, list(args.set))
+    parser = cli.config_parser(__doc__.splitlines()[0], BenchTextConfig)
+    return cli.parse_config(BenchTextConfig, parser, argv)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ BENCHMARKS.md is re-rendered from all results files.
   python -m pipelines.benchmark --dataset ml-100k --protocol P1
   python -m pipelines.benchmark --dataset ml-100k --protocol P2
   python -m pipelines.benchmark --dataset synthetic --protocol P1 --models most-popular,implicit-ALS
+
+Models are looked up by name in `recommenders_tf.evaluation.registry` (its "project" and
+"peer" entries of the protocol's task).
 """
 from __future__ import annotations
 
@@ -16,73 +19,35 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
-
-import numpy as np
+from typing import Any, Dict, List, Tuple
 
 from recommenders_tf import cli
-from recommenders_tf.config import load_config
+from recommenders_tf.config import dataset_retrieval_overrides
 from recommenders_tf.data import load_dataset, split_for_protocol, validation_split
 from recommenders_tf.data.schema import RATING
-from recommenders_tf.evaluation.peers import PEERS, RATING_PEERS, TOPK_PEERS
 from recommenders_tf.evaluation.protocol import TopKEvaluator, evaluate_ratings, genre_features
-from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
+from recommenders_tf.evaluation.registry import available, get_spec
+from recommenders_tf.evaluation.report import (render_benchmarks_md, round_metrics,
+                                               write_results)
 from recommenders_tf.runs import make_run_dir, record_run
 
-# name -> (kind, factory(config, dataset, item_ids) -> object with fit(train, validation) and
-# score(user_ids, item_ids) [top-K] or predict(pairs) [rating]). Later stages register here.
-MODELS: Dict[str, Tuple[str, Callable[..., Any]]] = {}
+
+def build_model(name: str, config: "BenchmarkConfig", data, item_ids=None):
+    """The registry model `name` for this run: the run's seed and dataset as its context, plus
+    the two-tower's per-dataset settings from configs/ (the rest use their defaults)."""
+    settings: Dict[str, Any] = {}
+    if name == "two-tower":
+        settings = dataset_retrieval_overrides(data.name)
+        for key in ("seed", "verbose"):  # the benchmark's seed; no per-epoch logs in tables' runs
+            settings.pop(key, None)
+    return get_spec(name).build(item_ids=item_ids, data=data, seed=config.seed, **settings)
 
 
-def register_model(name: str, kind: str, factory: Callable[..., Any]) -> None:
-    MODELS[name] = (kind, factory)
-
-
-def _peer_factory(name: str):
-    def make(config: "BenchmarkConfig", data, item_ids):
-        cls = PEERS[name]
-        if cls.task == "rating":
-            return cls(rating_range=data.rating_range, seed=config.seed)
-        kwargs = {"item_ids": item_ids}
-        if name == "tfrs-tutorial" and data.items is not None:
-            kwargs["items"] = data.items
-        return cls(**kwargs)
-
-    return make
-
-
-for _name in TOPK_PEERS + RATING_PEERS:
-    register_model(_name, "peer", _peer_factory(_name))
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-def dataset_retrieval_overrides(dataset_name: str) -> Dict[str, Any]:
-    """The two-tower settings chosen on this dataset's validation slice, if the repository has
-    them (`configs/retrieval_<name without dashes>.yaml`, `retrieval:` section); else {}."""
-    import yaml
-
-    path = CONFIG_DIR / f"retrieval_{dataset_name.replace('-', '')}.yaml"
-    if not path.exists():
-        return {}
-    return dict((yaml.safe_load(path.read_text()) or {}).get("retrieval") or {})
-
-
-def _two_tower_factory(config: "BenchmarkConfig", data, item_ids):
-    from recommenders_tf.models.recommender import TwoTowerRecommender
-
-    overrides = dataset_retrieval_overrides(data.name)
-    for key in ("seed", "verbose"):  # the benchmark's seed; no per-epoch logs in tables' runs
-        overrides.pop(key, None)
-    return TwoTowerRecommender.for_dataset(data, item_ids=item_ids, seed=config.seed, **overrides)
-
-
-register_model("two-tower", "project", _two_tower_factory)
-
+PROTOCOL_TASKS = {"P1": "topk", "P2": "rating", "P4": "topk"}
 PROTOCOL_DEFAULT_MODELS = {
-    "P1": ["two-tower"] + list(TOPK_PEERS),
-    "P2": list(RATING_PEERS),
-    "P4": ["two-tower"] + list(TOPK_PEERS),
+    "P1": ["two-tower"] + list(available(kind="peer", task="topk")),
+    "P2": list(available(kind="peer", task="rating")),
+    "P4": ["two-tower"] + list(available(kind="peer", task="topk")),
 }
 
 
@@ -120,8 +85,8 @@ def _topk_rows(config, data, split, names) -> List[Dict[str, Any]]:
         buckets = sparsity_buckets(split.train).to_dict()
     rows = []
     for name in names:
-        kind, factory = MODELS[name]
-        model = factory(config, data, evaluator.item_ids)
+        kind = get_spec(name).kind
+        model = build_model(name, config, data, evaluator.item_ids)
         print(f"[{config.protocol} {data.name}] fitting {name} ...", flush=True)
         start = time.perf_counter()
         # Tuning sees the validation slice only; the final fit covers all of train.
@@ -134,14 +99,15 @@ def _topk_rows(config, data, split, names) -> List[Dict[str, Any]]:
         if getattr(model, "examples_per_second", None):
             metrics["examples_per_second"] = float(model.examples_per_second)  # P5 throughput
         if buckets is None:
-            rows.append({"model": name, "kind": kind, "metrics": _round(metrics),
+            rows.append({"model": name, "kind": kind, "metrics": round_metrics(metrics),
                          "train_seconds": round(seconds, 2), "notes": notes})
         else:
             for label, metrics in sorted(result.by_group.items()):
                 metrics = dict(metrics)
                 n = metrics.pop("n_users")
                 rows.append({"model": name, "kind": kind, "bucket": label, "n_users": n,
-                             "metrics": _round({k: metrics[k] for k in ("ndcg@10", "recall@10")}),
+                             "metrics": round_metrics({k: metrics[k]
+                                                       for k in ("ndcg@10", "recall@10")}),
                              "train_seconds": round(seconds, 2)})
         print(f"  {name}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
                                        if k in ("recall@10", "recall@50", "ndcg@10")), flush=True)
@@ -151,23 +117,18 @@ def _topk_rows(config, data, split, names) -> List[Dict[str, Any]]:
 def _rating_rows(config, data, split, names) -> List[Dict[str, Any]]:
     rows = []
     for name in names:
-        kind, factory = MODELS[name]
-        model = factory(config, data, None)
+        kind = get_spec(name).kind
+        model = build_model(name, config, data)
         print(f"[P2 {data.name}] fitting {name} ...", flush=True)
         start = time.perf_counter()
         model.fit(split.train)
         seconds = time.perf_counter() - start
         pred = model.predict(split.test)
         metrics = evaluate_ratings(split.test[RATING].to_numpy(), pred, data.rating_range)
-        rows.append({"model": name, "kind": kind, "metrics": _round(metrics),
+        rows.append({"model": name, "kind": kind, "metrics": round_metrics(metrics),
                      "train_seconds": round(seconds, 2), "notes": getattr(model, "notes", "")})
         print(f"  {name}: rmse={metrics['rmse']:.4f} mae={metrics['mae']:.4f}", flush=True)
     return rows
-
-
-def _round(metrics: Dict[str, float]) -> Dict[str, float]:
-    return {k: (round(float(v), 5) if isinstance(v, (float, np.floating)) else v)
-            for k, v in metrics.items() if k != "n_users"}
 
 
 def main(config: BenchmarkConfig) -> Dict[str, Any]:
@@ -176,9 +137,13 @@ def main(config: BenchmarkConfig) -> Dict[str, Any]:
         raise ValueError(f"protocol {config.protocol!r} is not available yet; "
                          f"choose one of {sorted(PROTOCOL_DEFAULT_MODELS)}")
     names = list(config.models) or PROTOCOL_DEFAULT_MODELS[protocol]
-    unknown = [n for n in names if n not in MODELS]
+    # P2 rows call predict, the others score: a model of the other task cannot run here. The
+    # text baselines are left to pipelines.bench_text, which gives them the split's item text.
+    task = PROTOCOL_TASKS[protocol]
+    known = [n for n in available(task=task) if get_spec(n).kind in ("project", "peer")]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; known: {sorted(MODELS)}")
+        raise ValueError(f"unknown model(s) {unknown} for {protocol}; known: {', '.join(known)}")
     data = load_dataset(config.dataset)
     split = split_for_protocol(protocol, data, seed=config.seed)
     run_dir = make_run_dir(config.run_dir, f"{data.name}-{protocol}")
@@ -205,19 +170,11 @@ def main(config: BenchmarkConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> BenchmarkConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with BenchmarkConfig fields")
-    parser.add_argument("--dataset")
+    parser = cli.config_parser(__doc__.splitlines()[0], BenchmarkConfig, dataset=True)
     parser.add_argument("--protocol")
     parser.add_argument("--models", help="comma-separated model names")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    overrides = list(args.set)
-    for key in ("dataset", "protocol", "models", "seed"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
-    return load_config(BenchmarkConfig, args.config, overrides)
+    return cli.parse_config(BenchmarkConfig, parser, argv, fields=("protocol", "models", "seed"))
 
 
 if __name__ == "__main__":

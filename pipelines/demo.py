@@ -20,7 +20,6 @@ from typing import Any, Dict
 
 from pipelines import prepare_data, recommend, run_all
 from recommenders_tf import cli
-from recommenders_tf.config import load_config
 
 
 @dataclasses.dataclass
@@ -78,14 +77,9 @@ def main(config: DemoConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> DemoConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset")
-    parser.add_argument("--out", dest="out_dir")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    overrides = list(args.set) + [f"{k}={getattr(args, k)}" for k in ("dataset", "out_dir")
-                                  if getattr(args, k) is not None]
-    return load_config(DemoConfig, None, overrides)
+    parser = cli.config_parser(__doc__.splitlines()[0], DemoConfig, dataset=True)
+    parser.add_argument("--out", dest="out_dir", help="folder the demo writes everything below")
+    return cli.parse_config(DemoConfig, parser, argv, fields=("out_dir",))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import re
 import sys
 import time
 from pathlib import Path
@@ -32,14 +31,13 @@ import numpy as np
 
 import recommenders_tf  # noqa: F401  (selects tf-keras before anything imports TensorFlow)
 from recommenders_tf import cli
-from recommenders_tf.config import load_config
 from recommenders_tf.data import items_for_train, load_dataset, split_for_protocol
 from recommenders_tf.data.schema import ITEM_ID, USER_ID
 from recommenders_tf.features.item_vectors import ItemVectors, check_item_ids, item_texts
 from recommenders_tf.features.profiles import WEIGHTINGS, build_user_profiles
 from recommenders_tf.features.text_cache import text_key
 from recommenders_tf.features.text_encoder import DEFAULT_MODEL, SentenceEncoder
-from recommenders_tf.runs import record_run
+from recommenders_tf.runs import default_run_dir, record_run
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +89,6 @@ class EmbedItemsConfig:
             raise ValueError("text_fields must name at least one item column")
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "dataset"
-
-
 def _all_users(data) -> np.ndarray:
     users = set(data.interactions[USER_ID].astype(str))
     if data.users is not None and USER_ID in data.users.columns:
@@ -109,7 +103,7 @@ def main(config: EmbedItemsConfig) -> Dict[str, Any]:
     if data.items is None:
         raise ValueError(f"{config.dataset}: the dataset has no items table, so there is no item "
                          "text to encode (give the loader an items file)")
-    out_dir = Path(config.out_dir or Path("runs") / "embed_items" / _slug(data.name))
+    out_dir = Path(config.out_dir or default_run_dir("embed_items", data.name))
     resolved = dataclasses.replace(config, out_dir=str(out_dir),
                                    split_protocol=config.split_protocol.upper())
 
@@ -203,17 +197,9 @@ def main(config: EmbedItemsConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> EmbedItemsConfig:
-    parser = cli.make_parser(prog="python -m pipelines.embed_items",
-                             description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", help="load_dataset spec (overrides the config file)")
-    parser.add_argument("--config", help="YAML file with EmbedItemsConfig fields")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config field (repeatable)")
-    args = parser.parse_args(argv)
-    config = load_config(EmbedItemsConfig, args.config, args.set)
-    if args.dataset:
-        config = dataclasses.replace(config, dataset=args.dataset)
-    return config
+    parser = cli.config_parser(__doc__.split("\n\n")[0], EmbedItemsConfig, dataset=True,
+                               prog="python -m pipelines.embed_items")
+    return cli.parse_config(EmbedItemsConfig, parser, argv)
 
 
 if __name__ == "__main__":

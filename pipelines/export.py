@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from recommenders_tf import cli
-from recommenders_tf.config import ConfigError, load_config
+from recommenders_tf.config import ConfigError
 from recommenders_tf.runs import make_run_dir, record_run
 
 
@@ -84,7 +84,9 @@ def example_curl(model: Any, rest_port: int) -> str:
     from recommenders_tf.serving.client import columnar_to_instances
     from recommenders_tf.serving.warmup import example_inputs
 
-    signature = "serving_default" if "serving_default" in model.signatures else \
+    from recommenders_tf.serving.contract import SERVING_DEFAULT
+
+    signature = SERVING_DEFAULT if SERVING_DEFAULT in model.signatures else \
         sorted(model.signatures)[0]
     inputs = example_inputs(model.version_dir(), signature, batch_size=1)
     body = json.dumps({"signature_name": signature, "instances": columnar_to_instances(inputs)})
@@ -181,18 +183,13 @@ def _parse_label(text: str, label: str | None = None) -> Tuple[str, str, int]:
 
 
 def parse_args(argv=None) -> ExportConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with ExportConfig fields")
+    parser = cli.config_parser(__doc__.splitlines()[0], ExportConfig)
     parser.add_argument("--base-dir", help="TF Serving base dir (default saved_models)")
     parser.add_argument("--stable", action="append", default=[], metavar="MODEL=VERSION")
     parser.add_argument("--canary", action="append", default=[], metavar="MODEL=VERSION")
     parser.add_argument("--label", action="append", default=[], metavar="MODEL:LABEL=VERSION")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    overrides = list(args.set)
-    if args.base_dir:
-        overrides.append(f"base_dir={json.dumps(args.base_dir)}")
-    config = load_config(ExportConfig, args.config, overrides)
+    config = cli.config_from_args(ExportConfig, args, fields=("base_dir",))
     labels = {k: dict(v) for k, v in config.labels.items()}
     for text, fixed in ([(t, "stable") for t in args.stable] + [(t, "canary") for t in args.canary]
                         + [(t, None) for t in args.label]):

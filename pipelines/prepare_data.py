@@ -10,11 +10,10 @@ check it against this manifest.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any, Dict, List
 
 from recommenders_tf import cli
-from recommenders_tf.config import load_config, write_json
+from recommenders_tf.config import write_json
 from recommenders_tf.data import load_dataset, split_for_protocol
 from recommenders_tf.features.vocab import build_vocabularies, save_vocabularies
 from recommenders_tf.runs import make_run_dir, record_run
@@ -68,18 +67,10 @@ def main(config: PrepareDataConfig) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> PrepareDataConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with PrepareDataConfig fields")
-    parser.add_argument("--dataset")
+    parser = cli.config_parser(__doc__.splitlines()[0], PrepareDataConfig, dataset=True)
     parser.add_argument("--protocol")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    overrides = list(args.set)
-    for key in ("dataset", "protocol", "seed"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
-    return load_config(PrepareDataConfig, args.config, overrides)
+    return cli.parse_config(PrepareDataConfig, parser, argv, fields=("protocol", "seed"))
 
 
 if __name__ == "__main__":

@@ -20,10 +20,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from recommenders_tf import cli
-from recommenders_tf.config import load_config
+from recommenders_tf.serving.contract import (EXCLUDE_INPUT, HISTORY, INTERNAL_SIGNATURE_PREFIX,
+                                              ITEM_IDS, PAD, SERVING_DEFAULT, USER_ID,
+                                              WITH_EXCLUSIONS)
 
-NAMED_INPUTS = {"user_id": "user_id", "history": "history", "item_ids": "items",
-                "exclude_item_ids": "exclude"}
+NAMED_INPUTS = {USER_ID: "user_id", HISTORY: "history", ITEM_IDS: "items",
+                EXCLUDE_INPUT: "exclude"}
 
 
 @dataclasses.dataclass
@@ -74,9 +76,9 @@ def build_inputs(config: QueryServerConfig, signature: Dict[str, Any]) -> Dict[s
     Raises:
         ValueError: an input the config cannot fill, or values longer than a fixed width.
     """
-    values = {"user_id": [config.user_id] if config.user_id else [],
-              "history": list(config.history), "item_ids": list(config.items),
-              "exclude_item_ids": list(config.exclude)}
+    values = {USER_ID: [config.user_id] if config.user_id else [],
+              HISTORY: list(config.history), ITEM_IDS: list(config.items),
+              EXCLUDE_INPUT: list(config.exclude)}
     out: Dict[str, np.ndarray] = {}
     for name, spec in sorted(signature["inputs"].items()):
         if name in config.inputs:
@@ -87,11 +89,11 @@ def build_inputs(config: QueryServerConfig, signature: Dict[str, Any]) -> Dict[s
             raise ValueError(f"signature input {name!r} ({spec}) has no value: pass "
                              f"--input {name}=v1,v2")
         shape = spec.get("shape")
-        rank = len(shape) if shape is not None else (1 if name == "user_id" else 2)
+        rank = len(shape) if shape is not None else (1 if name == USER_ID else 2)
         dtype = str(spec.get("dtype", "DT_STRING")).lower().removeprefix("dt_")
         if rank == 1:
             if len(row) != 1:
-                what = "--user-id is required" if name == "user_id" else \
+                what = "--user-id is required" if name == USER_ID else \
                     f"input {name!r} takes one value per row, got {row}"
                 raise ValueError(what)
             cells: List[Any] = row
@@ -100,7 +102,8 @@ def build_inputs(config: QueryServerConfig, signature: Dict[str, Any]) -> Dict[s
             if width is not None and len(row) > width:
                 raise ValueError(f"input {name!r} takes at most {width} values, got {len(row)}")
             # Left-padded, as the client helpers do: the last id stays last (most recent).
-            cells = [[""] * ((width if width is not None else max(len(row), 1)) - len(row)) + row]
+            cells = [[PAD] * ((width if width is not None else max(len(row), 1)) - len(row))
+                     + row]
         else:
             raise ValueError(f"input {name!r} has rank {rank}; pass it with a client directly")
         if dtype == "string":
@@ -133,15 +136,14 @@ def main(config: QueryServerConfig) -> Dict[str, Any]:
     if rest is not None:
         body = rest.metadata(config.model, version, label)
         names = sorted(k for k in body["metadata"]["signature_def"]["signature_def"]
-                       if not k.startswith("__"))
+                       if not k.startswith(INTERNAL_SIGNATURE_PREFIX))
         served_version = body["model_spec"].get("version")
     else:
         names = sorted(k for k in grpc_client.metadata(config.model, version, label)
-                       if not k.startswith("__"))
+                       if not k.startswith(INTERNAL_SIGNATURE_PREFIX))
         served_version = None
     signature_name = config.signature or (
-        "recommend_with_exclusions" if config.exclude and "recommend_with_exclusions" in names
-        else "serving_default")
+        WITH_EXCLUSIONS if config.exclude and WITH_EXCLUSIONS in names else SERVING_DEFAULT)
     if signature_name not in names:
         raise ValueError(f"{config.model} has no signature {signature_name!r}; it has {names}")
     if rest is not None:
@@ -187,40 +189,35 @@ def main(config: QueryServerConfig) -> Dict[str, Any]:
     return results
 
 
+def _id_list(text: str) -> List[str]:
+    return [v for v in text.split(",") if v != ""]
+
+
 def parse_args(argv=None) -> QueryServerConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with QueryServerConfig fields")
+    parser = cli.config_parser(__doc__.splitlines()[0], QueryServerConfig)
     parser.add_argument("--host")
     parser.add_argument("--rest-port", type=int)
     parser.add_argument("--grpc-port", type=int)
     parser.add_argument("--model")
     parser.add_argument("--user-id")
-    parser.add_argument("--history", help="comma-separated item ids, oldest first")
-    parser.add_argument("--items", help="comma-separated candidate ids (ranking)")
-    parser.add_argument("--exclude", help="comma-separated ids that must not come back")
+    parser.add_argument("--history", type=_id_list, help="comma-separated item ids, oldest first")
+    parser.add_argument("--items", type=_id_list, help="comma-separated candidate ids (ranking)")
+    parser.add_argument("--exclude", type=_id_list,
+                        help="comma-separated ids that must not come back")
     parser.add_argument("--input", action="append", default=[], metavar="NAME=v1,v2")
     parser.add_argument("--signature")
     parser.add_argument("--version", type=int)
     parser.add_argument("--label")
     parser.add_argument("--protocol", choices=["rest", "grpc", "both"])
-    parser.add_argument("--rows", action="store_true", help="REST row format (instances)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--rows", dest="row_format", action="store_true", default=None,
+                        help="REST row format (instances)")
     args = parser.parse_args(argv)
-    config = load_config(QueryServerConfig, args.config, list(args.set))
-    for key in ("host", "rest_port", "grpc_port", "model", "user_id", "signature", "version",
-                "label", "protocol"):
-        value = getattr(args, key)
-        if value is not None:
-            setattr(config, key, value)
-    for key in ("history", "items", "exclude"):
-        value = getattr(args, key)
-        if value is not None:
-            setattr(config, key, [v for v in value.split(",") if v != ""])
+    config = cli.config_from_args(QueryServerConfig, args, fields=(
+        "host", "rest_port", "grpc_port", "model", "user_id", "history", "items", "exclude",
+        "signature", "version", "label", "protocol", "row_format"))
     for text in args.input:
         name, _, values = text.partition("=")
         config.inputs[name] = values
-    if args.rows:
-        config.row_format = True
     return config
 
 

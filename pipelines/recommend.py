@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from recommenders_tf import cli
-from recommenders_tf.config import load_config, write_json
+from recommenders_tf.config import write_json
 from recommenders_tf.serving.client import (build_rest_request, load_export,
-                                            rest_predict_url)
+                                            load_savedmodel, rest_predict_url)
+from recommenders_tf.serving.contract import (EXCLUDE_INPUT, HISTORY, PAD, SERVING_DEFAULT,
+                                              USER_ID, WITH_EXCLUSIONS)
 
 
 @dataclasses.dataclass
@@ -110,9 +112,7 @@ def recommend_cascade(config: RecommendConfig, version_dir: Path, meta: Dict[str
     import tensorflow as tf
 
     start = time.perf_counter()
-    if meta.get("requires_scann_ops"):
-        import scann  # noqa: F401  (registers the ScaNN ops the export needs)
-    loaded = tf.saved_model.load(str(version_dir))
+    loaded, _, _ = load_savedmodel(version_dir)
     load_seconds = time.perf_counter() - start
     dataset = config.dataset or meta.get("dataset", "")
     titles: Dict[str, str] = {}
@@ -127,10 +127,10 @@ def recommend_cascade(config: RecommendConfig, version_dir: Path, meta: Dict[str
     history = seen[-width:]
     excluded = list(dict.fromkeys(seen)) if config.exclude_seen else []
     start = time.perf_counter()
-    out = loaded.signatures["recommend_with_exclusions"](
-        user_id=tf.constant([config.user_id]),
-        history=tf.constant([history or [""]]),
-        exclude_item_ids=tf.constant([excluded or [""]]))
+    out = loaded.signatures[WITH_EXCLUSIONS](**{
+        USER_ID: tf.constant([config.user_id]),
+        HISTORY: tf.constant([history or [PAD]]),
+        EXCLUDE_INPUT: tf.constant([excluded or [PAD]])})
     latency_ms = (time.perf_counter() - start) * 1000
     k = config.k or int(meta["k"])
     if k > int(meta["k"]):
@@ -160,9 +160,9 @@ def recommend_cascade(config: RecommendConfig, version_dir: Path, meta: Dict[str
     print("(retr / rank / rerk: the item's rank after retrieval, ranking and re-ranking; "
           "0 = fallback)")
     name = meta.get("model_name", version_dir.parent.name)
-    body = {"signature_name": "recommend_with_exclusions",
-            "instances": [{"user_id": config.user_id, "history": history or [""],
-                           "exclude_item_ids": excluded or [""]}]}
+    body = {"signature_name": WITH_EXCLUSIONS,
+            "instances": [{USER_ID: config.user_id, HISTORY: history or [PAD],
+                           EXCLUDE_INPUT: excluded or [PAD]}]}
     url = rest_predict_url(name, config.host, config.port)
     print(f"\nTF Serving REST request (POST {url}):")
     print(json.dumps(body))
@@ -222,7 +222,7 @@ def main(config: RecommendConfig) -> Dict[str, Any]:
     recommendations = []
     for rank, (item, score) in enumerate(zip(out["item_ids"][0].tolist(),
                                              out["scores"][0].tolist()), start=1):
-        if item == meta.get("pad_item_id", ""):
+        if item == meta.get("pad_item_id", PAD):
             continue  # fewer candidates than k were left
         recommendations.append({"rank": rank, "item_id": item, "score": float(score),
                                 "title": titles.get(item, ""), "seen": item in seen_set})
@@ -237,7 +237,7 @@ def main(config: RecommendConfig) -> Dict[str, Any]:
     print(f"Recent history ({len(history)} sent, most recent last): "
           + (", ".join(f"{h}" + (f" ({titles[h]})" if h in titles else "") for h in history)
              or "(none)"))
-    signature = "recommend_with_exclusions" if excluded is not None else "serving_default"
+    signature = WITH_EXCLUSIONS if excluded is not None else SERVING_DEFAULT
     print(f"\nTop {len(recommendations)} via {signature}:")
     for rec in recommendations:
         flag = "  [seen, older than the exclusion window]" if rec["seen"] else ""
@@ -259,30 +259,21 @@ def main(config: RecommendConfig) -> Dict[str, Any]:
     return results
 
 
+def _id_list(text: str) -> List[str]:
+    return [item for item in text.split(",") if item]
+
+
 def parse_args(argv=None) -> RecommendConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with RecommendConfig fields")
+    parser = cli.config_parser(__doc__.splitlines()[0], RecommendConfig, dataset=True)
     parser.add_argument("--export", help="model folder or version folder")
     parser.add_argument("--user-id")
     parser.add_argument("--k", type=int, help="recommendations to print (<= the export's k)")
-    parser.add_argument("--history", help="comma-separated item ids, most recent last")
-    parser.add_argument("--dataset", help="dataset spec to read the user's history from")
-    parser.add_argument("--no-exclude-seen", action="store_true",
-                        help="use serving_default (seen items may come back)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    overrides = list(args.set)
-    for key in ("export", "user_id", "dataset"):
-        if getattr(args, key):
-            # Quoted, so ids like "007" or "yes" stay strings through the YAML override parser.
-            overrides.append(f"{key}={json.dumps(getattr(args, key))}")
-    if args.k is not None:
-        overrides.append(f"k={args.k}")
-    if args.history:
-        overrides.append(f"history={json.dumps([h for h in args.history.split(',') if h])}")
-    if args.no_exclude_seen:
-        overrides.append("exclude_seen=false")
-    return load_config(RecommendConfig, args.config, overrides)
+    parser.add_argument("--history", type=_id_list,
+                        help="comma-separated item ids, most recent last")
+    parser.add_argument("--no-exclude-seen", dest="exclude_seen", action="store_false",
+                        default=None, help="use serving_default (seen items may come back)")
+    return cli.parse_config(RecommendConfig, parser, argv,
+                            fields=("export", "user_id", "k", "history", "exclude_seen"))
 
 
 if __name__ == "__main__":

@@ -34,21 +34,22 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
-from pipelines.build_index import (STORE_DIR, BuildIndexConfig, Progress, SavedTower,
-                                   load_store, run_build, store_dirs, summary_lines)
+from pipelines import build_index
+from pipelines.build_index import BuildIndexConfig
 from recommenders_tf import cli
-from recommenders_tf.config import load_config
 from recommenders_tf.data.validation import DataValidationError, read_delimited
-from recommenders_tf.index import CandidateStore, add_items
-from recommenders_tf.index.candidate_store import CANDIDATE_TOWER_DIR, QUERY_TOWER_DIR
-from recommenders_tf.runs import make_run_dir, record_run
+from recommenders_tf.index import (CandidateStore, LoadedTower, add_items, latest_store_dir,
+                                   store_dirs)
+from recommenders_tf.index.candidate_store import (CANDIDATE_TOWER_DIR, QUERY_TOWER_DIR,
+                                                   STORE_DIR)
+from recommenders_tf.runs import Progress, make_run_dir, record_run
 
 ID_COLUMN = "item_id"
 TEXT_VECTOR = "item_text_vector"
@@ -261,14 +262,17 @@ def save_store_version(store: CandidateStore, parent_dir: Path, run_dir: str | o
 
 
 def main(config: ReindexConfig) -> Dict[str, Any]:
+    """Validates and embeds the new items, saves the grown store as a new version, then runs
+    `pipelines.build_index` on it; returns build_index's results plus what was added."""
     log = Progress("reindex")
     if not config.items:
         raise ValueError("No new items: pass --items <file>.")
-    store, store_dir, _ = load_store(config, log)
+    store_dir = Path(config.store_dir) if config.store_dir else latest_store_dir(config.run_dir)
+    store = CandidateStore.load(store_dir)
     if not (store_dir / CANDIDATE_TOWER_DIR).is_dir():
         raise FileNotFoundError(f"{store_dir / CANDIDATE_TOWER_DIR} is missing: new items "
                                 "are embedded with the saved candidate tower.")
-    candidate_tower = SavedTower(store_dir / CANDIDATE_TOWER_DIR)
+    candidate_tower = LoadedTower(store_dir / CANDIDATE_TOWER_DIR)
     features = read_new_items(config.items, candidate_tower.feature_spec, store.ids,
                               text_model=config.text_model or training_text_model(
                                   config.run_dir))
@@ -284,33 +288,34 @@ def main(config: ReindexConfig) -> Dict[str, Any]:
     }
     new_dir = save_store_version(grown, store_dir, config.run_dir, lineage)
     log(f"saved {new_dir} ({len(store)} + {len(new_ids)} = {len(grown)} candidates)")
-    build_config = dataclasses.replace(config, store_dir=str(new_dir))
-    query_tower = SavedTower(new_dir / QUERY_TOWER_DIR)
-    results = run_build(build_config, grown, new_dir, query_tower, log)
+    # The index build and its run record are build_index's, into this step's run folder.
+    results = build_index.main(dataclasses.replace(config, store_dir=str(new_dir)))
     results.update({"parent_store": str(store_dir), "added_items": len(new_ids),
                     "added_ids": new_ids})
     run_dir = make_run_dir(config.out_dir, config.run_name or Path(config.run_dir).name)
     results["reindex_run_dir"] = str(run_dir)
-    record_run(run_dir, config, results,
-               [f"Added {len(new_ids)} items from `{config.items}` to `{store_dir}` -> "
-                f"`{new_dir}`.", ""] + summary_lines(results))
+    record_run(run_dir, config, results, summary_lines(results, config.items))
     log(f"done; run record in {run_dir}")
     return results
 
 
+def summary_lines(results: Mapping[str, Any], items_file: str) -> List[str]:
+    k = results["k"]
+    lines = [f"Added {results['added_items']} items from `{items_file}` to "
+             f"`{results['parent_store']}` -> `{results['candidate_store']}` "
+             f"({results['num_candidates']} candidates).",
+             f"Tuning queries: {results['query_note']}.", ""]
+    for kind, facts in results["indexes"].items():
+        lines.append(f"- {kind}: recall@{k} vs exact {facts[f'recall@{k}_vs_exact']}, "
+                     f"export `{results['exports'][kind]}`")
+    return lines
+
+
 def parse_args(argv=None) -> ReindexConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with ReindexConfig fields")
+    parser = cli.config_parser(__doc__.splitlines()[0], ReindexConfig, dataset=True)
     parser.add_argument("--run-dir", help="train_retrieval run folder")
     parser.add_argument("--items", help="new-items CSV/TSV")
-    parser.add_argument("--dataset", help="dataset spec for the ScaNN tuning queries")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    overrides = list(args.set)
-    for key in ("run_dir", "items", "dataset"):
-        if getattr(args, key):
-            overrides.append(f"{key}={json.dumps(getattr(args, key))}")
-    return load_config(ReindexConfig, args.config, overrides)
+    return cli.parse_config(ReindexConfig, parser, argv, fields=("run_dir", "items"))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ training curves), recall_at_k.png (Recall@K of each stage's list) and diversity_
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -29,7 +27,6 @@ import numpy as np
 
 from recommenders_tf import cli
 from recommenders_tf.cascade.config import CascadeConfig
-from recommenders_tf.config import load_config
 
 EXPORT_KINDS = ("scann", "bruteforce")
 
@@ -47,7 +44,14 @@ class RunAllConfig:
       use_text: encode item text with the pretrained LM for the ranker and re-ranker.
       text_cache: cache folder of the text encoder (shared by runs).
       exports: which cascade exports to write ("scann", "bruteforce"); empty skips exports.
-      export_retrieval: also export the retrieval stage alone (both index kinds).
+      export_retrieval: also export the retrieval stage alone (both index kinds), its
+        ScaNN built by the index policy of pipelines.build_index (`recommenders_tf.index.
+        policy`): tuned on half the train users' queries, recall measured on the other half.
+      retrieval_export_k: results per query of the retrieval-alone exports.
+      exclusion_width: exclusions their ScaNN absorbs in its approximate pass.
+      target_recall: held-out recall@retrieval_export_k of that ScaNN against BruteForce.
+      retune_targets: tuning targets tried in turn while the held-out recall falls short;
+        empty: the target, halfway to 1, then 1.
       diversity_lambdas: lambda grid of the MMR / DPP trade-off curves.
       seed: split seed.
     """
@@ -60,6 +64,10 @@ class RunAllConfig:
     text_cache: str = "runs/text_cache"
     exports: Tuple[str, ...] = EXPORT_KINDS
     export_retrieval: bool = True
+    retrieval_export_k: int = 10
+    exclusion_width: int = 50
+    target_recall: float = 0.95
+    retune_targets: Tuple[float, ...] = ()
     diversity_lambdas: Tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6,
                                             0.5)
     seed: int = 0
@@ -71,10 +79,6 @@ class RunAllConfig:
         for lam in self.diversity_lambdas:
             if not 0.0 <= float(lam) <= 1.0:
                 raise ValueError(f"diversity_lambdas must be in [0, 1], got {lam}")
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "dataset"
 
 
 def text_vectors_for(dataset: str, out_dir: Path, cache_dir: str, log=print):
@@ -168,14 +172,14 @@ def best_tradeoff(curve: List[Dict[str, float]], base: Dict[str, float],
 
 
 def _verify_export(path: Path, users: np.ndarray, histories: np.ndarray) -> Dict[str, Any]:
-    """Reloads an export and calls its signature (ScaNN exports need `import scann`)."""
+    """Reloads an export as a server would and calls its signature."""
     import tensorflow as tf
 
-    meta = json.loads((path / "metadata.json").read_text())
-    if meta.get("requires_scann_ops"):
-        import scann  # noqa: F401  (registers the ScaNN ops before loading)
-    loaded = tf.saved_model.load(str(path))
-    fn = loaded.signatures["serving_default"]
+    from recommenders_tf.serving.client import load_savedmodel
+    from recommenders_tf.serving.contract import SERVING_DEFAULT
+
+    loaded, _, _ = load_savedmodel(path)
+    fn = loaded.signatures[SERVING_DEFAULT]
     width = histories.shape[1]
     start = time.perf_counter()
     out = fn(user_id=tf.constant(users.astype(str)),
@@ -187,18 +191,18 @@ def _verify_export(path: Path, users: np.ndarray, histories: np.ndarray) -> Dict
 def main(config: RunAllConfig) -> Dict[str, Any]:
     """Runs every step; returns the metrics, curves, exports and the run folder."""
     import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
-    from pipelines.benchmark import dataset_retrieval_overrides
     from recommenders_tf.cascade.evaluate import diversity_curve, stage_metrics
     from recommenders_tf.cascade.fit import fit_cascade
     from recommenders_tf.data import load_dataset, temporal_split
     from recommenders_tf.data.schema import USER_ID
     from recommenders_tf.evaluation.protocol import TopKEvaluator, genre_features
-    from recommenders_tf.runs import record_run
+    from recommenders_tf.config import dataset_retrieval_overrides
+    from recommenders_tf.runs import default_run_dir, record_run
     from recommenders_tf.serving.cascade_export import export_cascade
 
     t0 = time.perf_counter()
     data = load_dataset(config.dataset)
-    run_dir = Path(config.out_dir or Path("runs") / "run_all" / _slug(data.name))
+    run_dir = Path(config.out_dir or default_run_dir("run_all", data.name))
     run_dir.mkdir(parents=True, exist_ok=True)
     cascade_cfg = config.cascade
     if not cascade_cfg.retrieval:
@@ -260,28 +264,38 @@ def main(config: RunAllConfig) -> Dict[str, Any]:
 
 
 def _export_retrieval(cascade, config: RunAllConfig, users, histories) -> Dict[str, Any]:
-    """The retrieval stage alone (query tower + BruteForce / tuned ScaNN), as build_index."""
-    from recommenders_tf.index.scann_index import build_index
-    from recommenders_tf.index.tuning import tune_scann
+    """The retrieval stage alone (query tower + BruteForce / ScaNN), built by the index policy
+    of pipelines.build_index on the train users' query embeddings."""
+    from recommenders_tf.index import build_index, build_tuned_index, split_queries
     from recommenders_tf.serving.export import export_retrieval
-    from recommenders_tf.cascade.fit import query_embeddings
 
     rec = cascade.retrieval
     emb = rec.candidate_embeddings(cascade.catalog)
-    k, width = 10, 50
+    k, width = config.retrieval_export_k, config.exclusion_width
+    facts: Dict[str, Dict[str, Any]] = {}
+    if "scann" in config.exports:
+        queries = rec.query_embeddings(rec.vocabularies["user_id"].tokens)
+        tune, held_out, note = split_queries(queries, seed=config.seed)
+        built = build_tuned_index(
+            cascade.catalog, emb, tune, held_out, k=k, target_recall=config.target_recall,
+            ladder=config.retune_targets or None,
+            min_reordering_candidates=min(k + width, len(emb)), query_model=rec.query_tower,
+            seed=config.seed, log=lambda message: print(f"[run_all] {message}", flush=True))
+        indexes = {"scann": built.index, "bruteforce": built.exact}
+        facts["scann"] = {**built.report, "query_note": f"train users' queries; {note}"}
+    else:
+        indexes = {"bruteforce": build_index("bruteforce", rec.query_tower, cascade.catalog,
+                                             emb, k=k)}
     out = {}
     for kind in config.exports:
-        if kind == "bruteforce":
-            index = build_index("bruteforce", rec.query_tower, cascade.catalog, emb, k=k)
-        else:
-            queries = query_embeddings(rec, np.asarray(rec.vocabularies["user_id"].tokens,
-                                                       dtype=object))
-            index = tune_scann(cascade.catalog, emb, queries, k=k, query_model=rec.query_tower,
-                               min_reordering_candidates=min(k + width, len(emb))).index
-        path = export_retrieval(rec.query_tower, index, config.export_dir, k=k,
-                                exclusion_width=width,
-                                metadata={"query_history_len": rec.config.history_len})
+        metadata: Dict[str, Any] = {"query_history_len": rec.config.history_len}
+        if kind in facts:
+            metadata["index_build"] = facts[kind]
+        path = export_retrieval(rec.query_tower, indexes[kind], config.export_dir, k=k,
+                                exclusion_width=width, metadata=metadata)
         out[f"retrieval_{kind}"] = _verify_export(path, users, histories)
+        if kind in facts:
+            out[f"retrieval_{kind}"][f"recall@{k}_vs_exact"] = facts[kind][f"recall@{k}_vs_exact"]
     return out
 
 
@@ -317,18 +331,10 @@ def summary_lines(dataset: str, rows, tradeoffs, exports, report) -> List[str]:
 
 
 def parse_args(argv=None) -> RunAllConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with RunAllConfig fields")
-    parser.add_argument("--dataset")
-    parser.add_argument("--out", dest="out_dir")
-    parser.add_argument("--export-dir")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    overrides = list(args.set)
-    for key in ("dataset", "out_dir", "export_dir"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={json.dumps(getattr(args, key))}")
-    return load_config(RunAllConfig, args.config, overrides)
+    parser = cli.config_parser(__doc__.splitlines()[0], RunAllConfig, dataset=True)
+    parser.add_argument("--out", dest="out_dir", help="run folder")
+    parser.add_argument("--export-dir", help="TF Serving base path of the exports")
+    return cli.parse_config(RunAllConfig, parser, argv, fields=("out_dir", "export_dir"))
 
 
 if __name__ == "__main__":

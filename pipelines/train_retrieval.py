@@ -37,6 +37,8 @@ uses every local GPU of one machine.
 Run directory (default `runs/train_retrieval/<dataset name>`):
 
     config.yaml             resolved TrainRetrievalConfig
+    claim.json              the config and split hashes the folder belongs to (a resumed run
+                            must match them; `recommenders_tf.runs.claim_run_dir`)
     split_manifest.json     rows and sha256 of the P1 train and test parts
     vocab/                  vocabularies of the final model's training data (the P1 train),
       user_id/ item_id/     `Vocabulary.save` layout (vocab.txt, counts.tsv, vocab.json),
@@ -65,20 +67,17 @@ the config uses them (towers.json lists exactly what each SavedModel takes).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
-import yaml
 
 import recommenders_tf  # noqa: F401  (selects tf-keras before anything imports TensorFlow)
 import tensorflow as tf
 from recommenders_tf import cli
-from recommenders_tf.config import ConfigError, load_config, to_dict, write_json
+from recommenders_tf.config import ConfigError, write_json
 from recommenders_tf.data import load_dataset, temporal_split, validation_split
 from recommenders_tf.data.schema import GENRES
 from recommenders_tf.evaluation.peers import MostPopular
@@ -89,7 +88,7 @@ from recommenders_tf.models.distribute import (STRATEGIES, make_strategy, num_wo
                                                writable_dir)
 from recommenders_tf.models.recommender import (FINAL_DIR, SELECTION_DIR, TwoTowerConfig,
                                                 TwoTowerRecommender)
-from recommenders_tf.runs import record_run
+from recommenders_tf.runs import claim_run_dir, default_run_dir, record_run
 
 HEADLINE = ("ndcg@10", "recall@10", "recall@50", "hr@10", "mrr@10", "coverage@10")
 # Fields that may change between a run and its resumption without invalidating checkpoints
@@ -131,43 +130,6 @@ class TrainRetrievalConfig:
         if self.text_vectors is not None and not Path(self.text_vectors).is_dir():
             raise FileNotFoundError(f"text_vectors={self.text_vectors!r} is not a folder; give "
                                     "the item_vectors/ folder written by pipelines.embed_items")
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "dataset"
-
-
-def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def _check_resumable(run_dir: Path, config: TrainRetrievalConfig, manifest: dict) -> None:
-    """A run_dir may only be resumed with the same settings and the same split."""
-    saved_config = run_dir / "config.yaml"
-    if saved_config.exists():
-        old = _flatten(yaml.safe_load(saved_config.read_text(encoding="utf-8")) or {})
-        new = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(config))))
-        changed = sorted(k for k in set(old) | set(new)
-                         if k not in _RESUMABLE_FIELDS and old.get(k) != new.get(k))
-        if changed:
-            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
-            raise ConfigError(f"{saved_config}: run_dir holds a run with other settings ({diffs}); "
-                              "choose another --run-dir or delete this one to start over")
-    saved_manifest = run_dir / "split_manifest.json"
-    if saved_manifest.exists():
-        old = json.loads(saved_manifest.read_text(encoding="utf-8"))
-        for part, info in manifest["parts"].items():
-            before = old.get("parts", {}).get(part, {}).get("sha256")
-            if before != info["sha256"]:
-                raise ValueError(f"{saved_manifest}: the {part} part of the split differs from "
-                                 "the one this run_dir was trained on (the data changed); choose "
-                                 "another --run-dir")
 
 
 def export_towers(recommender: TwoTowerRecommender, run_dir: Path,
@@ -261,7 +223,7 @@ def main(config: TrainRetrievalConfig) -> Dict[str, Any]:
     # First: a multi-worker strategy has to configure the runtime before any TensorFlow op.
     strategy = make_strategy(config.strategy)
     data = load_dataset(config.dataset)
-    run_dir = Path(config.run_dir or Path("runs") / "train_retrieval" / _slug(data.name))
+    run_dir = Path(config.run_dir or default_run_dir("train_retrieval", data.name))
     with writable_dir(str(run_dir), strategy) as out:
         return _run(config, strategy, data, run_dir, Path(out))
 
@@ -273,7 +235,9 @@ def _run(config: TrainRetrievalConfig, strategy: tf.distribute.Strategy, data, r
     resolved = dataclasses.replace(config, run_dir=str(run_dir))
     split = temporal_split(data.interactions, seed=config.seed, dataset=data.name)
     manifest = split.manifest()
-    _check_resumable(run_dir, resolved, manifest)
+    # Checked against the shared run_dir (what this run resumes from), written by the chief.
+    claim_run_dir(run_dir, resolved, ignore=_RESUMABLE_FIELDS, write_to=out,
+                  data={part: info["sha256"] for part, info in manifest["parts"].items()})
     split.write_manifest(out)
     # Saved before training, so an interrupted run can be traced and resumed.
     record_run(out, resolved, {"status": "training"})
@@ -281,7 +245,7 @@ def _run(config: TrainRetrievalConfig, strategy: tf.distribute.Strategy, data, r
 
     recommender = TwoTowerRecommender(resolved.retrieval, items=data.items,
                                       text_vectors=config.text_vectors, work_dir=run_dir,
-                                      strategy=strategy)
+                                      strategy=strategy, validation_evaluator=TopKEvaluator)
     recommender.fit(val.train, validation=val.test)
     save_vocabularies(recommender.vocabularies, out / "vocab")
 
@@ -354,23 +318,11 @@ def _run(config: TrainRetrievalConfig, strategy: tf.distribute.Strategy, data, r
 
 
 def parse_args(argv=None) -> TrainRetrievalConfig:
-    parser = cli.make_parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with TrainRetrievalConfig fields")
-    parser.add_argument("--dataset", help="dataset spec (overrides the config file)")
+    parser = cli.config_parser(__doc__.splitlines()[0], TrainRetrievalConfig, dataset=True)
     parser.add_argument("--run-dir", help="artifact folder (resumed when it exists)")
     parser.add_argument("--strategy", choices=STRATEGIES,
                         help="tf.distribute strategy (multi_worker reads TF_CONFIG)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a field, e.g. retrieval.temperature=0.1")
-    args = parser.parse_args(argv)
-    overrides = list(args.set)
-    if args.dataset is not None:
-        overrides.append(f"dataset={args.dataset}")
-    if args.run_dir is not None:
-        overrides.append(f"run_dir={args.run_dir}")
-    if args.strategy is not None:
-        overrides.append(f"strategy={args.strategy}")
-    return load_config(TrainRetrievalConfig, args.config, overrides)
+    return cli.parse_config(TrainRetrievalConfig, parser, argv, fields=("run_dir", "strategy"))
 
 
 if __name__ == "__main__":

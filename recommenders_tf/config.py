@@ -189,3 +189,17 @@ def machine_info() -> Dict[str, Any]:
 
 def today() -> str:
     return _dt.date.today().isoformat()
+
+
+# The repository's configs/ folder (beside the package in a checkout).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def dataset_retrieval_overrides(dataset_name: str,
+                                config_dir: str | Path = CONFIG_DIR) -> Dict[str, Any]:
+    """The two-tower settings chosen on this dataset's validation slice, if the repository has
+    them (`configs/retrieval_<name without dashes>.yaml`, `retrieval:` section); else {}."""
+    path = Path(config_dir) / f"retrieval_{dataset_name.replace('-', '')}.yaml"
+    if not path.exists():
+        return {}
+    return dict((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("retrieval") or {})

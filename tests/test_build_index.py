@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from pipelines import build_index, reindex
 from recommenders_tf.data.validation import DataValidationError
-from recommenders_tf.index import CandidateStore
+from recommenders_tf.index import CandidateStore, latest_store_dir, store_dirs
 from recommenders_tf.serving.client import load_export, read_metadata
 from tiny_retrieval import CANDIDATE_SPEC, GENRES, ITEM_GENRES, ITEMS, make_training_run
 
@@ -97,11 +97,11 @@ def test_store_dirs_orders_versions(tmp_path):
     for name in ("candidate_store", "candidate_store.v10", "candidate_store.v2",
                  "candidate_store.vx", ".tmp-candidate_store-abc"):
         (tmp_path / name).mkdir()
-    assert [(v, p.name) for v, p in build_index.store_dirs(tmp_path)] == [
+    assert [(v, p.name) for v, p in store_dirs(tmp_path)] == [
         (1, "candidate_store"), (2, "candidate_store.v2"), (10, "candidate_store.v10")]
-    assert build_index.latest_store_dir(tmp_path).name == "candidate_store.v10"
+    assert latest_store_dir(tmp_path).name == "candidate_store.v10"
     with pytest.raises(FileNotFoundError, match="No candidate store in"):
-        build_index.latest_store_dir(tmp_path / "empty")
+        latest_store_dir(tmp_path / "empty")
 
 
 # ---- new-items validation -------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_reindex_makes_new_item_retrievable_through_reloaded_export(built, tmp_p
     # Re-adding the same item is refused, and leaves no further store version behind.
     with pytest.raises(DataValidationError, match="already in the candidate store"):
         reindex.main(config)
-    assert [v for v, _ in build_index.store_dirs(run_dir)] == [1, 2]
+    assert [v for v, _ in store_dirs(run_dir)] == [1, 2]
 
 
 def test_text_model_defaults_to_the_training_runs_item_vector_model(tmp_path):

@@ -4,6 +4,7 @@ One module-scoped fit (~1 min on 2 cores) feeds every test. The exports are relo
 fresh process and must reproduce the in-process cascade exactly (BruteForce retrieval, so the
 only difference could be the export itself).
 """
+import copy
 import dataclasses
 import json
 import subprocess
@@ -141,39 +142,69 @@ def cascade_exports(fitted, tmp_path_factory):
                   for kind in ("bruteforce", "scann")}
 
 
-def test_bruteforce_export_matches_in_process_cascade(fitted, cascade_exports):
+def _exclusions(split, users):
+    """Each user's train items, "" padded: what `Cascade.run` excludes by default."""
+    seen = split.train.groupby(split.train[USER_ID].astype(str))[ITEM_ID].agg(
+        lambda s: sorted(set(s.astype(str))))
+    width = max(len(seen.get(u, [])) for u in users)
+    return [(seen.get(u, []) + [""] * width)[:width] for u in users]
+
+
+def _assert_export_answers_are_the_evaluated_lists(path, cascade, split, stages):
+    """Every evaluated user's final list (the one the P1 metrics judge) is the export's
+    answer to the same request, in a fresh process."""
+    users = list(stages.user_ids)
+    out = _fresh_call(path, users, cascade.histories_for(users).astype(str).tolist(),
+                      _exclusions(split, users))
+    np.testing.assert_array_equal(np.array(out["item_ids"]), stages.final_ids.astype(str))
+    np.testing.assert_allclose(np.array(out["scores"]), stages.final_scores, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_array_equal(np.array(out["retrieval_rank"]),
+                                  stages.stage_rank("retrieval", stages.final_ids))
+    assert out["source"] == list(stages.sources)
+
+
+def test_bruteforce_export_answers_are_the_evaluated_lists(fitted, cascade_exports):
     data, split, cascade, evaluator, stages, _ = fitted
     path = cascade_exports[1]["bruteforce"]
     assert path.name == "1" and path.parent.name == "recommender_bruteforce"
     meta = json.loads((path / "metadata.json").read_text())
     assert meta["kind"] == "cascade" and not meta["requires_scann_ops"]
     assert (path / "assets.extra" / "tf_serving_warmup_requests").exists()
+    _assert_export_answers_are_the_evaluated_lists(path, cascade, split, stages)
 
-    users = list(stages.user_ids[:6])
-    hist = cascade.histories_for(users).astype(str).tolist()
-    seen = split.train.groupby(split.train[USER_ID].astype(str))[ITEM_ID].agg(
-        lambda s: sorted(set(s.astype(str))))
-    width = max(len(seen[u]) for u in users)
-    exclude = [(seen[u] + [""] * width)[:width] for u in users]
-    users += ["__nobody__", "__nobody__"]
+    hist = cascade.histories_for(stages.user_ids[:1]).astype(str).tolist()
     cold_history = [h for h in hist[0] if h][-3:]
-    hist += [([""] * len(hist[0]) + cold_history)[-len(hist[0]):], [""] * len(hist[0])]
-    exclude += [[""] * width, [""] * width]
-    out = _fresh_call(path, users, hist, exclude)
-
-    rows = np.arange(6)
-    np.testing.assert_array_equal(np.array(out["item_ids"])[:6], stages.final_ids[rows])
-    np.testing.assert_allclose(np.array(out["scores"])[:6], stages.final_scores[rows],
-                               rtol=1e-4, atol=1e-4)
-    assert out["source"] == ["cascade"] * 6 + ["fallback"] * 2
-    expected_ranks = stages.stage_rank("retrieval", stages.final_ids[rows])
-    np.testing.assert_array_equal(np.array(out["retrieval_rank"])[:6], expected_ranks)
+    out = _fresh_call(path, ["__nobody__", "__nobody__"],
+                      [([""] * len(hist[0]) + cold_history)[-len(hist[0]):],
+                       [""] * len(hist[0])], [[""], [""]])
+    assert out["source"] == ["fallback"] * 2
     # Unknown user, no history: the most popular train items, in order.
     popular = split.train[ITEM_ID].astype(str).value_counts()
     top = popular[popular >= popular.iloc[9]].index
-    assert set(out["item_ids"][7]) <= set(top)
+    assert set(out["item_ids"][1]) <= set(top)
     # Unknown user with a history: that history is never recommended back.
-    assert not set(out["item_ids"][6]) & set(cold_history)
+    assert not set(out["item_ids"][0]) & set(cold_history)
+
+
+def test_with_diversity_on_the_evaluated_lists_are_the_exports_answers(fitted, tmp_path):
+    """MMR in the served path: `Cascade.run` and the export compute the same lists, and the
+    diversity really re-orders them (otherwise this would only repeat the test above)."""
+    from recommenders_tf.serving.cascade_export import export_cascade
+
+    data, split, cascade, evaluator, stages, _ = fitted
+    diverse = copy.copy(cascade)
+    diverse.config = dataclasses.replace(cascade.config, diversity="mmr", diversity_lambda=0.3)
+    diverse._graphs = {}
+    diverse_stages = diverse.run(evaluator.user_ids)
+    assert (diverse_stages.final_ids != stages.final_ids).any(axis=1).mean() > 0.3
+    np.testing.assert_array_equal(diverse_stages.rerank_ids, stages.rerank_ids)
+    path = export_cascade(diverse, tmp_path, kind="bruteforce", log=lambda *_: None)
+    _assert_export_answers_are_the_evaluated_lists(path, diverse, split, diverse_stages)
+    # The diversity curve at the same lambda is the same computation's tail.
+    curve = diversity_curve(cascade, stages, evaluator, "mmr", (0.3,))[0]
+    assert curve["ndcg@10"] == pytest.approx(
+        stage_metrics(diverse_stages, evaluator)["final"]["ndcg@10"])
 
 
 def test_scann_export_loads_with_scann_in_a_fresh_process(fitted, cascade_exports):
@@ -260,7 +291,7 @@ def _check_cascade_padding(results):
 def test_cascade_answers_do_not_depend_on_padding(fitted, cascade_exports, tmp_path):
     """Fresh process (no recommenders_tf), then REST and gRPC of the loopback test server."""
     from recommenders_tf.serving.client import GrpcClient, RestClient
-    from recommenders_tf.serving.local_server import LocalModelServer
+    from recommenders_tf.testing.local_server import LocalModelServer
 
     _, _, cascade, _, stages, _ = fitted
     base, paths = cascade_exports
@@ -359,12 +390,14 @@ def test_run_all_then_recommend_on_tiny_data(tmp_path, capsys):
 
 
 def test_a_run_folder_of_another_fit_is_refused(fitted):
-    from recommenders_tf.cascade.fit import claim_run_dir
-
     _, split, _, _, _, run_dir = fitted
-    claim_run_dir(run_dir, TINY, split.train)  # same config and data: resumable, accepted
+    from recommenders_tf.data.splits import frame_sha256
+    from recommenders_tf.runs import claim_run_dir
+
+    # The claim fit_cascade wrote: the same config and data are accepted (the fit resumes).
+    claim_run_dir(run_dir, TINY, data={"train": frame_sha256(split.train)}, what="cascade")
     other = dataclasses.replace(TINY, cross_fit_folds=3)
     with pytest.raises(ValueError, match="another config"):
-        claim_run_dir(run_dir, other, split.train)
+        fit_cascade(split.train, other, run_dir, log=lambda *_: None)
     with pytest.raises(ValueError, match="another train data"):
-        claim_run_dir(run_dir, TINY, split.train.iloc[:-1])
+        fit_cascade(split.train.iloc[:-1], TINY, run_dir, log=lambda *_: None)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recommenders_tf.evaluation.protocol import TopKEvaluator
 from recommenders_tf.features.item_vectors import ItemVectors
 from recommenders_tf.models.dmf import DMFConfig, DMFHybrid
 
@@ -69,8 +70,15 @@ def test_dmf_without_text_uses_validation_to_choose_epochs():
     train = frame.drop(val.index)
     model = DMFHybrid(DMFConfig(use_text=False, hidden_dims=(16,), embedding_dim=8,
                                 num_negatives=5, epochs=4, patience=10, batch_size=32,
-                                learning_rate=1e-2))
+                                learning_rate=1e-2), validation_evaluator=TopKEvaluator)
     model.fit(train, validation=val)
     assert [r["epoch"] for r in model.selection] == [1, 2, 3, 4]
     assert model.best_epoch == int(np.argmax([r["ndcg@10"] for r in model.selection])) + 1
     assert "chosen on validation" in model.notes
+
+
+def test_dmf_needs_an_evaluator_to_fit_with_validation():
+    frame, _ = _data()
+    model = DMFHybrid(DMFConfig(use_text=False, hidden_dims=(4,), embedding_dim=2, epochs=1))
+    with pytest.raises(ValueError, match="validation_evaluator"):
+        model.fit(frame, validation=frame.groupby("user_id").tail(1))

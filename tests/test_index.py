@@ -6,6 +6,7 @@ import pytest
 import recommenders_tf  # noqa: F401
 import tensorflow as tf
 
+from oracles import top_k_excluding
 from recommenders_tf.index import (
     CandidateStore,
     ScannGrid,
@@ -14,7 +15,6 @@ from recommenders_tf.index import (
     build_index,
     load_tower,
     recall_at_k_vs_exact,
-    top_k_excluding,
     tune_scann,
 )
 from recommenders_tf.index.bench import synthetic_catalogue

@@ -13,7 +13,7 @@ import pytest
 import recommenders_tf  # noqa: F401
 import tensorflow as tf
 
-from recommenders_tf.serving.local_server import (DEFAULT_MAX_REQUEST_BYTES,
+from recommenders_tf.testing.local_server import (DEFAULT_MAX_REQUEST_BYTES,
                                                   DEFAULT_READ_TIMEOUT, LocalModelServer)
 
 LIMIT = 1024

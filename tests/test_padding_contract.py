@@ -25,7 +25,7 @@ from recommenders_tf.models.towers import (TowerConfig, build_candidate_tower,
                                            build_item_id_embedding, build_query_tower)
 from recommenders_tf.serving.client import GrpcClient, RestClient, build_rest_request, pad_rows
 from recommenders_tf.serving.export import export_retrieval
-from recommenders_tf.serving.local_server import LocalModelServer
+from recommenders_tf.testing.local_server import LocalModelServer
 from recommenders_tf.serving.ranking_export import export_ranking
 
 REPO = Path(__file__).resolve().parents[1]

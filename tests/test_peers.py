@@ -5,9 +5,6 @@ import pytest
 
 import recommenders_tf  # noqa: F401
 from recommenders_tf.evaluation.peers import (
-    PEERS,
-    RATING_PEERS,
-    TOPK_PEERS,
     GlobalMean,
     ImplicitALS,
     ImplicitBPR,
@@ -15,6 +12,7 @@ from recommenders_tf.evaluation.peers import (
     TFRSTutorialRetrieval,
 )
 from recommenders_tf.evaluation.protocol import TopKEvaluator, evaluate_ratings
+from recommenders_tf.evaluation.registry import available, get_model
 
 
 def frame(pairs, ratings=None):
@@ -37,13 +35,16 @@ BLOCK_TEST = frame(HELD)
 
 
 def test_registry():
-    assert set(PEERS) == {"most-popular", "implicit-ALS", "implicit-BPR", "EASE", "RP3beta",
-                          "SASRec", "tfrs-tutorial", "global-mean", "surprise-SVD",
-                          "surprise-SVD++"}
-    assert set(TOPK_PEERS) == {"most-popular", "implicit-ALS", "implicit-BPR", "EASE", "RP3beta",
-                               "SASRec", "tfrs-tutorial"}
-    assert set(RATING_PEERS) == {"global-mean", "surprise-SVD", "surprise-SVD++"}
-    assert all(cls.name == name for name, cls in PEERS.items())
+    assert set(available(kind="peer")) == {"most-popular", "implicit-ALS", "implicit-BPR",
+                                           "EASE", "RP3beta", "SASRec", "tfrs-tutorial",
+                                           "global-mean", "surprise-SVD", "surprise-SVD++"}
+    assert set(available(kind="peer", task="topk")) == {
+        "most-popular", "implicit-ALS", "implicit-BPR", "EASE", "RP3beta", "SASRec",
+        "tfrs-tutorial"}
+    assert set(available(kind="peer", task="rating")) == {"global-mean", "surprise-SVD",
+                                                          "surprise-SVD++"}
+    # Peers are built lazily (nothing fitted), so building every one is cheap.
+    assert all(get_model(name).name == name for name in available(kind="peer"))
 
 
 def test_most_popular_counts_and_exclusions():
@@ -148,11 +149,11 @@ def test_surprise_beats_global_mean(name):
                         "with NumPy 2)", exc_type=ImportError)
     train, test = _rating_split()
     baseline = evaluate_ratings(test.rating, GlobalMean().fit(train).predict(test), (1, 5))
-    peer = PEERS[name](seed=0).fit(train)
+    peer = get_model(name, seed=0).fit(train)
     pred = peer.predict(test)
     assert peer.rating_range == (1.0, 5.0)
     assert pred.min() >= 1.0 and pred.max() <= 5.0
     got = evaluate_ratings(test.rating, pred, (1, 5))
     assert got["rmse"] < 0.8 * baseline["rmse"]
     # Deterministic under the seed.
-    np.testing.assert_allclose(PEERS[name](seed=0).fit(train).predict(test), pred)
+    np.testing.assert_allclose(get_model(name, seed=0).fit(train).predict(test), pred)

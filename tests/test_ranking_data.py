@@ -3,8 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recommenders_tf.cascade.candidates import top_candidates
 from recommenders_tf.models.ranking_data import (RankingLists, candidate_lists, pair_lists,
-                                                 rating_lists, scoring_lists, top_candidates)
+                                                 rating_lists, scoring_lists)
 
 
 def frame(rows):

@@ -1,15 +1,21 @@
 """TwoTowerRecommender: peer interface (shapes, column alignment), a tiny two-group dataset it
-must learn, epoch selection on validation followed by the refit, and item features."""
+must learn, epoch selection on validation followed by the refit, item features, and the public
+retrieval API (embeddings equal to the towers' outputs, top-k with exclusions)."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 import recommenders_tf  # noqa: F401
+import tensorflow as tf
 
 from recommenders_tf.evaluation.protocol import TopKEvaluator
 from recommenders_tf.features.item_vectors import ItemVectors
-from recommenders_tf.models.recommender import (ItemFeatureTable, TwoTowerConfig,
-                                                TwoTowerRecommender, title_tokens)
+from recommenders_tf.features.retrieval_inputs import ItemFeatureTable
+from recommenders_tf.models.recommender import TwoTowerConfig, TwoTowerRecommender
+from recommenders_tf.models.retrieval import RetrievalConfig
+from recommenders_tf.models.towers import title_tokens
 
 GROUP_ITEMS = {"a": [f"ia{k}" for k in range(5)], "b": [f"ib{k}" for k in range(5)]}
 
@@ -64,7 +70,6 @@ def test_score_shape_and_column_alignment():
     perm = np.array([7, 2, 9, 0, 1, 3, 8, 4, 6, 5])
     np.testing.assert_allclose(rec.score(users, items[perm]), scores[:, perm], rtol=1e-6)
     # A score is the dot product of the two towers' outputs on the raw features.
-    import tensorflow as tf
     # b3 lacks ib3 and saw ib0, ib1, ib2, ib4 in that order: its last three are ib1, ib2, ib4.
     q = rec.query_tower({"user_id": tf.constant(["b3"]),
                          "history": tf.constant([["ib1", "ib2", "ib4"]])}).numpy()
@@ -76,15 +81,22 @@ def test_score_shape_and_column_alignment():
 
 
 @pytest.mark.slow
-def test_fit_chooses_epochs_on_validation_then_refits_on_train_and_validation():
+def test_fit_chooses_epochs_on_validation_then_refits_on_train_and_validation(tmp_path):
     data = two_groups()
     last = data.groupby("user_id").tail(1).index
     train, validation = data.drop(index=last), data.loc[last]
     # An item seen only in validation can only be in the final vocabulary through the refit.
     validation = validation.copy()
     validation.loc[validation.index[0], "item_id"] = "new-item"
-    rec = TwoTowerRecommender(tiny_config(epochs=4, patience=2)).fit(train, validation)
+    rec = TwoTowerRecommender(tiny_config(epochs=4, patience=2), work_dir=tmp_path,
+                              validation_evaluator=TopKEvaluator).fit(train, validation)
     values = [r["ndcg@10"] for r in rec.selection]
+    # The selection is fit_model's early stopping on the logged validation NDCG@10.
+    selection = rec.phase_results["selection"]
+    assert selection.history["val_ndcg@10"] == values
+    assert selection.best_epoch == rec.best_epoch
+    saved = json.loads((tmp_path / "selection" / "selection.json").read_text())
+    assert saved["best_epoch"] == rec.best_epoch and saved["epochs"] == rec.selection
     assert 1 <= len(values) <= 4
     if len(values) < 4:  # stopped early: the last `patience` epochs did not improve
         assert max(values[-2:]) <= max(values[:-2])
@@ -129,13 +141,133 @@ def test_bad_select_metric_is_refused():
         TwoTowerRecommender(tiny_config(), select_metric="auc")
 
 
+def test_fitting_with_validation_needs_an_evaluator():
+    data = two_groups()
+    last = data.groupby("user_id").tail(1).index
+    rec = TwoTowerRecommender(tiny_config(epochs=1))
+    with pytest.raises(ValueError, match="validation_evaluator"):
+        rec.fit(data.drop(index=last), validation=data.loc[last])
+
+
 def test_for_dataset_switches_genres_on_only_when_the_items_have_them():
     from recommenders_tf.data.schema import RecDataset
 
     items = pd.DataFrame({"item_id": ["i1"], "title": ["One"], "text": ["One."]})
     data = RecDataset(name="x", interactions=two_groups(), items=items)
-    rec = TwoTowerRecommender.for_dataset(data, item_ids=["i1"], seed=3, epochs=2)
+    rec = TwoTowerRecommender.for_dataset(data, item_ids=["i1"], seed=3, epochs=2,
+                                          validation_evaluator=TopKEvaluator)
     assert rec.item_features.names == ["item_id"]
+    assert rec.validation_evaluator is TopKEvaluator
     assert (rec.config.seed, rec.config.epochs, rec.config.verbose) == (3, 2, 0)
     data.items = items.assign(genres=["Drama"])
     assert TwoTowerRecommender.for_dataset(data).item_features.names == ["item_id", "item_genres"]
+
+
+def test_a_plain_retrieval_config_becomes_a_two_tower_config_with_its_own_values():
+    rec = TwoTowerRecommender(RetrievalConfig(embedding_dim=8, history_len=2),
+                              use_genres=False, select_metric="recall@50")
+    assert isinstance(rec.config, TwoTowerConfig)
+    assert (rec.config.embedding_dim, rec.config.history_len) == (8, 2)
+    # RetrievalConfig's own cold-start default, not TwoTowerConfig's.
+    assert rec.config.zero_oov_item_id is False
+    assert (rec.config.use_genres, rec.config.use_titles) == (False, False)
+    assert rec.select_metric == rec.config.select_metric == "recall@50"
+    assert TwoTowerConfig().zero_oov_item_id is True
+
+
+# ---- the public retrieval API ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fitted():
+    return TwoTowerRecommender(tiny_config(epochs=2)).fit(two_groups())
+
+
+def seen_items(user):
+    group, j = user[0], int(user[1:])
+    return {item for k, item in enumerate(GROUP_ITEMS[group]) if k != j % 5}
+
+
+@pytest.mark.slow
+def test_candidate_embeddings_are_the_candidate_tower_outputs(fitted):
+    rec = fitted
+    catalog = rec.catalog
+    assert catalog.tolist() == sorted(GROUP_ITEMS["a"] + GROUP_ITEMS["b"])
+    assert rec.candidate_tower is rec.model.candidate_tower
+    assert rec.query_tower is rec.model.query_tower
+    emb = rec.candidate_embeddings()
+    assert emb.shape == (10, 8) and emb.dtype == np.float32
+    tower = rec.candidate_tower({"item_id": tf.constant(catalog.tolist())}, training=False)
+    np.testing.assert_allclose(emb, tower.numpy(), rtol=1e-6, atol=1e-7)
+    # Any ids, in the given order; an unknown item is embedded from its features too.
+    some = rec.candidate_embeddings(["ib3", "ia0", "brand-new"])
+    np.testing.assert_allclose(some[:2], emb[[8, 0]], rtol=1e-6, atol=1e-7)
+    new = rec.candidate_tower({"item_id": tf.constant(["brand-new"])}, training=False)
+    np.testing.assert_allclose(some[2], new.numpy()[0], rtol=1e-6, atol=1e-7)
+    # A copy: the caller may change it without touching what score() uses.
+    emb[:] = 0
+    assert np.abs(rec.candidate_embeddings()).sum() > 0
+
+
+@pytest.mark.slow
+def test_query_embeddings_with_explicit_histories_are_the_query_tower_outputs(fitted):
+    rec = fitted
+    users = ["a0", "b3", "stranger"]
+    # Padding anywhere, and more ids than history_len (3): the last three real ids count.
+    padded = np.array([["", "ia1", "", "ia2", "ia3", "ia4"],
+                       ["ib0", "ib1", "ib2", "", "", ""],
+                       ["", "", "", "", "", ""]], dtype=object)
+    got = rec.query_embeddings(users, padded)
+    assert got.shape == (3, 8) and got.dtype == np.float32
+    tower = rec.query_tower({"user_id": tf.constant(users), "history": tf.constant(padded)},
+                            training=False).numpy()
+    np.testing.assert_allclose(got, tower, rtol=1e-6, atol=1e-7)
+    # Where the "" padding sits does not matter, nor lists of any length.
+    ragged = [["ia2", "ia3", "ia4"], ["", "ib0", "", "ib1", "ib2"], []]
+    np.testing.assert_array_equal(rec.query_embeddings(users, ragged), got)
+    left = [["", "", "ia2", "ia3", "ia4"], ["ib0", "ib1", "ib2"], [""]]
+    np.testing.assert_array_equal(rec.query_embeddings(users, left), got)
+    # Default: the fitted histories (b3's last three items are ib1, ib2, ib4).
+    default = rec.query_embeddings(["b3"])
+    explicit = rec.query_embeddings(["b3"], [["ib1", "ib2", "ib4"]])
+    np.testing.assert_array_equal(default, explicit)
+    np.testing.assert_allclose(default @ rec.candidate_embeddings().T,
+                               rec.score(["b3"]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="2 rows for 3 users"):
+        rec.query_embeddings(users, padded[:2])
+
+
+@pytest.mark.slow
+def test_recommend_ranks_by_score_and_excludes(fitted):
+    rec = fitted
+    users = ["a0", "b3", "b3", "stranger"]
+    scores = rec.score(users)
+    catalog = rec.catalog
+
+    def expected(row, banned, k):
+        order = sorted((i for i in range(len(catalog)) if catalog[i] not in banned),
+                       key=lambda i: (-scores[row, i], i))
+        return [catalog[i] for i in order[:k]]
+
+    top = rec.recommend(users, k=3)  # default: every item of the user's fitted data
+    assert top.ids.shape == top.scores.shape == (4, 3)
+    for row, user in enumerate(users):
+        banned = seen_items(user) if user != "stranger" else set()
+        assert top.ids[row].tolist() == expected(row, banned, 3), user
+        columns = [catalog.tolist().index(i) for i in top.ids[row]]
+        np.testing.assert_allclose(top.scores[row], scores[row, columns], rtol=1e-9)
+    assert rec.recommend(users, k=3, exclude=None).ids.tolist() == [
+        expected(row, set(), 3) for row in range(4)]
+    # Explicit exclusions per user ("" and unknown ids exclude nothing).
+    mine = [["ia1", ""], ["ib4", "zz"], [], ["ia0", "ib0"]]
+    top = rec.recommend(users, k=2, exclude=mine)
+    assert top.ids.tolist() == [expected(row, set(mine[row]), 2) for row in range(4)]
+    # Fewer rankable items than k: "" and -inf after the real ones (a0 has seen ia1, ia2).
+    few = rec.recommend(["a0"], k=4, item_ids=["ia0", "ia1", "ia2", "ib0"])
+    real = expected(0, seen_items("a0") | {"ia3", "ia4", "ib1", "ib2", "ib3", "ib4"}, 4)
+    assert sorted(real) == ["ia0", "ib0"]
+    assert few.ids.tolist() == [real + ["", ""]]
+    assert np.isfinite(few.scores[0, :2]).all() and np.isneginf(few.scores[0, 2:]).all()
+    with pytest.raises(ValueError, match="duplicates"):
+        rec.recommend(["a0"], k=1, item_ids=["ia0", "ia0"])
+    with pytest.raises(ValueError, match="exclude must be"):
+        rec.recommend(["a0"], k=1, exclude="everything")

@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from recommenders_tf.serving import local_server as ls
+from recommenders_tf.testing import local_server as ls
 from recommenders_tf.serving import server_config as sc
 from recommenders_tf.serving.client import columnar_to_instances, json_to_numpy, to_json_value
 from recommenders_tf.serving.export import find_vocabularies, save_export

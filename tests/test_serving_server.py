@@ -31,7 +31,7 @@ from recommenders_tf.serving import server_config as sc
 from recommenders_tf.serving.client import (GrpcClient, RestClient, ServingError,
                                             load_savedmodel)
 from recommenders_tf.serving.export import export_retrieval
-from recommenders_tf.serving.local_server import LocalModelServer, ServingStatus
+from recommenders_tf.testing.local_server import LocalModelServer, ServingStatus
 from recommenders_tf.serving.ranking_export import export_ranking
 from recommenders_tf.serving.warmup import (example_inputs, read_warmup_requests, replay_warmup,
                                             warmup_path, write_warmup_requests)
@@ -466,7 +466,7 @@ def test_exports_reloaded_in_a_fresh_process_give_the_same_outputs(exports, tmp_
 def test_local_server_command_line_serves_a_base_dir(exports, tmp_path):
     ready = tmp_path / "ready.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "recommenders_tf.serving.local_server",
+    proc = subprocess.Popen([sys.executable, "-m", "recommenders_tf.testing.local_server",
                              "--base-dir", str(exports["base"]), "--models", "ranking",
                              "--rest-port", "0", "--grpc-port", "0", "--ready-file", str(ready)],
                             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -25,8 +25,8 @@ from recommenders_tf.data.synthetic import TOPIC_WORDS
 from recommenders_tf.features.item_vectors import ItemVectors
 from recommenders_tf.index import CandidateStore, add_items, build_index
 from recommenders_tf.index.candidate_store import load_tower, save_tower
-from recommenders_tf.models.recommender import (ColdStartItemId, TwoTowerConfig,
-                                                TwoTowerRecommender)
+from recommenders_tf.models.recommender import TwoTowerConfig, TwoTowerRecommender
+from recommenders_tf.models.towers import ColdStartItemId
 
 WORDS = sorted({w for words in TOPIC_WORDS.values() for w in words.split()})
 WORD_POS = {w: i for i, w in enumerate(WORDS)}

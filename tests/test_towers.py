@@ -6,6 +6,7 @@ import recommenders_tf  # noqa: F401
 import tensorflow as tf
 
 from recommenders_tf.models.towers import (
+    ColdStartItemId,
     MaskedAttentionPooling,
     TowerConfig,
     adapt_title_vocabulary,
@@ -13,6 +14,7 @@ from recommenders_tf.models.towers import (
     build_query_tower,
     build_towers,
     masked_mean,
+    title_tokens,
 )
 
 USERS = ["u1", "u2", "u3"]
@@ -121,6 +123,63 @@ def test_candidate_tower_learned_titles():
                  "item_title": tf.constant(["Toy Story", "toy   STORY!", "Heat"])}).numpy()
     np.testing.assert_allclose(out[0], out[1], atol=1e-6)  # same tokens after standardising
     assert not np.allclose(out[0], out[2], atol=1e-4)
+
+
+def test_title_tokens_are_what_the_title_tower_reads():
+    titles = ["Toy Story (1995)", "Don't Stop: Now!", "", "toy   STORY!"]
+    tokens = title_tokens(titles)
+    assert tokens == ["toy", "story", "1995", "dont", "stop", "now", "toy", "story"]
+    tf.keras.utils.set_random_seed(4)
+    vocab = sorted(set(tokens))
+    tower = build_candidate_tower(tiny_config(), ITEMS, title_vocab=vocab)
+    ids = tower.title_vectorizer(tf.constant(titles)).numpy()
+    # Every token maps to its own vocabulary slot (2.. after the mask and OOV slots).
+    assert sorted({int(i) for i in ids.ravel()} - {0}) == list(range(2, 2 + len(vocab)))
+
+
+def id_only_output_bias(tower):
+    """With no hidden layer and no normalisation the id-only tower is Dense(id vector): a zero
+    id vector gives the output layer's bias."""
+    return tower.mlp.layers[-1].bias.numpy()
+
+
+def test_cold_start_is_an_option_of_the_candidate_tower():
+    tf.keras.utils.set_random_seed(6)
+    config = tiny_config(hidden_dims=(), normalize=False, zero_oov_item_id=True)
+    query, candidate = build_towers(config, USERS, ITEMS)
+    # The candidate tower reads the shared table through the cold-start view; the query
+    # tower's history still reads the table itself.
+    assert isinstance(candidate.item_id_view, ColdStartItemId)
+    assert candidate.item_id_embedding is query.item_id_embedding
+    assert candidate.item_id_view.inner is candidate.item_id_embedding
+    out = candidate({"item_id": tf.constant(["i1", "never-seen", ""])}).numpy()
+    bias = id_only_output_bias(candidate)
+    np.testing.assert_allclose(out[1], bias, atol=1e-7)   # unknown id: no id contribution
+    np.testing.assert_allclose(out[2], bias, atol=1e-7)
+    assert not np.allclose(out[0], bias, atol=1e-4)
+    # Off (the TowerConfig default), the unknown id gets the shared OOV row.
+    tf.keras.utils.set_random_seed(6)
+    _, plain = build_towers(tiny_config(hidden_dims=(), normalize=False), USERS, ITEMS)
+    assert plain.item_id_view is plain.item_id_embedding
+    assert not np.allclose(plain({"item_id": tf.constant(["never-seen"])}).numpy()[0],
+                           id_only_output_bias(plain), atol=1e-4)
+
+
+def test_item_id_dropout_zeroes_a_share_of_training_examples_only():
+    tf.keras.utils.set_random_seed(7)
+    config = tiny_config(hidden_dims=(), normalize=False, item_id_dropout=0.5)
+    tower = build_candidate_tower(config, ITEMS)
+    assert isinstance(tower.item_id_view, ColdStartItemId)
+    assert not tower.item_id_view.zero_oov
+    ids = tf.constant(["i2"] * 400)
+    trained = tower({"item_id": ids}, training=True).numpy()
+    bias = id_only_output_bias(tower)
+    dropped = np.all(np.isclose(trained, bias, atol=1e-7), axis=1)
+    assert 0.4 < dropped.mean() < 0.6
+    kept = tower({"item_id": ids}, training=False).numpy()
+    assert not np.isclose(kept, bias, atol=1e-7).all(axis=1).any()
+    with pytest.raises(ValueError, match="item_id_dropout"):
+        tiny_config(item_id_dropout=1.0)
 
 
 def test_candidate_tower_text_vector_is_a_frozen_input_with_trainable_projection():

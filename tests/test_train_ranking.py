@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.train_ranking import TrainRankingConfig, main, parse_args, resolve_lists
+from pipelines.train_ranking import TrainRankingConfig, main, parse_args
+from recommenders_tf.cascade.ranking_lists import resolve_lists
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = ["ranking.epochs=2", "ranking.patience=0", "ranking.embedding_dim=8",
@@ -29,11 +31,13 @@ def test_parse_args_and_list_resolution():
                          "--set", "ranking.learning_rate=0.01"])
     assert config.ranking.loss == "mse" and config.ranking.learning_rate == 0.01
     assert config.ranking.monitor == "val_rmse" and config.data.negatives == "easy"
-    assert resolve_lists(config) == ("ratings", "rating")
-    assert resolve_lists(parse_args(["--loss", "bce"])) == ("ratings", "click")
-    assert resolve_lists(parse_args(["--loss", "listmle"])) == ("candidates", "binary")
+    assert resolve_lists(config.ranking.loss, config.data) == ("ratings", "rating")
+    for loss, resolved in (("bce", ("ratings", "click")), ("listmle", ("candidates", "binary"))):
+        parsed = parse_args(["--loss", loss])
+        assert resolve_lists(parsed.ranking.loss, parsed.data) == resolved
+    parsed = parse_args(["--loss", "mse", "--set", "data.label=click"])
     with pytest.raises(ValueError, match="needs data.label=rating"):
-        resolve_lists(parse_args(["--loss", "mse", "--set", "data.label=click"]))
+        resolve_lists(parsed.ranking.loss, parsed.data)
     assert isinstance(TrainRankingConfig(), TrainRankingConfig)
 
 
@@ -81,11 +85,11 @@ def test_command_line_with_easy_negatives(tmp_path):
 
 
 def test_a_run_folder_holding_another_config_is_refused(tmp_path):
-    from pipelines.train_ranking import _claim_run_dir
+    from recommenders_tf.runs import claim_run_dir
 
     first = parse_args(["--loss", "softmax"])
-    _claim_run_dir(tmp_path, first)
-    _claim_run_dir(tmp_path, parse_args(["--loss", "softmax"]))  # same config: resume
-    with pytest.raises(ValueError, match="different config"):
-        _claim_run_dir(tmp_path, parse_args(["--loss", "softmax",
-                                             "--set", "data.negatives=easy"]))
+    claim_run_dir(tmp_path, first)
+    claim_run_dir(tmp_path, parse_args(["--loss", "softmax"]))  # same config: resume
+    with pytest.raises(ValueError, match="another config .*data.negatives: 'hard' -> 'easy'"):
+        claim_run_dir(tmp_path, parse_args(["--loss", "softmax",
+                                            "--set", "data.negatives=easy"]))

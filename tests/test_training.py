@@ -1,4 +1,6 @@
-"""fit_model: resume after an interruption, early stopping with best-weight restore, artifacts."""
+"""fit_model: resume after an interruption, early stopping with best-weight restore (also on a
+metric a callback logs), artifacts."""
+import dataclasses
 import json
 import os
 
@@ -11,6 +13,7 @@ import tensorflow as tf
 from recommenders_tf.models.retrieval import RetrievalConfig, build_retrieval_model
 from recommenders_tf.models.training import (
     TrainingConfig,
+    ValidationMetrics,
     count_examples,
     fit_model,
     plot_history,
@@ -119,6 +122,51 @@ def test_early_stopping_restores_best_weights_by_hand(tmp_path):
     # Resuming a run that already ran out of patience does not train on.
     again = fit_model(linear_model(), train, val, cfg, str(tmp_path))
     assert again.epochs_done == 3 and again.stopped_early
+
+
+class RecordLogs(tf.keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.logs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs.append(dict(logs))
+
+
+def test_validation_metrics_callback_drives_early_stopping_by_hand(tmp_path):
+    # As above, w = 0.2, 0.36, 0.488, 0.5904, 0.67232 after epochs 1..5. The metric computed
+    # from the weights, -(w - 0.5)^2, peaks at epoch 3; patience 2 stops after epoch 5, and the
+    # restored weights are epoch 3's.
+    train = tf.data.Dataset.from_tensor_slices(([[1.0]], [[1.0]])).batch(1)
+    model = linear_model()
+
+    def closeness():
+        w = float(model.layers[0].kernel.numpy()[0, 0])
+        return {"closeness": -(w - 0.5) ** 2, "w": w}
+
+    seen = RecordLogs()
+    cfg = TrainingConfig(epochs=10, patience=2, monitor="val_closeness", monitor_mode="max",
+                         verbose=0)
+    lines = []
+    result = fit_model(model, train, None, cfg, str(tmp_path), callbacks=[seen],
+                       metric_callbacks=[ValidationMetrics(closeness, ["closeness"],
+                                                           log=lines.append)])
+    ws = [0.2, 0.36, 0.488, 0.5904, 0.67232]
+    assert result.epochs_done == 5 and result.stopped_early
+    assert result.best_epoch == 3
+    np.testing.assert_allclose(result.history["val_closeness"],
+                               [-(w - 0.5) ** 2 for w in ws], rtol=1e-4)
+    assert "val_w" not in result.history  # only the names asked for are logged
+    assert [sorted(k for k in logs if k.startswith("val_")) for logs in seen.logs] == \
+        [["val_closeness"]] * 5
+    assert float(model.layers[0].kernel.numpy()[0, 0]) == pytest.approx(0.488, rel=1e-6)
+    assert len(lines) == 5 and lines[2].startswith("  epoch 3: val_closeness=")
+    with open(tmp_path / "history.json") as f:
+        assert len(json.load(f)["val_closeness"]) == 5
+    with pytest.raises(KeyError, match=r"\['nope'\] not among the computed metrics \['w'\]"):
+        fit_model(linear_model(), train, None, dataclasses.replace(cfg, epochs=1),
+                  str(tmp_path / "again"),
+                  metric_callbacks=[ValidationMetrics(lambda: {"w": 0.0}, ["nope"])])
 
 
 def test_unknown_monitor_fails_with_the_available_metrics(tmp_path):

@@ -14,6 +14,7 @@ import pandas as pd
 
 from recommenders_tf.data.datasets import PAD
 from recommenders_tf.data.schema import ITEM_ID, USER_ID
+from recommenders_tf.evaluation.registry import CANDIDATE_SOURCE, available, get_spec
 
 
 def seen_positions(exclude: Optional[pd.DataFrame], catalog: np.ndarray) -> Dict[str, np.ndarray]:
@@ -62,3 +63,54 @@ def retrieve(score_fn, user_ids: Sequence[str], catalog: Sequence[str],
             s[rows, np.maximum(top, 0)]), catalog[np.maximum(top, 0)], PAD)
         scores[start:start + len(batch)] = got
     return ids, scores
+
+
+# ---- candidate sources ---------------------------------------------------------------------
+
+# The retrieval stages of the model registry (entries tagged "candidate-source"), as of import;
+# `make_candidate_source` asks the registry itself, so later registrations count too.
+CANDIDATE_SOURCES: Tuple[str, ...] = available(kind=CANDIDATE_SOURCE)
+
+
+def make_candidate_source(name: str, item_ids: Sequence[str],
+                          items: Optional[pd.DataFrame] = None, seed: int = 0):
+    """A retrieval stage with `fit(train, validation)` / `score(user_ids, item_ids)`.
+
+    "two-tower" is the project's `TwoTowerRecommender`; the `implicit` peers and most-popular
+    stand in for it where a cheaper candidate generator is wanted (tests, quick runs).
+
+    Args:
+      name: a registry entry tagged "candidate-source" (`CANDIDATE_SOURCES`).
+      item_ids: the catalog, default column order of the source's `score`.
+      items: the items frame (the two-tower reads genres from it), or None.
+      seed: the source's seed.
+
+    Example:
+      >>> source = make_candidate_source("implicit-ALS", catalog, seed=0)
+      >>> source.fit(val.train, validation=val.test)
+      >>> top = top_candidates(lambda u: source.score(u, catalog), users, catalog, train, 100)
+    """
+    sources = available(kind=CANDIDATE_SOURCE)
+    if name not in sources:
+        raise ValueError(f"unknown candidate source {name!r}; choose one of {', '.join(sources)}")
+    return get_spec(name).build(item_ids=item_ids, items=items, seed=seed)
+
+
+def top_candidates(score_fn, user_ids: Sequence[str], item_ids: Sequence[str],
+                   exclude: Optional[pd.DataFrame], k: int, batch_size: int = 512
+                   ) -> np.ndarray:
+    """[U, k] best-scored item ids per user, best first, without the user's `exclude` items.
+
+    The ids of `retrieve` without its scores, for callers that only need the candidates
+    (hard negatives of the ranking lists, re-scoring benchmarks).
+
+    Args:
+      score_fn: (user_ids) -> scores [n, len(item_ids)] (e.g. a recommender's `score`).
+      user_ids: users.
+      item_ids: the catalog, column order of `score_fn`.
+      exclude: interactions whose (user, item) pairs may not be candidates (the user's
+        history); None excludes nothing.
+      k: candidates per user; "" fills rows with fewer than k rankable items.
+      batch_size: users scored per `score_fn` call.
+    """
+    return retrieve(score_fn, user_ids, item_ids, exclude, k, batch_size)[0]

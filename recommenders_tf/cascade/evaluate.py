@@ -21,7 +21,11 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from recommenders_tf.cascade.stages import Cascade, StageLists, diversify, finalize
+import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
+import tensorflow as tf
+
+from recommenders_tf.cascade.stages import (Cascade, StageLists, excluded_items,
+                                            exclusion_rows)
 from recommenders_tf.evaluation.protocol import TopKEvaluator
 
 STAGES = ("retrieval", "ranking", "rerank", "final")
@@ -55,21 +59,30 @@ def stage_metrics(stages: StageLists, evaluator: TopKEvaluator) -> Dict[str, Dic
 
 
 def diversity_curve(cascade: Cascade, stages: StageLists, evaluator: TopKEvaluator,
-                    method: str, lambdas: Sequence[float]) -> List[Dict[str, float]]:
+                    method: str, lambdas: Sequence[float], batch_size: int = 1024
+                    ) -> List[Dict[str, float]]:
     """NDCG@10 / intra-list diversity / coverage of the final lists at each lambda.
 
-    Diversity re-orders the re-ranked list (`stages.rerank_*`) before the business rules, as
-    `Cascade.run` does with `config.diversity` set.
+    Runs the tail of the cascade's graph (`CascadeGraph.finish`: MMR/DPP then the business
+    rules) over the re-ranked lists of `stages`, as `Cascade.run` does with
+    `config.diversity` set, without re-running retrieval, ranking and re-ranking per lambda.
     """
-    if cascade.diversity_vectors is None:
-        raise ValueError("the cascade has no item vectors (genres or text) for diversity")
+    graph = cascade.graph()
+    users = np.asarray(stages.user_ids, dtype=object)
+    hist = cascade.histories_for(users).astype(str)
+    seen = excluded_items(cascade.train)
     rows = []
-    hist = cascade.histories_for(stages.user_ids)
     for lam in lambdas:
-        ids, scores = diversify(stages.rerank_ids, stages.rerank_scores,
-                                cascade.diversity_vectors, cascade.catalog, method, float(lam),
-                                stages.rerank_ids.shape[1])
-        final_ids, _ = finalize(ids, scores, cascade.config.rules, hist, cascade.categories)
+        finals = []
+        for start in range(0, len(users), batch_size):
+            stop = start + batch_size
+            out = graph.finish(tf.constant(stages.rerank_ids[start:stop].astype(str)),
+                               tf.constant(stages.rerank_scores[start:stop], tf.float32),
+                               tf.constant(hist[start:stop]),
+                               tf.constant(exclusion_rows(seen, users[start:stop])),
+                               method, float(lam))
+            finals.append(np.char.decode(out["item_ids"].numpy().astype(bytes), "utf-8"))
+        final_ids = np.concatenate(finals).astype(object)
         m = evaluate_order(final_ids, stages.user_ids, evaluator)
         rows.append({"method": method, "lambda": float(lam), **m})
     return rows

@@ -22,6 +22,8 @@ from; a P1 test part is never an argument here):
     rankings. The serving ranker is then fitted on all lists. If the trained re-ranker does
     not beat the ranker's order on its held-out lists, the untrained one (which keeps the
     ranker's order exactly) is served instead, and the report says so.
+  * Those lists are computed by `CascadeGraph` (`retrieve` with R_early, `rank` with each
+    fold's ranker), the same computation the cascade is evaluated and served by.
   * Popularity tables are counted on val.train while training and switched to all of train
     for serving, the way the retrieval model is refit.
 
@@ -42,24 +44,27 @@ import pandas as pd
 
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 
-from recommenders_tf.cascade.candidates import retrieve
 from recommenders_tf.cascade.config import CascadeConfig
-from recommenders_tf.cascade.stages import (Cascade, StageLists, _take, diversify, finalize,
-                                            genre_vectors, item_counts, query_embeddings,
-                                            rerank_inputs)
+from recommenders_tf.cascade.graph import CascadeGraph
+from recommenders_tf.cascade.stages import (Cascade, StageLists, excluded_items, genre_vectors,
+                                            item_counts, run_batched)
+from recommenders_tf.data.datasets import PAD
 from recommenders_tf.data.schema import GENRES, ITEM_ID, USER_ID
-from recommenders_tf.data.splits import validation_split
+from recommenders_tf.data.splits import frame_sha256, validation_split
+from recommenders_tf.evaluation.protocol import TopKEvaluator
 from recommenders_tf.features.item_vectors import ItemVectors
 from recommenders_tf.models.candidate_features import (RETRIEVAL_SCORE, CandidateContext,
                                                        item_neighbors)
-from recommenders_tf.models.ranking import RankingModel, fit_ranking_model, predict_lists
-from recommenders_tf.models.ranking_data import RankingLists, scoring_lists
+from recommenders_tf.index.scann_index import build_index
+from recommenders_tf.models.ranking import RankingModel, fit_ranking_model
+from recommenders_tf.models.ranking_data import RankingLists, histories_for, scoring_lists
 from recommenders_tf.models.recommender import TwoTowerConfig, TwoTowerRecommender
+from recommenders_tf.runs import claim_run_dir
 from recommenders_tf.models.reranking import (Reranker, build_reranker, fit_reranker,
                                               rerank_scores)
 
 __all__ = ["CascadeConfig", "Cascade", "StageLists", "fit_cascade", "fit_reranking_stage",
-           "claim_run_dir", "RerankTraining", "diversify", "finalize", "query_embeddings"]
+           "out_of_fold_inputs"]
 
 
 def _user_folds(users: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -67,34 +72,6 @@ def _user_folds(users: np.ndarray, folds: int, seed: int) -> np.ndarray:
     fold = np.empty(len(users), np.int64)
     fold[rng.permutation(len(users))] = np.arange(len(users)) % folds
     return fold
-
-
-CLAIM_FILE = "cascade_claim.json"
-
-
-def claim_run_dir(run_dir: Path, config: CascadeConfig, train: pd.DataFrame) -> None:
-    """Records which config and train data a run folder belongs to; refuses any other.
-
-    Every stage's training loop resumes from the checkpoints it finds, which is right for an
-    interrupted run and silently wrong for a different one (it would continue models fitted
-    with other folds, sizes or data), so a folder claimed by another run is refused.
-    """
-    import yaml
-
-    from recommenders_tf.config import to_dict
-    from recommenders_tf.data.splits import frame_sha256
-
-    claim = {"config": yaml.safe_load(yaml.safe_dump(to_dict(config))),
-             "train_sha256": frame_sha256(train), "train_rows": int(len(train))}
-    path = run_dir / CLAIM_FILE
-    if path.exists():
-        held = json.loads(path.read_text())
-        if held != json.loads(json.dumps(claim)):
-            what = ("train data" if held.get("config") == claim["config"] else "config")
-            raise ValueError(f"{run_dir} holds a cascade fitted with another {what} ({path}); "
-                             "use another run folder or delete this one to start over")
-        return
-    path.write_text(json.dumps(claim, indent=2, sort_keys=True))
 
 
 def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
@@ -117,7 +94,9 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    claim_run_dir(run_dir, config, train)
+    # Every stage's loop resumes from the checkpoints it finds: right for an interrupted fit,
+    # silently wrong for another one, so the folder is claimed for this config and data.
+    claim_run_dir(run_dir, config, data={"train": frame_sha256(train)}, what="cascade")
     cfg = config
     report: Dict[str, Any] = {"train_rows": int(len(train))}
     t0 = time.perf_counter()
@@ -136,8 +115,9 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
         f"({len(val.train)} / {len(val.test)} rows), refit on all {len(train)} train rows")
     start = time.perf_counter()
     retrieval = TwoTowerRecommender(rcfg, item_ids=catalog, items=items,
-                                    work_dir=run_dir / "retrieval").fit(val.train,
-                                                                        validation=val.test)
+                                    work_dir=run_dir / "retrieval",
+                                    validation_evaluator=TopKEvaluator).fit(
+                                        val.train, validation=val.test)
     early = TwoTowerRecommender(dataclasses.replace(rcfg, epochs=retrieval.best_epoch),
                                 item_ids=catalog, items=items,
                                 work_dir=run_dir / "retrieval_early").fit(val.train)
@@ -146,10 +126,27 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
                            "examples_per_second": retrieval.examples_per_second}
 
     vusers = np.unique(val.test[USER_ID].astype(str).to_numpy()).astype(object)
-    cids, cscores = retrieve(lambda u: early.score(u, catalog), vusers, catalog, val.train,
-                             cfg.retrieval_k)
-    hist_len = cfg.ranking.history_len
-    lists = scoring_lists(vusers, cids, val.train, hist_len, relevant=val.test)
+    # The lists the ranker and the re-ranker learn from come from the cascade's own graph
+    # (with the early retrieval model and each fold's ranker): trained on what it serves.
+    early_index = build_index("bruteforce", None, catalog, early.candidate_embeddings(catalog),
+                              k=len(catalog))
+    tables_for_rerank = {"text": text, "genres": genre_vectors(items, catalog)}
+
+    def stage_graph(ranker: Optional[RankingModel]) -> CascadeGraph:
+        return CascadeGraph(cfg, early.query_tower, early_index, ranker, None, catalog,
+                            early.candidate_embeddings(catalog),
+                            {n: t for n, t in tables_for_rerank.items()
+                             if n in cfg.rerank_item_features},
+                            None, {}, item_counts(val.train, catalog), None,
+                            rcfg.history_len, cfg.ranking.history_len,
+                            early.vocabularies[USER_ID].tokens)
+
+    vhist = histories_for(vusers, val.train, max(rcfg.history_len, cfg.ranking.history_len, 1))
+    retrieved = run_batched(stage_graph(None).retrieve, vusers, vhist,
+                            excluded_items(val.train))
+    cids = retrieved["retrieval_ids"]
+    cscores = np.where(cids != PAD, retrieved["retrieval_scores"], 0.0).astype(np.float32)
+    lists = scoring_lists(vusers, cids, val.train, cfg.ranking.history_len, relevant=val.test)
     lists = lists.with_extra(**{RETRIEVAL_SCORE: cscores})
     positives = (lists.label > 0).sum(1)
     report["ranking_lists"] = {"users": int(len(vusers)),
@@ -189,20 +186,18 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
         f"{len(lists)} lists, {cfg.cross_fit_folds}-fold cross-fitting for the re-ranker")
     start = time.perf_counter()
     folds = _user_folds(lists.user_id, cfg.cross_fit_folds, cfg.seed)
-    oof: List[Tuple[RankingModel, RankingLists, np.ndarray]] = []
+    row_of = {u: r for r, u in enumerate(vusers)}
+    oof: List[Dict[str, np.ndarray]] = []
     for f in range(cfg.cross_fit_folds):
         model = fit_ranker(lists.subset(np.flatnonzero(folds != f)), f"ranking_fold{f}")
-        part = lists.subset(np.flatnonzero(folds == f))
-        s = predict_lists(model, part)
-        order = np.argsort(-s, axis=1, kind="stable")[:, :cfg.ranking_k]
-        oof.append((model, _take(part, order), np.take_along_axis(s, order, 1)))
+        oof.append(out_of_fold_inputs(stage_graph(model),
+                                      lists.subset(np.flatnonzero(folds == f)),
+                                      vhist[[row_of[u] for u in lists.user_id[folds == f]]]))
     ranker = fit_ranker(lists, "ranking")
     report["ranking_seconds"] = round(time.perf_counter() - start, 2)
 
     log(f"[cascade] 3/3 re-ranking: listwise Transformer over the ranked top {cfg.ranking_k}")
-    tables_for_rerank = {"text": text, "genres": genre_vectors(items, catalog)}
-    training = RerankTraining(early, oof, tables_for_rerank, catalog)
-    reranker, report["reranking"] = fit_reranking_stage(cfg, training, run_dir / "reranking")
+    reranker, report["reranking"] = fit_reranking_stage(cfg, oof, run_dir / "reranking")
 
     # Serve with what all of train says about popularity, like the refit retrieval model.
     full_tables = tables(train)
@@ -212,33 +207,34 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
     (run_dir / "cascade_report.json").write_text(json.dumps(report, indent=2, default=str))
     cascade = Cascade(cfg, retrieval, ranker, reranker, ranker.context_features, catalog,
                       train, text, items, report)
-    cascade.rerank_training = training
+    cascade.rerank_training = oof
     return cascade
 
 
-@dataclasses.dataclass
-class RerankTraining:
-    """What the re-ranker learns from: per fold, the ranker that did not see the fold and the
-    fold's lists in that ranker's order with its scores; plus the early retrieval model and
-    the item tables the inputs read. Kept on the Cascade so re-rankers can be refit."""
+def out_of_fold_inputs(graph: CascadeGraph, lists: RankingLists, histories: np.ndarray
+                       ) -> Dict[str, np.ndarray]:
+    """The re-ranker's training arrays of one fold: `graph.rank` (the fold's ranker, which did
+    not see these lists) over the lists' retrieval candidates, labelled from `lists`
+    (max(label, 0) on entries, -1 on padding)."""
+    scores = np.where(lists.mask, lists.extra[RETRIEVAL_SCORE], -np.inf).astype(np.float32)
+    out = run_batched(graph.rank, lists.user_id, histories, {},
+                      extra={"ids": lists.item_id.astype(str), "scores": scores})
+    prefix = "rerank_input_"
+    arrays = {k[len(prefix):]: v for k, v in out.items() if k.startswith(prefix)}
+    ids = out["ranking_ids"]
+    labels = np.full(ids.shape, -1.0, np.float32)
+    for r in range(len(ids)):
+        row = dict(zip(lists.item_id[r], lists.label[r]))
+        labels[r] = [max(float(row.get(i, 0.0)), 0.0) if i != PAD else -1.0 for i in ids[r]]
+    arrays["label"] = labels
+    return arrays
 
-    retrieval: TwoTowerRecommender
-    folds: List[Tuple[RankingModel, RankingLists, np.ndarray]]
-    tables: Dict[str, Optional[np.ndarray]]
-    catalog: np.ndarray
 
-
-def fit_reranking_stage(config: CascadeConfig, training: RerankTraining, run_dir
+def fit_reranking_stage(config: CascadeConfig, parts: List[Dict[str, np.ndarray]], run_dir
                         ) -> Tuple[Reranker, Dict[str, Any]]:
-    """Fits the re-ranker on the out-of-fold ranked lists (10% held out for early stopping)."""
+    """Fits the re-ranker on the out-of-fold arrays of `out_of_fold_inputs` (a share held out
+    for early stopping)."""
     start = time.perf_counter()
-    parts = []
-    for model, top, scores in training.folds:
-        arrays = rerank_inputs(config, training.retrieval, model, top, scores, training.tables,
-                               training.catalog)
-        arrays["label"] = np.where(top.mask, np.maximum(top.label, 0.0), -1.0).astype(
-            np.float32)
-        parts.append(arrays)
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     n = len(data["mask"])
     held = np.sort(np.random.default_rng(config.seed).permutation(n)[

@@ -1,15 +1,14 @@
-"""A fitted cascade and what flows between its stages.
+"""A fitted cascade: its stages, the tables they read, and every stage's lists for users.
 
 `Cascade.run` scores users through retrieval (full catalogue -> `retrieval_k`), ranking
 (-> `ranking_k`), re-ranking, diversity and the business rules (-> `k`), returning every stage's
-list (`StageLists`), the same computation the exported SavedModel runs in the graph. The helpers
-here build each stage's inputs from the previous stage's output; `cascade.fit` uses them to make
-the training lists, so training and serving share one code path.
+list (`StageLists`). It runs `Cascade.graph()`, the `CascadeGraph` the export saves, batched:
+there is no second implementation of any stage.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -17,16 +16,16 @@ import pandas as pd
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
-from recommenders_tf.cascade.candidates import retrieve, seen_positions
 from recommenders_tf.cascade.config import CascadeConfig
+from recommenders_tf.cascade.graph import CascadeGraph
 from recommenders_tf.data.datasets import PAD
 from recommenders_tf.data.schema import GENRES, ITEM_ID, TIMESTAMP, USER_ID
-from recommenders_tf.models.candidate_features import RETRIEVAL_SCORE, CandidateContext
-from recommenders_tf.models.ranking import RankingModel, predict_lists
-from recommenders_tf.models.ranking_data import RankingLists, histories_for
+from recommenders_tf.index.scann_index import RetrievalIndex, build_index
+from recommenders_tf.models.candidate_features import CandidateContext
+from recommenders_tf.models.ranking import RankingModel
+from recommenders_tf.models.ranking_data import histories_for
 from recommenders_tf.models.recommender import TwoTowerRecommender
-from recommenders_tf.models.reranking import Reranker, rerank_scores
-from recommenders_tf.models.rules import BusinessRules
+from recommenders_tf.models.reranking import Reranker
 
 
 def item_counts(interactions: pd.DataFrame, catalog: np.ndarray,
@@ -79,6 +78,7 @@ class StageLists:
     rerank_scores: np.ndarray
     final_ids: np.ndarray
     final_scores: np.ndarray
+    sources: Optional[np.ndarray] = None  # [U] "cascade" or "fallback" (unknown users)
 
     def stage_rank(self, stage: str, ids: np.ndarray) -> np.ndarray:
         """1-based rank of each of `ids` [U, n] in a stage's list (0 where absent)."""
@@ -120,209 +120,105 @@ class Cascade:
         self.categories = item_categories(items, catalog)
         self.popularity = item_counts(train, catalog)
         self.report = report
+        self._graphs: Dict[Any, CascadeGraph] = {}
 
     def histories_for(self, user_ids) -> np.ndarray:
-        """[U, N] most recent train items of users ("" for unknown users), most recent last."""
+        """[U, N] most recent train items of users ("" for unknown users), most recent last;
+        N covers what both towers read."""
         users = np.asarray([str(u) for u in user_ids], dtype=object)
-        return histories_for(users, self.train, max(self.ranker.history_len, 1))
-
-    # ---- stage features (shared with training) -----------------------------------------------
+        width = max(int(self.retrieval.config.history_len), int(self.ranker.history_len), 1)
+        return histories_for(users, self.train, width)
 
     @property
     def feature_tables(self) -> Dict[str, Optional[np.ndarray]]:
         """Catalog-aligned item tables the re-ranker inputs may read."""
         return {"text": self.text, "genres": self.genres}
 
-    def rerank_arrays(self, lists: RankingLists, ranker_scores: np.ndarray,
-                      histories: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
-        """Re-ranker inputs for lists already in ranker order (see `rerank_inputs`)."""
-        return rerank_inputs(self.config, self.retrieval, self.ranker, lists, ranker_scores,
-                             self.feature_tables, self.catalog, histories)
+    def graph(self, index: Optional[RetrievalIndex] = None,
+              fallback_text_weight: float = 0.5) -> CascadeGraph:
+        """The cascade's one computation over `index` (default: exact BruteForce over the
+        catalogue, the one `run` evaluates and the BruteForce export serves)."""
+        if index is not None:
+            return CascadeGraph.from_cascade(self, index, fallback_text_weight)
+        key = ("bruteforce", float(fallback_text_weight))
+        if key not in self._graphs:
+            exact = build_index("bruteforce", None, self.catalog,
+                                self.retrieval.candidate_embeddings(self.catalog),
+                                k=len(self.catalog))
+            self._graphs[key] = CascadeGraph.from_cascade(self, exact, fallback_text_weight)
+        return self._graphs[key]
 
     def run(self, user_ids, histories: Optional[np.ndarray] = None,
             exclude: Optional[pd.DataFrame] = None, batch_size: int = 256) -> StageLists:
-        """Every stage for `user_ids`; histories default to the users' train items.
+        """Every stage for `user_ids` through `graph()`; histories default to the users' train
+        items.
 
         Args:
-          user_ids: users (unknown ids use the towers' OOV buckets and their history).
-          histories: optional [U, N] recent item ids ("" left padding), most recent last.
+          user_ids: users (ids the retrieval model does not know get the fallback answer).
+          histories: optional [U, N] recent item ids ("" padding), most recent last.
           exclude: interactions whose items may not be recommended (default: train).
         """
         users = np.asarray([str(u) for u in user_ids], dtype=object)
-        cfg = self.config
-        exclude = self.train if exclude is None else exclude
         if histories is None:
             histories = self.histories_for(users)
-        histories = np.asarray(histories, dtype=object)
-
-        # Retrieval through the query tower with the given histories.
-        seen = seen_positions(exclude, self.catalog)
-        r_ids, r_scores = [], []
-        for start in range(0, len(users), batch_size):
-            b_users = users[start:start + batch_size]
-            b_hist = histories[start:start + batch_size]
-            s = self.retrieval_scores(b_users, b_hist)
-            ids, sc = retrieve(lambda _u, s=s: s, b_users, self.catalog, None,
-                               cfg.retrieval_k, batch_size=len(b_users), seen=seen)
-            r_ids.append(ids)
-            r_scores.append(sc)
-        r_ids, r_scores = np.concatenate(r_ids), np.concatenate(r_scores)
-        return self.run_from_candidates(users, histories, r_ids, r_scores, batch_size)
-
-    def retrieval_scores(self, users: np.ndarray, histories: np.ndarray) -> np.ndarray:
-        """Query · candidate scores [U, n] over the catalog with explicit histories."""
-        rec = self.retrieval
-        queries = query_embeddings(rec, users, histories)
-        cands = rec._candidates(rec._require_fitted(), self.catalog)
-        return queries.astype(np.float64) @ cands.astype(np.float64).T
-
-    def run_from_candidates(self, users: np.ndarray, histories: np.ndarray,
-                            r_ids: np.ndarray, r_scores: np.ndarray, batch_size: int = 256
-                            ) -> StageLists:
-        """Stages 2 and 3 (and rules) over given retrieval lists (ids [U, K], scores)."""
-        cfg = self.config
-        hist = _fit_width(histories, max(self.ranker.history_len, 1))
-        mask = r_ids != PAD
-        lists = RankingLists(users, hist, r_ids, np.where(mask, 0.0, -1.0).astype(np.float32),
-                             mask, {RETRIEVAL_SCORE: np.where(mask, r_scores, 0.0)})
-        rank_s = predict_lists(self.ranker, lists, batch_size)
-        order = np.argsort(-rank_s, axis=1, kind="stable")[:, :cfg.ranking_k]
-        top = _take(lists, order)
-        top_scores = np.take_along_axis(rank_s, order, 1)
-        arrays = self.rerank_arrays(top, top_scores, histories)
-        re_s = rerank_scores(self.reranker, arrays, batch_size)
-        re_order = np.argsort(-re_s, axis=1, kind="stable")
-        re_ids = np.take_along_axis(top.item_id, re_order, 1)
-        re_scores = np.take_along_axis(re_s, re_order, 1)
-        re_ids = np.where(np.isfinite(re_scores), re_ids, PAD)
-        div_ids, div_scores = self._diversify(re_ids, re_scores)
-        final_ids, final_scores = finalize(div_ids, div_scores, cfg.rules, hist,
-                                           self.categories)
-        return StageLists(users, r_ids, np.where(mask, r_scores, -np.inf),
-                          top.item_id, np.where(top.mask, top_scores, -np.inf),
-                          re_ids, re_scores, final_ids, final_scores)
-
-    def _diversify(self, ids: np.ndarray, scores: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        cfg = self.config
-        if cfg.diversity == "none" or self.diversity_vectors is None:
-            return ids, scores
-        return diversify(ids, scores, self.diversity_vectors, self.catalog, cfg.diversity,
-                         cfg.diversity_lambda, ids.shape[1])
+        exclude = self.train if exclude is None else exclude
+        out = run_batched(self.graph().stages, users, histories, excluded_items(exclude),
+                          batch_size)
+        return StageLists(users, out["retrieval_ids"], out["retrieval_scores"],
+                          out["ranking_ids"], out["ranking_scores"], out["rerank_ids"],
+                          out["rerank_scores"], out["item_ids"], out["scores"], out["source"])
 
 
-def finalize(ids: np.ndarray, scores: np.ndarray, rules: BusinessRules, history: np.ndarray,
-             categories: Dict[str, str], exclude: Optional[np.ndarray] = None
-             ) -> Tuple[np.ndarray, np.ndarray]:
-    """Business rules over a list already in its final order; returns (ids, scores) [U, k].
+def excluded_items(frame: Optional[pd.DataFrame]) -> Dict[str, np.ndarray]:
+    """{user: the distinct items of `frame` that user may not be recommended}."""
+    if frame is None or not len(frame):
+        return {}
+    items = frame[ITEM_ID].astype(str).to_numpy()
+    users = frame[USER_ID].astype(str).to_numpy()
+    order = np.argsort(users, kind="stable")
+    users, items = users[order], items[order]
+    cuts = np.flatnonzero(users[1:] != users[:-1]) + 1
+    starts = np.concatenate([[0], cuts])
+    return {users[a]: pd.unique(part) for a, part in zip(starts, np.split(items, cuts))}
 
-    The rules keep the best-scored survivors, so they are handed the list's order as the score
-    (a diversified order is not sorted by relevance); the reported scores are the lists' own.
+
+def exclusion_rows(excluded: Mapping[str, np.ndarray], users: np.ndarray) -> np.ndarray:
+    """[len(users), W] str: each user's excluded items, "" padded to the widest of these."""
+    rows = [excluded.get(u, ()) for u in users]
+    table = np.full((len(rows), max([len(r) for r in rows] + [1])), PAD, dtype=object)
+    for r, items in enumerate(rows):
+        table[r, :len(items)] = items
+    return table.astype(str)
+
+
+def run_batched(fn, users: np.ndarray, histories: np.ndarray,
+                excluded: Mapping[str, np.ndarray], batch_size: int = 256,
+                extra: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+    """Calls a `CascadeGraph` function `fn(user_id, history, third)` on user batches; string
+    outputs come back as object arrays, the rest as NumPy.
+
+    `third` is each batch's exclusions from `excluded`, padded to that batch's widest row
+    (memory batch x W, not users x the widest user), or, when `extra` is given, those arrays'
+    rows (e.g. the retrieval ids and scores `CascadeGraph.rank` reads).
     """
-    from recommenders_tf.models.rules import apply_rules
-
-    valid = (ids != PAD) & np.isfinite(scores)
-    order_score = np.where(valid, ids.shape[1] - np.arange(ids.shape[1])[None, :], -np.inf)
-    out = apply_rules(rules, ids, order_score, history=history, exclude=exclude,
-                      item_categories=categories if rules.category_caps is not None else None)
-    pos = out.positions
-    final_scores = np.where(pos >= 0, np.take_along_axis(scores, np.maximum(pos, 0), 1),
-                            -np.inf)
-    return out.item_ids, final_scores
-
-
-def diversify(ids: np.ndarray, scores: np.ndarray, vectors: np.ndarray, catalog: np.ndarray,
-              method: str, lam: float, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """MMR / DPP re-ordering of ranked lists; returns (ids, scores) in the new order.
-
-    Scores keep their values (the relevance the selection traded off), so a business rule
-    that cuts the list still sees each item's relevance.
-    """
-    from recommenders_tf.models.diversity import dpp_rerank, mmr_rerank
-
-    mask = ids != PAD
-    pos = pd.Index(catalog).get_indexer(ids.ravel()).reshape(ids.shape)
-    vecs = vectors[np.maximum(pos, 0)] * (pos >= 0)[..., None]
-    rel = np.where(mask, scores, 0.0)
-    fn = mmr_rerank if method == "mmr" else dpp_rerank
-    picks = fn(rel, vecs, min(k, ids.shape[1]), lam=lam, mask=mask)
-    valid = picks >= 0
-    safe = np.maximum(picks, 0)
-    new_ids = np.where(valid, np.take_along_axis(ids, safe, 1), PAD)
-    new_scores = np.where(valid, np.take_along_axis(scores, safe, 1), -np.inf)
-    return new_ids, new_scores
-
-
-def _fit_width(histories: np.ndarray, width: int) -> np.ndarray:
-    """Histories cut or left-padded to `width` columns, most recent last."""
     histories = np.asarray(histories, dtype=object)
-    width = max(int(width), 1)
-    if histories.ndim != 2:
-        raise ValueError(f"histories must be [users, N], got shape {histories.shape}")
-    if histories.shape[1] >= width:
-        return histories[:, histories.shape[1] - width:]
-    pad = np.full((len(histories), width - histories.shape[1]), PAD, dtype=object)
-    return np.concatenate([pad, histories], axis=1)
-
-
-def _take(lists: RankingLists, order: np.ndarray) -> RankingLists:
-    take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
-    return RankingLists(lists.user_id, lists.history, take(lists.item_id), take(lists.label),
-                        take(lists.mask), {k: take(v) for k, v in lists.extra.items()})
+    parts: Dict[str, list] = {}
+    for start in range(0, len(users), batch_size):
+        batch = users[start:start + batch_size]
+        args = [tf.constant(batch.astype(str)),
+                tf.constant(histories[start:start + batch_size].astype(str))]
+        args += ([tf.constant(exclusion_rows(excluded, batch))] if extra is None else
+                 [tf.constant(np.asarray(v[start:start + batch_size]))
+                  for v in extra.values()])
+        for name, value in fn(*args).items():
+            value = value.numpy()
+            if value.dtype == object:
+                value = np.char.decode(value.astype(bytes), "utf-8").astype(object)
+            parts.setdefault(name, []).append(value)
+    return {name: np.concatenate(v) for name, v in parts.items()}
 
 
 def query_embeddings(rec: TwoTowerRecommender, users: np.ndarray,
                      histories: Optional[np.ndarray] = None) -> np.ndarray:
     """[U, d] query-tower embeddings; histories default to the recommender's fitted ones."""
-    width = rec.config.history_len
-    if histories is None:
-        feats = rec.query_features(users)
-    else:
-        feats = {USER_ID: np.asarray(users, dtype=object)}
-        if width > 0:
-            feats["history"] = _fit_width(histories, width)
-    return rec._embed(rec.query_tower, feats)
-
-
-def rerank_inputs(config: "CascadeConfig", rec: TwoTowerRecommender, ranker: RankingModel,
-                  lists: RankingLists, ranker_scores: np.ndarray, tables: Dict[str, np.ndarray],
-                  catalog: np.ndarray, histories: Optional[np.ndarray] = None
-                  ) -> Dict[str, np.ndarray]:
-    """Re-ranker inputs of lists in ranker order.
-
-    item_vectors: the concatenation of `config.rerank_item_features`: "context" (the ranker's
-      standardised context features of the entry: retrieval score, popularity, text and
-      co-occurrence similarity to the history), "genres" (multi-hot, so the encoder can see
-      redundancy in the list), "text" (the LM vector), "embedding" (the retrieval candidate
-      embedding);
-    item_scores: [ranker score, retrieval score] (column 0 is what the list is sorted by);
-    user_vector: the retrieval query embedding when `config.rerank_user` is "embedding".
-    """
-    mask = lists.mask
-    pos = pd.Index(catalog).get_indexer(lists.item_id.ravel()).reshape(mask.shape)
-    found = (pos >= 0)[..., None]
-    parts = []
-    for name in config.rerank_item_features:
-        if name == "context":
-            feats = {"item_id": lists.item_id.astype(str), "history": lists.history.astype(str),
-                     **lists.extra}
-            out = [ranker.context_features({k: tf.constant(v[s:s + 512])
-                                            for k, v in feats.items()}).numpy()
-                   for s in range(0, len(lists), 512)]
-            parts.append(np.concatenate(out) if out else
-                         np.zeros(mask.shape + (ranker.context_features.num_features,)))
-        elif name == "embedding":
-            cand = rec._candidates(rec._require_fitted(), catalog)
-            parts.append(cand[np.maximum(pos, 0)] * found)
-        elif tables.get(name) is not None:
-            parts.append(tables[name][np.maximum(pos, 0)] * found)
-    if not parts:
-        raise ValueError(f"no re-ranker item features available from "
-                         f"{config.rerank_item_features}")
-    item_vectors = np.concatenate(parts, -1)
-    retrieval = lists.extra.get(RETRIEVAL_SCORE, np.zeros(mask.shape, np.float32))
-    scores = np.stack([np.where(mask, ranker_scores, 0.0), np.where(mask, retrieval, 0.0)], -1)
-    out = {"item_vectors": (item_vectors * mask[..., None]).astype(np.float32),
-           "item_scores": scores.astype(np.float32), "mask": mask}
-    if config.rerank_user == "embedding":
-        out["user_vector"] = query_embeddings(rec, lists.user_id, histories).astype(np.float32)
-    return out
+    return rec.query_embeddings(users, histories)

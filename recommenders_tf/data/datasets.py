@@ -29,8 +29,9 @@ import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
 from recommenders_tf.data import schema
+# The padding item id in histories and lists is the serving contract's: exported graphs read it.
+from recommenders_tf.serving.contract import PAD
 
-PAD = ""  # padding item id in histories and lists
 PAD_LABEL = -1.0  # label of padded list entries (TF-Ranking ignores labels < 0)
 
 

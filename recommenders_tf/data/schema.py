@@ -7,8 +7,9 @@ Ids are strings everywhere (raw ids go into the towers' StringLookup layers unch
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 USER_ID = "user_id"
@@ -140,3 +141,22 @@ def object_column(values) -> pd.Series:
     """A plain `object` string column (pandas >= 3 would otherwise infer its `str` dtype)."""
     series = values if isinstance(values, pd.Series) else pd.Series(values)
     return pd.Series(series.astype(str).to_numpy(dtype=object), index=series.index, dtype=object)
+
+
+def check_frame(df: pd.DataFrame, name: str, columns: Sequence[str]) -> pd.DataFrame:
+    """Returns `df` after checking it is a DataFrame holding `columns`, none of them null.
+
+    Every stage that takes frames from a caller checks them with this, so a wrong argument
+    fails at the boundary with its name, the column and the first bad row.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name} is missing column(s) {missing}; has {list(df.columns)}")
+    for c in columns:
+        null = df[c].isna().to_numpy()
+        if null.any():
+            row = int(np.flatnonzero(null)[0])
+            raise ValueError(f"{name} row {row}: field '{c}' is missing")
+    return df

@@ -15,8 +15,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from recommenders_tf.data.schema import ITEM_ID, USER_ID
-from recommenders_tf.evaluation.protocol import TopKEvaluator, check_frame
+from recommenders_tf.data.schema import ITEM_ID, USER_ID, check_frame
+from recommenders_tf.evaluation.protocol import TopKEvaluator
 
 __all__ = ["TopKPeer", "GridSearchPeer", "binary_matrix", "fmt_params"]
 
@@ -122,6 +122,11 @@ class GridSearchPeer(TopKPeer):
         unknown = sorted(set(self.grid) - set(self.default_params))
         if unknown:
             raise ValueError(f"{type(self).__name__} has no parameter(s) {unknown} to search; "
+                             f"known: {sorted(self.default_params)}")
+        unknown = sorted(set(params) - set(self.default_params))
+        if unknown:
+            # A misspelt setting would otherwise be kept and never read.
+            raise ValueError(f"{type(self).__name__} has no parameter(s) {unknown}; "
                              f"known: {sorted(self.default_params)}")
         self.params = {**self.default_params, **params}
         self.chosen_params: Dict[str, float] = dict(self.params)

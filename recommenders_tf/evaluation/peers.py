@@ -1,8 +1,8 @@
 """Peer baselines run beside the project's models in every benchmark (BENCHMARK.md P1, P2).
 
-Top-K peers (`task == "topk"`) follow one interface::
+Top-K peers (`task == "topk"`) follow the `Recommender` interface of `evaluation.registry`::
 
-    peer = PEERS["implicit-ALS"](item_ids=evaluator.item_ids)
+    peer = get_model("implicit-ALS", item_ids=evaluator.item_ids)   # or ImplicitALS(...)
     peer.fit(train, validation=val)        # returns self; peer.notes says what was chosen
     scores = peer.score(user_ids)          # float [len(user_ids), len(item_ids)]
     evaluator.evaluate(peer.score)
@@ -10,9 +10,10 @@ Top-K peers (`task == "topk"`) follow one interface::
 Users unseen in training get the train popularity counts as scores (the most-popular ranking),
 for every top-K peer alike; items unseen in training score below every seen item.
 
-Rating peers (`task == "rating"`) have `fit(train, validation=None)` and
-`predict(pairs) -> np.ndarray`, clipped to the rating range; unknown users and items fall back
-to the global mean (Surprise does this through its baselines).
+Rating peers (`task == "rating"`, the registry's `RatingPredictor`) have
+`fit(train, validation=None)` and `predict(pairs) -> np.ndarray`, clipped to the rating range;
+unknown users and items fall back to the global mean (Surprise does this through its
+baselines).
 
 Hyperparameters of the tuned peers (`implicit` ALS and BPR, EASE, RP3beta, SASRec's epochs)
 are chosen on `validation`, interactions held out from `train` (disjoint from it, e.g. the P1
@@ -21,23 +22,24 @@ then refit on train + validation so the peer sees the same data as an untuned mo
 TensorFlow, `implicit` and `scikit-surprise` are imported lazily so that importing this module
 is cheap.
 
-This module holds the registry `PEERS`; the shared base classes live in `peer_base`, the
-item-item peers (EASE, RP3beta) in `peers_item_item` and SASRec in `peers_sasrec`.
+This module holds the classic peers; the shared base classes live in `peer_base`, the
+item-item peers (EASE, RP3beta) in `peers_item_item` and SASRec in `peers_sasrec`. Every peer
+is registered by its `name` in `evaluation.registry` (`available(kind="peer")`), the one place
+benchmarks and pipelines look models up.
 """
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Type
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
-from recommenders_tf.data.schema import ITEM_ID, RATING, TITLE, USER_ID
+from recommenders_tf.data.schema import ITEM_ID, RATING, TITLE, USER_ID, check_frame
 from recommenders_tf.evaluation.metrics import clip_ratings
 from recommenders_tf.evaluation.peer_base import GridSearchPeer, TopKPeer, binary_matrix
 from recommenders_tf.evaluation.peers_item_item import EASE, RP3beta
 from recommenders_tf.evaluation.peers_sasrec import SASRec
-from recommenders_tf.evaluation.protocol import check_frame
 
 __all__ = [
     "TopKPeer",
@@ -52,9 +54,6 @@ __all__ = [
     "GlobalMean",
     "SurpriseSVD",
     "SurpriseSVDpp",
-    "PEERS",
-    "TOPK_PEERS",
-    "RATING_PEERS",
 ]
 
 
@@ -443,12 +442,3 @@ class SurpriseSVDpp(_SurprisePeer):
         from surprise import SVDpp
 
         return SVDpp(random_state=self.seed)
-
-
-PEERS: Dict[str, Type] = {
-    cls.name: cls
-    for cls in (MostPopular, ImplicitALS, ImplicitBPR, EASE, RP3beta, SASRec,
-                TFRSTutorialRetrieval, GlobalMean, SurpriseSVD, SurpriseSVDpp)
-}
-TOPK_PEERS = tuple(n for n, c in PEERS.items() if c.task == "topk")
-RATING_PEERS = tuple(n for n, c in PEERS.items() if c.task == "rating")

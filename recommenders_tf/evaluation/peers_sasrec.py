@@ -19,9 +19,9 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from recommenders_tf.data.schema import ITEM_ID, TIMESTAMP, USER_ID
+from recommenders_tf.data.schema import ITEM_ID, TIMESTAMP, USER_ID, check_frame
 from recommenders_tf.evaluation.peer_base import TopKPeer
-from recommenders_tf.evaluation.protocol import TopKEvaluator, check_frame
+from recommenders_tf.evaluation.protocol import TopKEvaluator
 
 __all__ = ["SASRec", "user_sequences", "training_windows"]
 

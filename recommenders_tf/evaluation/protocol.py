@@ -32,7 +32,7 @@ from typing import (
 import numpy as np
 import pandas as pd
 
-from recommenders_tf.data.schema import GENRES, ITEM_ID, USER_ID
+from recommenders_tf.data.schema import GENRES, ITEM_ID, USER_ID, check_frame
 from recommenders_tf.evaluation import metrics as M
 
 __all__ = [
@@ -143,20 +143,6 @@ class _Csr:
         at = np.minimum(np.searchsorted(self._keys, query), max(len(self._keys) - 1, 0))
         found = self._keys[at] == query if len(self._keys) else np.zeros(query.shape, bool)
         return ok & found
-
-
-def check_frame(df: pd.DataFrame, name: str, columns: Sequence[str]) -> pd.DataFrame:
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{name} is missing column(s) {missing}; has {list(df.columns)}")
-    for c in columns:
-        null = df[c].isna().to_numpy()
-        if null.any():
-            row = int(np.flatnonzero(null)[0])
-            raise ValueError(f"{name} row {row}: field '{c}' is missing")
-    return df
 
 
 def genre_features(items: pd.DataFrame, column: str = GENRES) -> pd.DataFrame:

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import numpy as np
+
 from recommenders_tf.config import atomic_write_text, machine_info, today, write_json
 
 METRIC_ORDER = [
@@ -31,6 +33,13 @@ PROTOCOL_TITLES = {
     "P5-cascade": "P5 — latency of one recommend call through the exported cascade",
     "P5-exclusions": "P5 — cost of excluding W ids in recommend_with_exclusions",
 }
+
+
+def round_metrics(metrics: Dict[str, Any], digits: int = 5) -> Dict[str, Any]:
+    """A row's metrics as results files hold them: floats rounded, other values as they are,
+    without the evaluator's `n_users` count."""
+    return {k: (round(float(v), digits) if isinstance(v, (float, np.floating)) else v)
+            for k, v in metrics.items() if k != "n_users"}
 
 
 def results_path(results_dir: Path, dataset: str, protocol: str) -> Path:

@@ -11,9 +11,10 @@ chance there; a model that reads item text must beat it. The baselines here are 
     candidates under the evaluator's rules (train items excluded), per user, so P4 buckets
     get their own chance level; `RandomScorer` is the seeded scorer it is the mean of.
 
-Scorers follow the peers' interface (`evaluation.peers`): ``fit(train)`` then
-``score(user_ids) -> float [len(user_ids), len(item_ids)]`` with columns in the order of
-`item_ids` (pass `TopKEvaluator.item_ids`), so ``evaluator.evaluate(scorer.score)`` works.
+Scorers follow the peers' interface (`evaluation.registry.Recommender`): ``fit(train)`` then
+``score(user_ids, item_ids=None) -> float [len(user_ids), len(item_ids)]`` with columns in the
+order of `item_ids` (default the `item_ids` given at construction: pass
+`TopKEvaluator.item_ids`), so ``evaluator.evaluate(scorer.score)`` works.
 Users without a usable train item get all-zero scores (the evaluator then ranks by item id).
 
 TF-IDF uses scipy.sparse (installed with the `peers` extra, as a dependency of `implicit` and
@@ -145,10 +146,10 @@ class _TextScorer:
         self.fit_seconds = 0.0
         self._fitted = False
 
-    def _check_candidates(self, pos: np.ndarray, what: str) -> np.ndarray:
-        """`pos` (row of each candidate, -1 if absent), after applying `on_missing`."""
+    def _check_candidates(self, item_ids: np.ndarray, pos: np.ndarray, what: str) -> np.ndarray:
+        """`pos` (row of each of `item_ids`, -1 if absent), after applying `on_missing`."""
         if (pos < 0).any() and self.on_missing == "error":
-            absent = list(self.item_ids[pos < 0][:5])
+            absent = list(item_ids[pos < 0][:5])
             raise ValueError(
                 f"{self.name}: {int((pos < 0).sum())} candidate item(s) have no {what}, e.g. "
                 f"{absent}; add their text (or pass on_missing='zero' to score them 0)")
@@ -167,13 +168,31 @@ class _TextScorer:
     def _fit(self, train: pd.DataFrame) -> None:
         raise NotImplementedError
 
-    def score(self, user_ids: Sequence[str]) -> np.ndarray:
-        """Cosine of each user's profile with each candidate, float [users, len(item_ids)]."""
+    def score(self, user_ids: Sequence[str],
+              item_ids: Optional[Iterable[str]] = None) -> np.ndarray:
+        """Cosine of each user's profile with each candidate, float [users, len(item_ids)].
+
+        Args:
+          user_ids: users to score.
+          item_ids: column order; default the `item_ids` given at construction (else the
+            sorted train items). Other columns follow `on_missing` as the default ones do.
+        """
         if not self._fitted:
             raise RuntimeError(f"{type(self).__name__}.score called before fit")
-        return self._score(np.asarray([str(u) for u in user_ids], dtype=object))
+        users = np.asarray([str(u) for u in user_ids], dtype=object)
+        columns = self._candidates
+        if item_ids is not None:
+            ids = np.asarray([str(i) for i in item_ids], dtype=object)
+            # The evaluator passes the same columns on every batch: reuse the fitted ones.
+            if not np.array_equal(ids, self.item_ids):
+                columns = self._columns(ids)
+        return self._score(users, columns)
 
-    def _score(self, users: np.ndarray) -> np.ndarray:
+    def _columns(self, item_ids: np.ndarray):
+        """The candidate matrix of `item_ids`, in the layout `_score` reads."""
+        raise NotImplementedError
+
+    def _score(self, users: np.ndarray, columns) -> np.ndarray:
         raise NotImplementedError
 
     __call__ = score
@@ -196,21 +215,23 @@ class LMNeighbours(_TextScorer):
         super().__init__(item_ids, weighting, on_missing)
         self.item_vectors = item_vectors
 
-    def _fit(self, train):
-        self._check_candidates(self.item_vectors.positions(self.item_ids), "vector")
-        self.profiles = build_user_profiles(train, self.item_vectors, weighting=self.weighting)
-        candidates, _ = self.item_vectors.lookup(self.item_ids)  # zeros for missing ones
+    def _columns(self, item_ids):
+        self._check_candidates(item_ids, self.item_vectors.positions(item_ids), "vector")
+        candidates, _ = self.item_vectors.lookup(item_ids)  # zeros for missing ones
         norms = np.linalg.norm(candidates, axis=1, keepdims=True)
-        self._candidates = np.divide(candidates, norms, out=np.zeros_like(candidates),
-                                     where=norms > 0)
+        return np.divide(candidates, norms, out=np.zeros_like(candidates), where=norms > 0)
+
+    def _fit(self, train):
+        self._candidates = self._columns(self.item_ids)
+        self.profiles = build_user_profiles(train, self.item_vectors, weighting=self.weighting)
         self.notes = (f"{self.item_vectors.model} ({self.item_vectors.dim}-d) profile = "
                       f"{self.weighting} of train item vectors; {self.profiles.n_empty} users "
                       f"without profile, {self.profiles.missing_item_pairs} train pairs without "
                       "vector")
 
-    def _score(self, users):
+    def _score(self, users, columns):
         rows, _ = profile_matrix(self.profiles, users)
-        return rows.astype(np.float64) @ self._candidates.T.astype(np.float64)
+        return rows.astype(np.float64) @ columns.T.astype(np.float64)
 
 
 class TfidfNeighbours(_TextScorer):
@@ -258,24 +279,29 @@ class TfidfNeighbours(_TextScorer):
         norms = np.sqrt(np.asarray(profiles.multiply(profiles).sum(axis=1)).ravel())
         inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
         self._profiles = (sp.diags(inv) @ profiles).tocsr()
-        pos = self._check_candidates(self._item_index.get_indexer(self.item_ids),
-                                     "text in items")
-        candidates = self._matrix[np.maximum(pos, 0)]
-        if (pos < 0).any():
-            candidates = sp.diags((pos >= 0).astype(np.float64)) @ candidates
-        self._candidates_t = candidates.T.tocsc()
+        self._candidates = self._columns(self.item_ids)
         n_empty = int((norms == 0).sum())
         self.notes = (f"TF-IDF over {len(self.tfidf.vocabulary)} tokens of "
                       f"{len(self._item_index)} item texts; profile = {self.weighting} of train "
                       f"item vectors; {int((~known).sum())} train pairs without text, "
                       f"{n_empty} train users without profile")
 
-    def _score(self, users):
+    def _columns(self, item_ids):
+        """[vocabulary, len(item_ids)] CSC: the candidates' TF-IDF vectors as columns."""
+        sp = _sparse()
+        pos = self._check_candidates(item_ids, self._item_index.get_indexer(item_ids),
+                                     "text in items")
+        candidates = self._matrix[np.maximum(pos, 0)]
+        if (pos < 0).any():
+            candidates = sp.diags((pos >= 0).astype(np.float64)) @ candidates
+        return candidates.T.tocsc()
+
+    def _score(self, users, columns):
         pos = self._users.get_indexer(users)
-        out = np.zeros((len(users), len(self.item_ids)), dtype=np.float64)
+        out = np.zeros((len(users), columns.shape[1]), dtype=np.float64)
         known = pos >= 0
         if known.any():
-            out[known] = (self._profiles[pos[known]] @ self._candidates_t).toarray()
+            out[known] = (self._profiles[pos[known]] @ columns).toarray()
         return out
 
 
@@ -284,25 +310,35 @@ class RandomScorer:
     the batch it is scored in; averaged over seeds it converges to `chance_metrics`.
 
     Args:
-        item_ids: candidate column order (`TopKEvaluator.item_ids`).
+        item_ids: candidate column order (`TopKEvaluator.item_ids`); default the sorted items
+            of the `train` given to `fit`.
         seed: base seed.
     """
 
     name = "random"
     task = "topk"
 
-    def __init__(self, item_ids: Iterable[str], seed: int = 0):
-        self.item_ids = np.asarray([str(i) for i in item_ids], dtype=object)
+    def __init__(self, item_ids: Optional[Iterable[str]] = None, seed: int = 0):
+        self.item_ids = None if item_ids is None else np.asarray([str(i) for i in item_ids],
+                                                                 dtype=object)
         self.seed = int(seed)
+        self.notes = f"uniform random scores, seed {self.seed}"
 
-    def fit(self, train=None, validation=None) -> "RandomScorer":
+    def fit(self, train: Optional[pd.DataFrame] = None, validation=None) -> "RandomScorer":
+        if self.item_ids is None and train is not None:
+            self.item_ids = np.sort(train[ITEM_ID].astype(str).unique()).astype(object)
         return self
 
-    def score(self, user_ids: Sequence[str]) -> np.ndarray:
-        out = np.empty((len(user_ids), len(self.item_ids)), dtype=np.float64)
+    def score(self, user_ids: Sequence[str],
+              item_ids: Optional[Iterable[str]] = None) -> np.ndarray:
+        """Float [len(user_ids), len(item_ids)] in [0, 1); item_ids default as constructed."""
+        columns = self.item_ids if item_ids is None else list(item_ids)
+        if columns is None:
+            raise RuntimeError("RandomScorer needs item_ids, at construction or from fit(train)")
+        out = np.empty((len(user_ids), len(columns)), dtype=np.float64)
         for row, user in enumerate(user_ids):
             rng = np.random.default_rng([self.seed, zlib.crc32(str(user).encode("utf-8"))])
-            out[row] = rng.random(len(self.item_ids))
+            out[row] = rng.random(len(columns))
         return out
 
     __call__ = score

@@ -12,7 +12,7 @@ from __future__ import annotations
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
-PAD = ""
+from recommenders_tf.serving.contract import PAD
 
 
 def compact_right(ids: tf.Tensor, keep: tf.Tensor | None = None) -> tf.Tensor:

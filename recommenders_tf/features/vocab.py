@@ -5,6 +5,9 @@ the retrieval task's logQ correction needs the train item frequencies, and the o
 most frequent ids the low lookup indices. Saved as plain text (`vocab.txt`, one token per line)
 with a `counts.tsv` sidecar, so a Beam job or another language can produce or read them.
 
+The same class describes a lookup table read back from a model (`serving.export.
+find_vocabularies`): tokens in lookup-index order, no counts, and where the indices start.
+
 Example:
   items = Vocabulary.from_values(split.train["item_id"], name="item_id")
   lookup = items.string_lookup()          # "unseen id" -> 0 (the OOV index)
@@ -27,20 +30,27 @@ META_FILE = "vocab.json"
 
 @dataclasses.dataclass
 class Vocabulary:
-    """Tokens sorted by frequency then token, with their train counts.
+    """Distinct tokens in lookup-index order, with their train counts when known.
 
     Args:
-      tokens: distinct non-empty tokens, most frequent first (ties by token).
-      counts: train count of each token, aligned with `tokens`.
-      name: what the tokens are ("item_id", "user_id", "genre"), recorded in the files.
+      tokens: distinct tokens; built from train they are non-empty, most frequent first (ties
+        by token).
+      counts: train count of each token, aligned with `tokens`; None when unknown (a table
+        read back from a model), which `count`, `frequencies` and `save` refuse.
+      name: what the tokens are ("item_id", "user_id", "genre"), recorded in the files; for a
+        table found in a model, its dotted attribute path ("model.user_lookup").
+      first_index: the lookup index of the first token (OOV buckets and the mask come first).
+      contiguous: whether the indices run without gaps from `first_index`.
     """
 
     tokens: List[str]
-    counts: List[int]
+    counts: Optional[List[int]] = None
     name: str = ""
+    first_index: int = 0
+    contiguous: bool = True
 
     def __post_init__(self):
-        if len(self.tokens) != len(self.counts):
+        if self.counts is not None and len(self.tokens) != len(self.counts):
             raise ValueError(f"{len(self.tokens)} tokens but {len(self.counts)} counts")
         if len(set(self.tokens)) != len(self.tokens):
             raise ValueError("vocabulary tokens must be distinct")
@@ -71,10 +81,17 @@ class Vocabulary:
     def __contains__(self, token) -> bool:
         return token in self._index
 
+    def _known_counts(self) -> List[int]:
+        if self.counts is None:
+            raise ValueError(f"vocabulary {self.name!r} has no train counts (it was read from "
+                             "a lookup table); build it with from_values or load")
+        return self.counts
+
     def count(self, token: str) -> int:
         """Train count of `token` (0 when unseen)."""
+        counts = self._known_counts()
         position = self._index.get(token)
-        return 0 if position is None else self.counts[position]
+        return 0 if position is None else counts[position]
 
     def index(self, token: str, num_oov_indices: int = 1) -> int:
         """The index `string_lookup(num_oov_indices)` gives `token` (unseen tokens: 0)."""
@@ -83,7 +100,8 @@ class Vocabulary:
 
     def frequencies(self, num_oov_indices: int = 1) -> np.ndarray:
         """Train counts aligned with lookup indices (OOV slots count 0), as float64."""
-        return np.concatenate([np.zeros(num_oov_indices), np.asarray(self.counts, float)])
+        return np.concatenate([np.zeros(num_oov_indices),
+                               np.asarray(self._known_counts(), float)])
 
     def probabilities(self, num_oov_indices: int = 1) -> np.ndarray:
         """Train sampling probabilities aligned with lookup indices (for logQ correction)."""
@@ -106,6 +124,7 @@ class Vocabulary:
 
     def save(self, directory) -> Path:
         """Writes vocab.txt, counts.tsv and vocab.json into `directory`; returns it."""
+        counts = self._known_counts()
         directory = Path(directory)
         for token in self.tokens:
             if any(ch in token for ch in "\n\r\t"):
@@ -114,9 +133,9 @@ class Vocabulary:
         directory.mkdir(parents=True, exist_ok=True)
         body = "".join(t + "\n" for t in self.tokens)
         (directory / VOCAB_FILE).write_text(body, encoding="utf-8")
-        counts = "".join(f"{t}\t{c}\n" for t, c in zip(self.tokens, self.counts))
-        (directory / COUNTS_FILE).write_text("token\tcount\n" + counts, encoding="utf-8")
-        meta = {"name": self.name, "size": len(self), "total_count": int(sum(self.counts)),
+        rows = "".join(f"{t}\t{c}\n" for t, c in zip(self.tokens, counts))
+        (directory / COUNTS_FILE).write_text("token\tcount\n" + rows, encoding="utf-8")
+        meta = {"name": self.name, "size": len(self), "total_count": int(sum(counts)),
                 "order": "count desc, token asc"}
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return directory

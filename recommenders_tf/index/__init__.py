@@ -1,8 +1,10 @@
 """Retrieval indexes over candidate embeddings: BruteForce (exact) and ScaNN (fast), one interface.
 
 `build_index` makes a `RetrievalIndex`; `tune_scann` picks ScaNN settings for a recall target;
-`recall_at_k_vs_exact` measures one index against the exact one; `CandidateStore` keeps ids
-and embeddings as files so new items can be embedded and appended without retraining.
+`recall_at_k_vs_exact` measures one index against the exact one; `build_tuned_index` is the
+one policy every shipped ScaNN is built by (held-out recall, re-tuning, every-leaf fallback);
+`CandidateStore` keeps ids and embeddings as files so new items can be embedded and appended
+without retraining.
 The P5 speed benchmark lives in `recommenders_tf.index.bench` (imported on demand).
 """
 from recommenders_tf.index.candidate_store import (
@@ -12,8 +14,16 @@ from recommenders_tf.index.candidate_store import (
     LoadedTower,
     add_items,
     embed_items,
+    latest_store_dir,
     load_tower,
     save_tower,
+    store_dirs,
+)
+from recommenders_tf.index.policy import (
+    TunedIndex,
+    build_tuned_index,
+    noise_queries,
+    split_queries,
 )
 from recommenders_tf.index.scann_index import (
     INDEX_KINDS,
@@ -21,7 +31,6 @@ from recommenders_tf.index.scann_index import (
     RetrievalIndex,
     ScannParams,
     build_index,
-    top_k_excluding,
 )
 from recommenders_tf.index.tuning import (
     ScannGrid,
@@ -41,12 +50,17 @@ __all__ = [
     "ScannGrid",
     "ScannParams",
     "ScannTuningResult",
+    "TunedIndex",
     "add_items",
     "build_index",
+    "build_tuned_index",
     "embed_items",
+    "latest_store_dir",
     "load_tower",
+    "noise_queries",
     "recall_at_k_vs_exact",
     "save_tower",
-    "top_k_excluding",
+    "split_queries",
+    "store_dirs",
     "tune_scann",
 ]

@@ -12,12 +12,17 @@ query_tower/               SavedModel: raw query features -> embedding (optional
 
 `add_items` embeds new items with the (saved) candidate tower and appends them; rebuild the
 index from the new store with `build_index`. Arrays are loaded with `allow_pickle=False`.
+
+A training run folder holds its store as `candidate_store/` (version 1); each re-index adds a
+new `candidate_store.v<N>/` beside it and never touches the older ones. `store_dirs` lists them
+and `latest_store_dir` picks the newest.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ from recommenders_tf.index.scann_index import (
     normalize_ids,
     to_string_tensor,
 )
+from recommenders_tf.serving.contract import RETRIEVAL_INPUTS, SERVING_DEFAULT, tensor_specs
 
 IDS_FILE = "candidate_ids.txt"
 EMBEDDINGS_FILE = "candidate_embeddings.npy"
@@ -40,12 +46,12 @@ MANIFEST_FILE = "store.json"
 CANDIDATE_TOWER_DIR = "candidate_tower"
 QUERY_TOWER_DIR = "query_tower"
 FORMAT_VERSION = 1
+STORE_DIR = "candidate_store"
+_STORE_VERSION = re.compile(rf"{STORE_DIR}\.v(\d+)")
 
 CANDIDATE_FEATURE_SPEC = {"item_id": tf.TensorSpec([None], tf.string, name="item_id")}
-QUERY_FEATURE_SPEC = {
-    "user_id": tf.TensorSpec([None], tf.string, name="user_id"),
-    "history": tf.TensorSpec([None, None], tf.string, name="history"),
-}
+# The query tower's inputs are what a retrieval export's signatures take.
+QUERY_FEATURE_SPEC = tensor_specs(RETRIEVAL_INPUTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +148,31 @@ class CandidateStore:
         return cls(np.asarray(ids, dtype=str), embeddings)
 
 
+def store_dirs(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(version, path) of every candidate store in a run folder, oldest first."""
+    run_dir = Path(run_dir)
+    found = []
+    if (run_dir / STORE_DIR).is_dir():
+        found.append((1, run_dir / STORE_DIR))
+    if run_dir.is_dir():
+        for path in run_dir.iterdir():
+            match = _STORE_VERSION.fullmatch(path.name)
+            if match and path.is_dir():
+                found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_store_dir(run_dir: str | os.PathLike) -> Path:
+    """The newest candidate store of a run folder (see `store_dirs`)."""
+    found = store_dirs(run_dir)
+    if not found:
+        raise FileNotFoundError(
+            f"No candidate store in {run_dir}: expected {STORE_DIR}/ (written by "
+            "pipelines.train_retrieval); pass --run-dir of a finished training run or "
+            "--set store_dir=<dir>.")
+    return found[-1][1]
+
+
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -175,22 +206,40 @@ def save_tower(tower: Any, path: str | os.PathLike,
     path = Path(path)
     module = _TowerModule(tower, feature_spec)
     tf.saved_model.save(module, str(path),
-                        signatures={"serving_default": module.embed.get_concrete_function()})
+                        signatures={SERVING_DEFAULT: module.embed.get_concrete_function()})
     return path
 
 
-class LoadedTower:
+class LoadedTower(tf.Module):
     """A tower saved by `save_tower`, callable on a feature dict like the original.
 
+    Being a `tf.Module` that owns the loaded SavedModel, it is tracked when an export wraps it,
+    so the tower's variables are saved into the export.
+
     Args:
-        path: the SavedModel directory.
+        path: the SavedModel directory (e.g. `candidate_store/query_tower`).
+
+    Attributes:
+        feature_spec: {input name: tf.TensorSpec} of its `serving_default` signature.
+        input_names: the input names, sorted.
+
+    Example:
+        >>> tower = LoadedTower("runs/train_retrieval/synthetic/candidate_store/query_tower")
+        >>> tower({"user_id": ["u1"], "history": [["i1"]]})
     """
 
     def __init__(self, path: str | os.PathLike):
+        super().__init__(name="loaded_tower")
         self.path = Path(path)
-        self._loaded = tf.saved_model.load(str(self.path))
-        self._fn = self._loaded.signatures["serving_default"]
-        self.input_names = sorted(self._fn.structured_input_signature[1])
+        if not (self.path / "saved_model.pb").exists():
+            raise FileNotFoundError(f"{path} is not a SavedModel folder (no saved_model.pb).")
+        self.saved = tf.saved_model.load(str(self.path))
+        if SERVING_DEFAULT not in self.saved.signatures:
+            raise ValueError(f"The tower saved at {path} has no {SERVING_DEFAULT} signature.")
+        self._fn = self.saved.signatures[SERVING_DEFAULT]
+        self.feature_spec = {name: tf.TensorSpec(spec.shape, spec.dtype, name=name)
+                             for name, spec in self._fn.structured_input_signature[1].items()}
+        self.input_names = sorted(self.feature_spec)
 
     def __call__(self, features: Mapping[str, Any]) -> tf.Tensor:
         missing = [name for name in self.input_names if name not in features]
@@ -199,12 +248,13 @@ class LoadedTower:
                 f"The tower saved at {self.path} needs features {self.input_names}; "
                 f"missing {missing}."
             )
-        spec = self._fn.structured_input_signature[1]
         inputs = {}
-        for name in self.input_names:
+        for name, spec in self.feature_spec.items():
             value = features[name]
-            inputs[name] = (to_string_tensor(value) if spec[name].dtype == tf.string
-                            else tf.convert_to_tensor(value, spec[name].dtype))
+            # Python and numpy strings of any kind (str, bytes, object arrays) become tf.string;
+            # tensors (inside an export's traced function) pass through.
+            inputs[name] = (to_string_tensor(value) if spec.dtype == tf.string
+                            else tf.convert_to_tensor(value, spec.dtype))
         return self._fn(**inputs)["embedding"]
 
 

@@ -38,8 +38,9 @@ import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from recommenders_tf.serving.contract import PAD as PAD_ID  # an empty result slot
+
 INDEX_KINDS = ("bruteforce", "scann")
-PAD_ID = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,22 +197,6 @@ def pad_and_mask(scores: tf.Tensor, rows: tf.Tensor, k) -> tuple[tf.Tensor, tf.T
     scores = tf.pad(scores, [[0, 0], [0, missing]], constant_values=-np.inf)
     rows = tf.pad(rows, [[0, 0], [0, missing]], constant_values=-1)
     return tf.reshape(scores[:, :k], [-1, k]), tf.reshape(rows[:, :k], [-1, k])
-
-
-def top_k_excluding(
-    scores: tf.Tensor, ids: tf.Tensor, exclude_ids: tf.Tensor, k: int
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Keeps the k best of `ids` per row after removing any id listed in that row of `exclude_ids`.
-
-    Excluded and pad slots get score -inf before the top k, and any -inf slot that survives
-    (too few non-excluded candidates) comes back as id "" with score -inf, so an excluded id can
-    never appear in the output. `exclude_ids` is [B, W]; "" in it excludes nothing.
-
-    It compares every slot with every excluded id (L x W per row): fine for short lists whose
-    ids are not catalogue rows; indexes use `RetrievalIndex.search_excluding` instead.
-    """
-    excluded = tf.reduce_any(tf.equal(ids[:, :, None], exclude_ids[:, None, :]), axis=-1)
-    return _masked_top_k(scores, ids, excluded, k)
 
 
 class CatalogRows(tf.Module):

@@ -43,22 +43,16 @@ from recommenders_tf.models.reranking import (  # noqa: E402
 
 __all__ += ["Reranker", "RerankerConfig", "build_reranker", "fit_reranker", "rerank_scores"]
 
-# Stage 3: diversity re-ranking (NumPy for evaluation, TensorFlow for exports).
-from recommenders_tf.models.diversity import (  # noqa: E402
-    dpp_rerank,
-    dpp_rerank_tf,
-    mmr_rerank,
-    mmr_rerank_tf,
-)
+# Stage 3: diversity re-ranking.
+from recommenders_tf.models.diversity import dpp_rerank_tf, mmr_rerank_tf  # noqa: E402
 
-__all__ += ["dpp_rerank", "dpp_rerank_tf", "mmr_rerank", "mmr_rerank_tf"]
+__all__ += ["dpp_rerank_tf", "mmr_rerank_tf"]
 
 # Stage 3: business rules applied last.
 from recommenders_tf.models.rules import (  # noqa: E402
     BusinessRules,
     BusinessRulesLayer,
     RuleOutput,
-    apply_rules,
 )
 
-__all__ += ["BusinessRules", "BusinessRulesLayer", "RuleOutput", "apply_rules"]
+__all__ += ["BusinessRules", "BusinessRulesLayer", "RuleOutput"]

@@ -41,6 +41,7 @@ import pandas as pd
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
+from recommenders_tf.data.schema import ITEM_ID, USER_ID
 from recommenders_tf.features.id_lists import compact_right
 
 RETRIEVAL_SCORE = "retrieval_score"
@@ -56,8 +57,6 @@ def item_neighbors(interactions: pd.DataFrame, item_ids: Sequence[str], neighbor
     product, so the memory is that of the co-occurring pairs, not n^2.
     """
     import scipy.sparse as sp
-
-    from recommenders_tf.data.schema import ITEM_ID, USER_ID
 
     ids = pd.Index([str(i) for i in item_ids])
     frame = interactions.drop_duplicates([USER_ID, ITEM_ID])

@@ -1,10 +1,10 @@
-"""Diversity re-ranking of a scored list: MMR and greedy DPP, in NumPy and in TensorFlow.
+"""Diversity re-ranking of a scored list: MMR and greedy DPP, in TensorFlow (graph-mode).
 
 Both pick k of a list's L candidates one at a time, trading the candidates' relevance against
 their similarity to what is already picked, with one knob `lam` in [0, 1]:
 lam = 1 is pure relevance (the output is the top k by relevance), lam = 0 pure diversity.
 
-Shared conventions (NumPy and TensorFlow implementations follow them exactly):
+Conventions (the NumPy oracles in tests/oracles.py follow them exactly):
   inputs     relevance [B, L] (any real scores, e.g. re-ranker outputs), item_vectors
              [B, L, D] (text vectors, embeddings), mask [B, L] bool (default: finite
              relevance, so -inf padding from `rerank_scores` is masked by itself)
@@ -35,13 +35,12 @@ only once every remaining item is such: from then on the rest of the k slots are
 relevance order (Chen et al. stop there instead; a recommender still wants k items).
 
 Example:
-  >>> picks = dpp_rerank(scores, vectors, k=10, lam=0.7)            # NumPy, [B, 10]
-  >>> picks_tf = dpp_rerank_tf(scores, vectors, k=10, lam=0.7)      # graph-mode, same result
-  >>> items = np.take_along_axis(item_ids, np.maximum(picks, 0), 1)  # -1 marks padding
+  >>> picks = dpp_rerank_tf(scores, vectors, k=10, lam=0.7)              # int32 [B, 10]
+  >>> items = tf.gather(item_ids, tf.maximum(picks, 0), batch_dims=1)    # -1 marks padding
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Union
 
 import numpy as np
 
@@ -53,9 +52,8 @@ import tensorflow as tf
 # that float32 rounding of an exact duplicate (about 1e-7) is caught.
 DPP_EPS = 1e-5
 
-__all__ = ["DPP_EPS", "normalize_relevance", "cosine_similarity", "mmr_rerank", "dpp_rerank",
-           "normalize_relevance_tf", "cosine_similarity_tf", "mmr_rerank_tf", "dpp_rerank_tf",
-           "dpp_alpha"]
+__all__ = ["DPP_EPS", "normalize_relevance_tf", "cosine_similarity_tf", "mmr_rerank_tf",
+           "dpp_rerank_tf", "dpp_alpha"]
 
 
 def dpp_alpha(lam: float) -> float:
@@ -73,128 +71,6 @@ def _check_k(k) -> int:
     if int(k) != k or int(k) < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
     return int(k)
-
-
-# ----------------------------------------------------------------------------------- NumPy
-
-
-def _prepare(relevance, item_vectors, mask) -> Tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    rel = np.asarray(relevance, dtype=np.float64)
-    vecs = np.asarray(item_vectors, dtype=np.float64)
-    single = rel.ndim == 1
-    if single:  # one list: accept [L] / [L, D] and return [k]
-        rel, vecs = rel[None], vecs[None]
-        mask = None if mask is None else np.asarray(mask)[None]
-    if rel.ndim != 2 or vecs.ndim != 3 or vecs.shape[:2] != rel.shape:
-        raise ValueError(f"relevance must be [B, L] and item_vectors [B, L, D]; got "
-                         f"{rel.shape} and {vecs.shape}")
-    mask = np.isfinite(rel) if mask is None else np.asarray(mask, dtype=bool)
-    if mask.shape != rel.shape:
-        raise ValueError(f"mask must have the relevance shape {rel.shape}, got {mask.shape}")
-    mask = mask & np.isfinite(rel)
-    return rel, vecs, mask, single
-
-
-def normalize_relevance(relevance: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per-list min-max of the unmasked scores to [0, 1]; constant lists and padding get 0."""
-    rel = np.where(mask, relevance, 0.0)
-    low = np.where(mask, rel, np.inf).min(axis=1, keepdims=True)
-    high = np.where(mask, rel, -np.inf).max(axis=1, keepdims=True)
-    span = high - low
-    ok = np.isfinite(span) & (span > 0)
-    return np.where(mask & ok, (rel - np.where(ok, low, 0.0)) / np.where(ok, span, 1.0), 0.0)
-
-
-def cosine_similarity(item_vectors: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """[B, L, D] -> [B, L, L] cosines; zero vectors and padding have cosine 0, diagonal 1."""
-    vecs = np.where(mask[..., None], item_vectors, 0.0)
-    norms = np.linalg.norm(vecs, axis=-1, keepdims=True)
-    unit = np.divide(vecs, norms, out=np.zeros_like(vecs), where=norms > 0)
-    sims = np.einsum("bld,bmd->blm", unit, unit)
-    idx = np.arange(sims.shape[1])
-    sims[:, idx, idx] = 1.0
-    return sims
-
-
-def mmr_rerank(relevance, item_vectors, k: int, lam: float = 0.5, mask=None) -> np.ndarray:
-    """Maximal marginal relevance over each list (see the module docstring).
-
-    Args:
-      relevance: [B, L] (or [L]) scores; non-finite entries count as masked.
-      item_vectors: [B, L, D] (or [L, D]).
-      k: items to pick.
-      lam: trade-off in [0, 1]; 1 = top k by relevance.
-      mask: optional [B, L] bool, False = padding.
-
-    Returns:
-      int64 [B, k] (or [k]) list positions in selection order, -1 padded.
-    """
-    k = _check_k(k)
-    _check_lam(lam)
-    rel, vecs, mask, single = _prepare(relevance, item_vectors, mask)
-    r = normalize_relevance(rel, mask)
-    sims = cosine_similarity(vecs, mask)
-    batch, _ = r.shape
-    rows = np.arange(batch)
-    available = mask.copy()
-    max_sim = np.zeros_like(r)
-    selected = np.full((batch, k), -1, np.int64)
-    for t in range(k):
-        gain = np.where(available, lam * r - (1.0 - lam) * max_sim, -np.inf)
-        j = np.argmax(gain, axis=1)  # first maximum: ties go to the input order
-        has = available.any(axis=1)
-        selected[:, t] = np.where(has, j, -1)
-        sim_j = sims[rows, j]
-        max_sim = sim_j if t == 0 else np.maximum(max_sim, sim_j)
-        available[rows[has], j[has]] = False
-    return selected[0] if single else selected
-
-
-def dpp_rerank(relevance, item_vectors, k: int, lam: float = 0.5, mask=None,
-               eps: float = DPP_EPS) -> np.ndarray:
-    """Greedy DPP MAP inference with the incremental Cholesky update (module docstring).
-
-    Args:
-      relevance: [B, L] (or [L]) scores; non-finite entries count as masked.
-      item_vectors: [B, L, D] (or [L, D]).
-      k: items to pick.
-      lam: trade-off theta in [0, 1]; 1 = top k by relevance, 0 = max log det S_Y.
-      mask: optional [B, L] bool, False = padding.
-      eps: conditional variance below which an item counts as inside the picked span.
-
-    Returns:
-      int64 [B, k] (or [k]) list positions in selection order, -1 padded.
-    """
-    k = _check_k(k)
-    _check_lam(lam)
-    rel, vecs, mask, single = _prepare(relevance, item_vectors, mask)
-    r = normalize_relevance(rel, mask)
-    sims = cosine_similarity(vecs, mask)
-    batch, length = r.shape
-    rows = np.arange(batch)
-    chol = np.zeros((batch, length, k))     # c_i: row i of the Cholesky factor of S_Y
-    d2 = np.ones((batch, length))           # d_i^2 = det S_{Y+i} / det S_Y
-    available = mask.copy()
-    selected = np.full((batch, k), -1, np.int64)
-    for t in range(k):
-        # lam = 1 ignores the kernel (alpha = inf): every available item is eligible.
-        eligible = available & ((d2 > eps) | (lam == 1.0))
-        gain = lam * r + (1.0 - lam) * np.log(np.maximum(d2, eps))
-        fill = ~eligible.any(axis=1)        # kernel exhausted: fill by relevance
-        score = np.where(fill[:, None], np.where(available, r, -np.inf),
-                         np.where(eligible, gain, -np.inf))
-        j = np.argmax(score, axis=1)
-        has = available.any(axis=1)
-        selected[:, t] = np.where(has, j, -1)
-        dj2 = d2[rows, j]
-        update = has & (dj2 > eps)          # a degenerate pick adds no direction to factor
-        e = (sims[rows, j] - np.einsum("blk,bk->bl", chol, chol[rows, j])) / \
-            np.sqrt(np.where(update, dj2, 1.0))[:, None]
-        e = np.where(update[:, None], e, 0.0)
-        chol[:, :, t] = e
-        d2 = d2 - e ** 2
-        available[rows[has], j[has]] = False
-    return selected[0] if single else selected
 
 
 # ------------------------------------------------------------------------------ TensorFlow
@@ -224,7 +100,7 @@ def _lam_tf(lam) -> tf.Tensor:
 
 
 def normalize_relevance_tf(relevance: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """TensorFlow twin of `normalize_relevance`."""
+    """Per-list min-max of the unmasked scores to [0, 1]; constant lists and padding get 0."""
     rel = tf.where(mask, relevance, 0.0)
     low = tf.reduce_min(tf.where(mask, rel, np.inf), axis=1, keepdims=True)
     high = tf.reduce_max(tf.where(mask, rel, -np.inf), axis=1, keepdims=True)
@@ -235,7 +111,7 @@ def normalize_relevance_tf(relevance: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
 
 
 def cosine_similarity_tf(item_vectors: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """TensorFlow twin of `cosine_similarity`."""
+    """[B, L, D] -> [B, L, L] cosines; zero vectors and padding have cosine 0, diagonal 1."""
     vecs = tf.where(mask[..., None], item_vectors, 0.0)
     norms = tf.norm(vecs, axis=-1, keepdims=True)
     unit = tf.math.divide_no_nan(vecs, norms)
@@ -254,7 +130,7 @@ def _first_argmax(score: tf.Tensor) -> tf.Tensor:
 
 def mmr_rerank_tf(relevance, item_vectors, k: int, lam: Union[float, tf.Tensor] = 0.5,
                   mask=None) -> tf.Tensor:
-    """Graph-mode MMR (same convention as `mmr_rerank`), traceable in a tf.function.
+    """Maximal marginal relevance over each list (module docstring), traceable in a tf.function.
 
     Args:
       relevance: [B, L] float; non-finite entries count as masked.
@@ -292,7 +168,7 @@ def mmr_rerank_tf(relevance, item_vectors, k: int, lam: Union[float, tf.Tensor] 
 
 def dpp_rerank_tf(relevance, item_vectors, k: int, lam: Union[float, tf.Tensor] = 0.5,
                   mask=None, eps: float = DPP_EPS) -> tf.Tensor:
-    """Graph-mode greedy DPP (same algorithm and conventions as `dpp_rerank`).
+    """Greedy DPP MAP inference with the incremental Cholesky update (module docstring).
 
     Args:
       relevance: [B, L] float; non-finite entries count as masked.
@@ -300,7 +176,7 @@ def dpp_rerank_tf(relevance, item_vectors, k: int, lam: Union[float, tf.Tensor] 
       k: items to pick (a Python int: fixed per trace; the Cholesky factor is [B, L, k]).
       lam: trade-off theta in [0, 1], a float or a scalar tensor.
       mask: optional [B, L] bool.
-      eps: see `dpp_rerank`.
+      eps: conditional variance below which an item counts as inside the picked span.
 
     Returns:
       int32 [B, k] list positions in selection order, -1 padded.

@@ -16,20 +16,29 @@ its input (at test time, the test items are not in the rows either). With `colum
 an item's column is zeroed in that share of training lists, so the text part learns to carry
 an item alone: a cold item (all-zero column) is then ranked by its text.
 
+Training runs in `fit_model` (the project's Keras loop); one step is one batch of positives.
+
 `fit(train, validation)` follows the peers' convention: epochs chosen on `validation` by
-NDCG@10 (full catalog, or `validation_candidates` for a cold-item validation), then a refit on
-train + validation for that many epochs. `score(user_ids, item_ids)` returns [users, items].
+NDCG@10 (full catalog, or `validation_candidates` for a cold-item validation; a
+`ValidationMetrics` callback logs it after every epoch and `fit_model`'s early stopping selects
+on it), then a refit on train + validation for that many epochs. `score(user_ids, item_ids)`
+returns [users, items].
+The validation ranking is measured by the evaluator the caller passes (the evaluation layer's
+`TopKEvaluator`), so the model and the benchmark it is compared in share one protocol.
 
 Example:
-  >>> dmf = DMFHybrid(DMFConfig(), item_vectors=vectors)
+  >>> dmf = DMFHybrid(DMFConfig(), item_vectors=vectors, validation_evaluator=TopKEvaluator)
   >>> dmf.fit(val.train, validation=val.test)
   >>> scores = dmf.score(["1", "2"], evaluator.item_ids)
 """
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import tempfile
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -37,10 +46,14 @@ import pandas as pd
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
-from recommenders_tf.data.schema import ITEM_ID, USER_ID
-from recommenders_tf.evaluation.protocol import TopKEvaluator, check_frame
+from recommenders_tf.data.schema import ITEM_ID, USER_ID, check_frame
 from recommenders_tf.features.item_vectors import ItemVectors
 from recommenders_tf.models.losses import RankingLoss
+from recommenders_tf.models.training import (FitResult, TrainingConfig, ValidationMetrics,
+                                             fit_model)
+
+# Logged by the epoch selection (as "val_..."); the first one chooses.
+SELECT_METRICS = ("ndcg@10", "recall@10")
 
 
 @dataclasses.dataclass
@@ -57,7 +70,8 @@ class DMFConfig:
       learning_rate: Adam learning rate.
       batch_size: positives per step.
       epochs: most epochs the validation selection trains (or the epochs without validation).
-      patience: epochs without validation improvement before the selection stops.
+      patience: epochs without validation improvement before the selection stops; 0 never
+        stops early.
       seed: seed of initialisation and sampling.
       verbose: print per-epoch validation metrics.
     """
@@ -133,6 +147,69 @@ class DMFNetwork(tf.keras.Model):
         return tf.exp(self.log_scale)
 
 
+class _DMFTraining(tf.keras.Model):
+    """A DMFNetwork's training step as a Keras model, so `fit_model` trains it.
+
+    A batch is {"user", "item"}: row / column indices of positives; each becomes the list
+    [positive, sampled negatives] described in the module docstring.
+    """
+
+    def __init__(self, state: "_State", config: DMFConfig, loss: RankingLoss,
+                 text_table: Optional[np.ndarray] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.network = state.network
+        self.dmf_config = config
+        self.ranking_loss = loss
+        self.matrix = tf.constant(state.matrix)
+        self.matrix_t = tf.constant(np.ascontiguousarray(state.matrix.T))
+        self.text_table = None if text_table is None else tf.constant(text_table)
+        self.profiles = None if state.profiles is None else tf.constant(state.profiles)
+        self.n_items = len(state.items)
+        self.loss_mean = tf.keras.metrics.Mean(name="loss")
+
+    @property
+    def metrics(self):
+        # Listed here so Keras resets it every epoch: "loss" is the epoch's mean batch loss.
+        return [self.loss_mean]
+
+    def train_step(self, data):
+        cfg, net, matrix = self.dmf_config, self.network, self.matrix
+        u, i = data["user"], data["item"]
+        b = tf.shape(u)[0]
+        negatives = tf.random.uniform([b, cfg.num_negatives], 0, self.n_items, dtype=tf.int32)
+        lists = tf.concat([i[:, None], negatives], axis=1)              # [B, L]
+        labels = tf.concat([tf.ones([b, 1]), tf.zeros([b, cfg.num_negatives])], axis=1)
+        # A sampled negative the user did interact with is not a negative: mask it out.
+        seen = tf.gather_nd(matrix, tf.stack([tf.repeat(u[:, None], cfg.num_negatives + 1,
+                                                        axis=1), lists], axis=-1))
+        mask = tf.concat([tf.ones([b, 1], tf.bool), seen[:, 1:] < 0.5], axis=1)
+        # Leave the positive out of its own user row / item column.
+        rows = tf.gather(matrix, u) - tf.one_hot(i, self.n_items)
+        flat = tf.reshape(lists, [-1])
+        columns = tf.gather(self.matrix_t, flat)                         # [B*L, U]
+        own = tf.one_hot(tf.repeat(u, cfg.num_negatives + 1), tf.shape(matrix)[0])
+        columns = columns - own * tf.reshape(tf.cast(labels, tf.float32), [-1, 1])
+        keep = tf.cast(tf.random.uniform([b * (cfg.num_negatives + 1), 1])
+                       >= cfg.column_dropout, tf.float32)
+        columns = columns * keep
+        with tf.GradientTape() as tape:
+            if self.profiles is None:
+                user_emb = net.users(rows)
+                item_emb = net.items(columns)
+            else:
+                # The profile keeps the positive: it is a mean over many items, and at
+                # test time a user's profile is built from all their train items too.
+                user_emb = net.users(rows, tf.gather(self.profiles, u))
+                item_emb = net.items(columns, tf.gather(self.text_table, flat))
+            item_emb = tf.reshape(item_emb, [b, cfg.num_negatives + 1, -1])
+            scores = net.scale * tf.einsum("bd,bld->bl", user_emb, item_emb)
+            loss = self.ranking_loss(labels, scores, mask)
+        grads = tape.gradient(loss, net.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, net.trainable_variables))
+        self.loss_mean.update_state(loss)
+        return {"loss": self.loss_mean.result()}
+
+
 @dataclasses.dataclass
 class _State:
     network: DMFNetwork
@@ -149,6 +226,11 @@ class DMFHybrid:
       config: DMFConfig.
       item_vectors: an `ItemVectors` store (needed when `config.use_text`).
       item_ids: default column order of `score`.
+      validation_evaluator: builds the evaluator of `fit`'s epoch choice, called as
+        `validation_evaluator(train, validation, ks=(10,), candidate_items=...)` and returning
+        an object with `item_ids` and `evaluate(score_fn).metrics` (e.g.
+        `recommenders_tf.evaluation.protocol.TopKEvaluator`); needed only to fit with
+        validation.
     """
 
     name = "dmf-hybrid"
@@ -156,13 +238,15 @@ class DMFHybrid:
 
     def __init__(self, config: Optional[DMFConfig] = None, *,
                  item_vectors: Optional[ItemVectors] = None,
-                 item_ids: Optional[Iterable[str]] = None):
+                 item_ids: Optional[Iterable[str]] = None,
+                 validation_evaluator: Optional[Callable[..., Any]] = None):
         self.config = config if config is not None else DMFConfig()
         if self.config.use_text and item_vectors is None:
             raise ValueError("DMFHybrid: use_text=True needs item_vectors (an ItemVectors "
                              "store from pipelines.embed_items); or set use_text=False")
         self.item_vectors = item_vectors if self.config.use_text else None
         self.item_ids = None if item_ids is None else np.asarray(list(item_ids), dtype=object)
+        self.validation_evaluator = validation_evaluator
         self.loss = RankingLoss(self.config.loss)
         self.selection: List[Dict[str, float]] = []
         self.best_epoch: Optional[int] = None
@@ -200,93 +284,43 @@ class DMFHybrid:
 
     # ---- training ------------------------------------------------------------------------------
 
-    def _train_step_fn(self, state: _State, optimizer):
-        cfg = self.config
-        matrix = tf.constant(state.matrix)
-        matrix_t = tf.constant(np.ascontiguousarray(state.matrix.T))
-        text_table = None if state.profiles is None else tf.constant(self._text(state.items))
-        profiles = None if state.profiles is None else tf.constant(state.profiles)
-        n_items = len(state.items)
-        net = state.network
-
-        @tf.function
-        def step(u, i):
-            b = tf.shape(u)[0]
-            negatives = tf.random.uniform([b, cfg.num_negatives], 0, n_items, dtype=tf.int32)
-            lists = tf.concat([i[:, None], negatives], axis=1)              # [B, L]
-            labels = tf.concat([tf.ones([b, 1]), tf.zeros([b, cfg.num_negatives])], axis=1)
-            # A sampled negative the user did interact with is not a negative: mask it out.
-            seen = tf.gather_nd(matrix, tf.stack([tf.repeat(u[:, None], cfg.num_negatives + 1,
-                                                            axis=1), lists], axis=-1))
-            mask = tf.concat([tf.ones([b, 1], tf.bool), seen[:, 1:] < 0.5], axis=1)
-            # Leave the positive out of its own user row / item column.
-            rows = tf.gather(matrix, u) - tf.one_hot(i, n_items)
-            flat = tf.reshape(lists, [-1])
-            columns = tf.gather(matrix_t, flat)                              # [B*L, U]
-            own = tf.one_hot(tf.repeat(u, cfg.num_negatives + 1), tf.shape(matrix)[0])
-            columns = columns - own * tf.reshape(tf.cast(labels, tf.float32), [-1, 1])
-            keep = tf.cast(tf.random.uniform([b * (cfg.num_negatives + 1), 1])
-                           >= cfg.column_dropout, tf.float32)
-            columns = columns * keep
-            with tf.GradientTape() as tape:
-                if profiles is None:
-                    user_emb = net.users(rows)
-                    item_emb = net.items(columns)
-                else:
-                    # The profile keeps the positive: it is a mean over many items, and at
-                    # test time a user's profile is built from all their train items too.
-                    user_emb = net.users(rows, tf.gather(profiles, u))
-                    item_emb = net.items(columns, tf.gather(text_table, flat))
-                item_emb = tf.reshape(item_emb, [b, cfg.num_negatives + 1, -1])
-                scores = net.scale * tf.einsum("bd,bld->bl", user_emb, item_emb)
-                loss = self.loss(labels, scores, mask)
-            grads = tape.gradient(loss, net.trainable_variables)
-            optimizer.apply_gradients(zip(grads, net.trainable_variables))
-            return loss
-
-        return step
-
-    def _epoch(self, state: _State, step, pairs: np.ndarray, rng) -> float:
-        order = rng.permutation(len(pairs))
-        losses = []
-        for start in range(0, len(order), self.config.batch_size):
-            batch = pairs[order[start:start + self.config.batch_size]]
-            losses.append(float(step(tf.constant(batch[:, 0]), tf.constant(batch[:, 1]))))
-        return float(np.mean(losses))
-
     def _pairs(self, state: _State, train: pd.DataFrame) -> np.ndarray:
         u = state.users.get_indexer(train[USER_ID].astype(str))
         i = state.items.get_indexer(train[ITEM_ID].astype(str))
         return np.unique(np.stack([u, i], axis=1).astype(np.int32), axis=0)
 
-    def _train(self, train: pd.DataFrame, epochs: int, validation=None, candidates=None):
+    def _train(self, train: pd.DataFrame, epochs: int, run_dir: Path, validation=None,
+               candidates=None) -> Tuple[_State, FitResult]:
+        """One `fit_model` run on `train`; with `validation`, ranked after every epoch and
+        stopped by early stopping on validation NDCG@10."""
+        cfg = self.config
         state = self._prepare(train)
-        optimizer = tf.keras.optimizers.Adam(self.config.learning_rate)
-        step = self._train_step_fn(state, optimizer)
+        trainer = _DMFTraining(state, cfg, self.loss,
+                               None if state.profiles is None else self._text(state.items))
         pairs = self._pairs(state, train)
-        rng = np.random.default_rng(self.config.seed)
-        evaluator = (None if validation is None else
-                     TopKEvaluator(train, validation, ks=(10,), candidate_items=candidates))
-        records, best, wait = [], -np.inf, 0
-        for epoch in range(1, epochs + 1):
-            loss = self._epoch(state, step, pairs, rng)
-            if evaluator is None:
-                continue
+        ds = (tf.data.Dataset.from_tensor_slices({"user": pairs[:, 0], "item": pairs[:, 1]})
+              .shuffle(len(pairs), seed=cfg.seed, reshuffle_each_iteration=True)
+              .batch(cfg.batch_size))
+        training = TrainingConfig(optimizer="adam", learning_rate=cfg.learning_rate,
+                                  epochs=epochs, batch_size=cfg.batch_size, patience=0,
+                                  monitor="loss", monitor_mode="min", restore_best=False,
+                                  seed=cfg.seed, verbose=0)
+        callbacks = []
+        if validation is not None:
+            evaluator = self.validation_evaluator(train, validation, ks=(10,),
+                                                  candidate_items=candidates)
+            # score() reads the network through self._state while it trains.
             self._state = state
-            metrics = evaluator.evaluate(lambda users: self.score(users,
-                                                                  evaluator.item_ids)).metrics
-            records.append({"epoch": epoch, "loss": loss, "ndcg@10": metrics["ndcg@10"],
-                            "recall@10": metrics["recall@10"]})
-            if self.config.verbose:
-                print(f"  dmf epoch {epoch}: loss={loss:.4f} "
-                      f"validation ndcg@10={metrics['ndcg@10']:.4f}", flush=True)
-            if metrics["ndcg@10"] > best:
-                best, wait = metrics["ndcg@10"], 0
-            else:
-                wait += 1
-                if wait >= self.config.patience:
-                    break
-        return state, records
+            log = (lambda line: print(line, flush=True)) if cfg.verbose else None
+            callbacks.append(ValidationMetrics(
+                lambda: evaluator.evaluate(
+                    lambda users: self.score(users, evaluator.item_ids)).metrics,
+                SELECT_METRICS, log=log))
+            training = dataclasses.replace(training, patience=cfg.patience,
+                                           monitor="val_" + SELECT_METRICS[0], monitor_mode="max")
+        result = fit_model(trainer, ds, None, training, str(run_dir),
+                           examples_per_epoch=len(pairs), metric_callbacks=callbacks)
+        return state, result
 
     def fit(self, train: pd.DataFrame, validation: Optional[pd.DataFrame] = None,
             validation_candidates: Optional[Iterable[str]] = None) -> "DMFHybrid":
@@ -302,15 +336,33 @@ class DMFHybrid:
         cfg = self.config
         if validation is not None:
             check_frame(validation, "validation", [USER_ID, ITEM_ID])
+            if self.validation_evaluator is None:
+                raise ValueError("DMFHybrid: fitting with validation needs "
+                                 "validation_evaluator= (e.g. TopKEvaluator from "
+                                 "recommenders_tf.evaluation.protocol); or fit without "
+                                 "validation")
             cands = None if validation_candidates is None else [str(i) for i in
                                                                 validation_candidates]
-            _, self.selection = self._train(train, cfg.epochs, validation, cands)
-            self.best_epoch = int(np.argmax([r["ndcg@10"] for r in self.selection])) + 1
-            data, epochs = pd.concat([train, validation], ignore_index=True), self.best_epoch
-        else:
-            self.selection, self.best_epoch = [], None
-            data, epochs = train, cfg.epochs
-        self._state, _ = self._train(data, epochs)
+        # fit_model keeps checkpoints and logs; this model does not resume, so they are
+        # scratch.
+        work = Path(tempfile.mkdtemp(prefix="dmf_"))
+        try:
+            if validation is not None:
+                _, result = self._train(train, cfg.epochs, work / "selection", validation,
+                                        cands)
+                self.selection = [
+                    {"epoch": e + 1, "loss": result.history["loss"][e],
+                     **{m: result.history["val_" + m][e] for m in SELECT_METRICS}}
+                    for e in range(result.epochs_done)]
+                self.best_epoch = result.best_epoch or 1
+                data = pd.concat([train, validation], ignore_index=True)
+                epochs = self.best_epoch
+            else:
+                self.selection, self.best_epoch = [], None
+                data, epochs = train, cfg.epochs
+            self._state, _ = self._train(data, epochs, work / "final")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         self.fit_seconds = time.perf_counter() - start
         chosen = (f"epochs={self.best_epoch} chosen on validation ndcg@10="
                   f"{self.selection[self.best_epoch - 1]['ndcg@10']:.4f}; refit on "

@@ -34,8 +34,7 @@ import numpy as np
 import pandas as pd
 
 from recommenders_tf.data.datasets import PAD, PAD_LABEL, previous_items, user_history
-from recommenders_tf.data.schema import ITEM_ID, RATING, TIMESTAMP, USER_ID
-from recommenders_tf.evaluation.protocol import check_frame
+from recommenders_tf.data.schema import ITEM_ID, RATING, TIMESTAMP, USER_ID, check_frame
 
 NEGATIVE_SOURCES = ("hard", "easy")
 LABELS = ("rating", "click", "binary")
@@ -403,47 +402,3 @@ def pair_lists(pairs: pd.DataFrame, context: pd.DataFrame, list_size: int,
     history = (histories_for(list_users, context, history_len) if history_len > 0
                else np.full((n_lists, width), PAD, dtype=object))
     return RankingLists(list_users, history, item_id, labels, rows >= 0), rows
-
-
-# ---- retrieval candidates ------------------------------------------------------------------
-
-CANDIDATE_SOURCES = ("two-tower", "implicit-ALS", "implicit-BPR", "most-popular")
-
-
-def make_candidate_source(name: str, item_ids: Sequence[str],
-                          items: Optional[pd.DataFrame] = None, seed: int = 0):
-    """A retrieval stage with `fit(train, validation)` / `score(user_ids, item_ids)`.
-
-    "two-tower" is the project's `TwoTowerRecommender`; the `implicit` peers and most-popular
-    stand in for it where a cheaper candidate generator is wanted (tests, quick runs).
-    """
-    if name == "two-tower":
-        from recommenders_tf.models.recommender import TwoTowerRecommender
-
-        return TwoTowerRecommender(item_ids=item_ids, items=items)
-    from recommenders_tf.evaluation.peers import PEERS
-
-    if name not in CANDIDATE_SOURCES or name not in PEERS:
-        raise ValueError(f"unknown candidate source {name!r}; choose one of {CANDIDATE_SOURCES}")
-    cls = PEERS[name]
-    if name.startswith("implicit"):
-        return cls(item_ids=item_ids, random_state=seed)
-    return cls(item_ids=item_ids)
-
-
-def top_candidates(score_fn, user_ids: Sequence[str], item_ids: Sequence[str],
-                   exclude: Optional[pd.DataFrame], k: int, batch_size: int = 512
-                   ) -> np.ndarray:
-    """[U, k] best-scored item ids per user, best first, without the user's `exclude` items.
-
-    Args:
-      score_fn: (user_ids) -> scores [n, len(item_ids)] (e.g. a recommender's `score`).
-      user_ids: users.
-      item_ids: the catalog, column order of `score_fn`.
-      exclude: interactions whose (user, item) pairs may not be candidates (the user's
-        history); None excludes nothing.
-      k: candidates per user; "" fills rows with fewer than k rankable items.
-    """
-    from recommenders_tf.cascade.candidates import retrieve
-
-    return retrieve(score_fn, user_ids, item_ids, exclude, k, batch_size)[0]

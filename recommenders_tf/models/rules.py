@@ -18,15 +18,16 @@ input order):
 A cap decision only depends on earlier items of the same category, so "at most c per
 category in the final k" is exactly "the first c survivors of each category".
 
-`apply_rules` is the NumPy reference (a readable loop per list, for evaluation);
-`BusinessRulesLayer` is the vectorised TensorFlow twin for exports (the item -> category map
-is a `tf.lookup.StaticHashTable` inside the layer, so a SavedModel carries it).
+`BusinessRulesLayer` applies them, vectorised in TensorFlow for exports: the item -> category
+map is a `tf.lookup.StaticHashTable` inside the layer, so a SavedModel carries it.
+A readable loop per list of the same rules, `apply_rules` in tests/oracles.py, is the
+reference the layer is tested against.
 
 Example:
   >>> rules = BusinessRules(k=10, exclude_seen=True, dedupe=True, category_caps=3)
-  >>> out = apply_rules(rules, item_ids, scores, history=history, item_categories=genre_of)
+  >>> layer = BusinessRulesLayer(rules, genre_of)
+  >>> out = layer(item_ids, scores, history=history)   # traceable in a tf.function
   >>> out.item_ids, out.scores, out.positions          # [B, 10] each
-  >>> layer = BusinessRulesLayer(rules, genre_of)       # same result, in a tf.function
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import numpy as np
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
-__all__ = ["BusinessRules", "RuleOutput", "apply_rules", "BusinessRulesLayer"]
+__all__ = ["BusinessRules", "RuleOutput", "BusinessRulesLayer"]
 
 
 @dataclasses.dataclass
@@ -92,20 +93,6 @@ class RuleOutput(NamedTuple):
     positions: object
 
 
-def _as_str(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _id_rows(values, batch: int, name: str):
-    if values is None:
-        return [set() for _ in range(batch)]
-    rows = np.asarray(values, dtype=object)
-    if rows.ndim != 2 or rows.shape[0] != batch:
-        raise ValueError(f"{name} must be [B={batch}, W] ids ('' padding), got shape "
-                         f"{rows.shape}")
-    return [{_as_str(v) for v in row} - {""} for row in rows]
-
-
 def _check_categories(rules: BusinessRules, item_categories) -> Dict[str, str]:
     if rules.category_caps is None:
         return {}
@@ -115,68 +102,9 @@ def _check_categories(rules: BusinessRules, item_categories) -> Dict[str, str]:
     return {str(i): str(c) for i, c in item_categories.items()}
 
 
-def apply_rules(rules: BusinessRules, item_ids, scores, *, history=None, exclude=None,
-                item_categories: Optional[Mapping[str, str]] = None, mask=None) -> RuleOutput:
-    """NumPy reference of the rules over B lists of L scored candidates.
-
-    Args:
-      rules: BusinessRules.
-      item_ids: [B, L] ids (str or bytes); "" is padding.
-      scores: [B, L] float; non-finite is padding.
-      history: optional [B, H] ids the user has seen ("" padding), used if `exclude_seen`.
-      exclude: optional [B, W] ids to drop whatever the config says ("" padding).
-      item_categories: {item id: category}, needed when `category_caps` is set.
-      mask: optional [B, L] bool, False = padding.
-
-    Returns:
-      RuleOutput of numpy arrays: item_ids object [B, k], scores float64 [B, k],
-      positions int64 [B, k].
-    """
-    ids = np.asarray(item_ids, dtype=object)
-    vals = np.asarray(scores, dtype=np.float64)
-    if ids.ndim != 2 or vals.shape != ids.shape:
-        raise ValueError(f"item_ids and scores must both be [B, L]; got {ids.shape} and "
-                         f"{vals.shape}")
-    batch, _ = ids.shape
-    valid = np.isfinite(vals) if mask is None else np.asarray(mask, bool) & np.isfinite(vals)
-    categories = _check_categories(rules, item_categories)
-    seen = _id_rows(history if rules.exclude_seen else None, batch, "history")
-    banned = _id_rows(exclude, batch, "exclude")
-    k = rules.k
-    out_ids = np.full((batch, k), "", dtype=object)
-    out_scores = np.full((batch, k), -np.inf)
-    out_pos = np.full((batch, k), -1, np.int64)
-    for b in range(batch):
-        drop = seen[b] | banned[b]
-        kept_ids, per_category, kept = set(), {}, []
-        for p in np.argsort(-np.where(valid[b], vals[b], -np.inf), kind="stable"):
-            item = _as_str(ids[b, p])
-            if not valid[b, p] or item == "" or item in drop:
-                continue
-            if rules.dedupe:
-                if item in kept_ids:
-                    continue
-                # Recorded before the cap check: a repeat has the same category, so it
-                # would be capped the same way anyway.
-                kept_ids.add(item)
-            category = categories.get(item)
-            cap = rules.cap_for(category)
-            if cap is not None:
-                if per_category.get(category, 0) >= cap:
-                    continue
-                per_category[category] = per_category.get(category, 0) + 1
-            kept.append(p)
-            if len(kept) == k:
-                break
-        for slot, p in enumerate(kept):
-            out_ids[b, slot] = _as_str(ids[b, p])
-            out_scores[b, slot] = vals[b, p]
-            out_pos[b, slot] = p
-    return RuleOutput(out_ids, out_scores, out_pos)
-
-
 class BusinessRulesLayer(tf.keras.layers.Layer):
-    """TensorFlow twin of `apply_rules`, vectorised and traceable with fixed k.
+    """The rules (module docstring) over B lists of L scored candidates, vectorised and
+    traceable with fixed k.
 
     Exclusion, duplicate and category checks compare every pair of list entries ([B, L, L]
     and [B, L, H] boolean tensors), fine for the few hundred candidates a re-ranking stage

@@ -13,11 +13,15 @@ string ids and text:
 The history and the candidate item id share one `ItemIdEmbedding` (lookup table + embedding),
 so what the query tower learns about an item from a user's history is the same vector the
 candidate tower starts from. Unknown ids land in OOV buckets; "" in a history is the mask slot.
+
+Cold items are an option of the candidate tower (`TowerConfig.zero_oov_item_id`,
+`item_id_dropout`): its view of the shared table then gives unknown ids a zero vector, and
+training zeroes a share of the id vectors, so the content features carry an item on their own.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -52,6 +56,10 @@ class TowerConfig:
       title_max_len: tokens kept per title by the learned title tower.
       user_id_dropout: share of training examples whose user id is replaced by the first OOV
         bucket, so the OOV embedding and the history branch learn to serve unknown users.
+      item_id_dropout: share of training examples whose candidate item-id vector is zeroed
+        (`ColdStartItemId`), so the content features learn to represent an item on their own.
+      zero_oov_item_id: an item id outside the vocabulary (a cold item) contributes a zero id
+        vector to the candidate tower instead of the shared, untrained OOV-bucket vector.
     """
 
     embedding_dim: int = 64
@@ -67,6 +75,8 @@ class TowerConfig:
     num_oov: int = 1
     title_max_len: int = 16
     user_id_dropout: float = 0.0
+    item_id_dropout: float = 0.0
+    zero_oov_item_id: bool = False
 
     def __post_init__(self):
         self.validate_tower()
@@ -84,7 +94,7 @@ class TowerConfig:
                              f"got {self.history_pooling!r}")
         if any(d < 1 for d in self.hidden_dims):
             raise ValueError(f"TowerConfig.hidden_dims must be positive, got {self.hidden_dims}")
-        for name in ("dropout", "user_id_dropout"):
+        for name in ("dropout", "user_id_dropout", "item_id_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"TowerConfig.{name} must be in [0, 1), "
                                  f"got {getattr(self, name)!r}")
@@ -153,6 +163,42 @@ class ItemIdEmbedding(tf.keras.layers.Layer):
 
     def call(self, item_ids: tf.Tensor) -> tf.Tensor:
         return self.embedding(self.lookup(item_ids))
+
+
+class ColdStartItemId(tf.keras.layers.Layer):
+    """The candidate tower's view of the shared item-id embedding, made safe for cold items.
+
+    Wraps an `ItemIdEmbedding` (still shared with the query tower's history, which is not
+    affected). Ids that map to the mask slot or an OOV bucket get a zero vector: the OOV row is
+    never trained (every train item is in the vocabulary), so using it would add the same
+    meaningless vector to every cold item. In training, each example's id vector is also
+    zeroed with probability `dropout`, so the rest of the tower learns a content-only path.
+
+    Args:
+      inner: the shared ItemIdEmbedding.
+      num_oov: its OOV buckets (ids 1..num_oov after the mask slot 0).
+      dropout: per-example probability of zeroing the id vector in training.
+      zero_oov: zero the vector of unknown ids.
+    """
+
+    def __init__(self, inner: ItemIdEmbedding, num_oov: int = 1, dropout: float = 0.0,
+                 zero_oov: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+        self.num_oov = int(num_oov)
+        self.dropout = float(dropout)
+        self.zero_oov = bool(zero_oov)
+
+    def call(self, item_ids: tf.Tensor, training=None) -> tf.Tensor:
+        vectors = self.inner(item_ids)
+        keep = tf.ones(tf.shape(item_ids), dtype=vectors.dtype)
+        if self.zero_oov:
+            known = self.inner.lookup(item_ids) > self.num_oov
+            keep = keep * tf.cast(known, vectors.dtype)
+        if training and self.dropout > 0:
+            draw = tf.random.uniform(tf.shape(item_ids), dtype=vectors.dtype)
+            keep = keep * tf.cast(draw >= self.dropout, vectors.dtype)
+        return vectors * keep[..., None]
 
 
 class MaskedAttentionPooling(tf.keras.layers.Layer):
@@ -301,6 +347,10 @@ class CandidateTower(tf.keras.Model):
     `item_text_vector` and learns a Dense projection of it; otherwise, when `title_vocab` is
     given, it learns a bag-of-tokens title encoder over `item_title`.
 
+    Cold items: with `config.zero_oov_item_id` or `config.item_id_dropout` the tower reads the
+    shared table through a `ColdStartItemId` (`item_id_view`); `item_id_embedding` stays the
+    shared table itself.
+
     Args:
       config: TowerConfig.
       item_id_embedding: the ItemIdEmbedding shared with the query tower.
@@ -322,6 +372,13 @@ class CandidateTower(tf.keras.Model):
         super().__init__(name=name, **kwargs)
         self.config = config
         self.item_id_embedding = item_id_embedding
+        self.item_id_view = item_id_embedding
+        if config.item_id_dropout > 0 or config.zero_oov_item_id:
+            # Only the candidate tower's use of the shared table changes; the history branch
+            # of the query tower keeps reading it directly.
+            self.item_id_view = ColdStartItemId(
+                item_id_embedding, config.num_oov, config.item_id_dropout,
+                config.zero_oov_item_id, name="cold_start_item_id")
         self.use_genres = genre_vocab is not None
         if self.use_genres:
             self.genre_lookup = tf.keras.layers.StringLookup(
@@ -347,7 +404,7 @@ class CandidateTower(tf.keras.Model):
         self.mlp = _mlp(config, "candidate_mlp")
 
     def call(self, features: Mapping[str, tf.Tensor], training=None) -> tf.Tensor:
-        parts = [self.item_id_embedding(_require(features, "item_id", "CandidateTower"))]
+        parts = [self.item_id_view(_require(features, "item_id", "CandidateTower"))]
         if self.use_genres:
             genres = tf.strings.split(_require(features, "item_genres", "CandidateTower"),
                                       sep="|")
@@ -362,6 +419,23 @@ class CandidateTower(tf.keras.Model):
             parts.append(masked_mean(self.title_embedding(tokens), tf.not_equal(tokens, 0)))
         out = self.mlp(tf.concat(parts, axis=-1), training=training)
         return tf.math.l2_normalize(out, axis=-1) if self.config.normalize else out
+
+
+def title_tokens(titles: Iterable[str]) -> List[str]:
+    """Every title token in order, standardised and split by the title tower's own layer.
+
+    Keras `TextVectorization` does the work (default standardisation: lower case, ASCII
+    punctuation removed; whitespace split), so a vocabulary counted from these tokens always
+    matches what the title tower reads. Adapted without a size limit, its vocabulary maps the
+    token ids back to the exact strings.
+    """
+    titles = [str(t) for t in titles]
+    if not titles:
+        return []
+    vectorizer = tf.keras.layers.TextVectorization(ragged=True)
+    vectorizer.adapt(tf.constant(titles))
+    vocabulary = [str(t) for t in vectorizer.get_vocabulary()]
+    return [vocabulary[i] for i in vectorizer(tf.constant(titles)).flat_values.numpy()]
 
 
 def adapt_title_vocabulary(titles: Sequence[str], max_tokens: Optional[int] = 20000) -> list:
@@ -403,7 +477,10 @@ def build_candidate_tower(config: TowerConfig, item_vocab: Optional[Sequence[str
                           genre_vocab: Optional[Sequence[str]] = None,
                           title_vocab: Optional[Sequence[str]] = None,
                           text_vector_dim: Optional[int] = None) -> CandidateTower:
-    """Candidate tower over raw features; pass `item_id_embedding` to share the item table."""
+    """Candidate tower over raw features; pass `item_id_embedding` to share the item table.
+
+    Cold items are handled as `config.zero_oov_item_id` and `config.item_id_dropout` say.
+    """
     if item_id_embedding is None:
         if item_vocab is None:
             raise ValueError("build_candidate_tower needs item_vocab or item_id_embedding")

@@ -17,6 +17,12 @@ private temp folder, see `recommenders_tf.models.distribute`), and a
 `tf.keras.callbacks.BackupAndRestore` under `run_dir/backup` lets a cluster whose workers were
 restarted mid-`fit` continue from the last finished epoch.
 
+Epoch selection on anything Keras does not compute itself (e.g. a validation ranking metric):
+a `ValidationMetrics` callback passed as `metric_callbacks` adds the values to the epoch's logs
+before early stopping reads them, so `config.monitor="val_ndcg@10"` with
+`monitor_mode="max"` stops on it, `FitResult.best_epoch` is the selected epoch, and the values
+are in the history (and resume with it).
+
 Run directory layout:
   checkpoints/        latest epochs (model + optimizer + loop state), best/ (best weights)
   backup/             multi-worker only: BackupAndRestore state of an unfinished `fit` call
@@ -31,11 +37,13 @@ import json
 import math
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
+from recommenders_tf.config import write_json
 from recommenders_tf.models.distribute import barrier, num_workers, writable_dir
 
 BACKUP_DIR = "backup"
@@ -198,7 +206,7 @@ class _CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
         else:
             self.state.wait.assign_add(1)
         # History first: a crash between the two leaves a history the checkpoint can trim.
-        _write_json(self.history_path, self.history)
+        write_json(Path(self.history_path), self.history)
         self.manager.save(checkpoint_number=epoch + 1)
         if self.config.patience and self.state.wait.numpy() >= self.config.patience:
             self.stopped_early = True
@@ -228,11 +236,46 @@ class _Throughput(tf.keras.callbacks.Callback):
             self._start = None
 
 
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+class ValidationMetrics(tf.keras.callbacks.Callback):
+    """Logs metrics computed outside Keras after every epoch, for `fit_model` to select on.
+
+    Pass it to `fit_model(..., metric_callbacks=[...])`: it runs before the checkpointing and
+    early-stopping callback, which then sees `prefix + name` among the epoch's metrics.
+
+    Args:
+      compute: called after each epoch with no argument; returns {name: value} for the model's
+        current weights (e.g. `lambda: evaluator.evaluate(score_fn).metrics`).
+      names: which of the returned metrics to log.
+      prefix: prepended to each name in the logs ("val_": the Keras mark of a held-out value).
+      log: called with a one-line summary after each epoch (e.g. `print`), or None.
+
+    Example:
+      >>> ranking = ValidationMetrics(lambda: evaluator.evaluate(score).metrics, ["ndcg@10"])
+      >>> config = dataclasses.replace(config, monitor="val_ndcg@10", monitor_mode="max")
+      >>> fit_model(model, train_ds, None, config, run_dir, metric_callbacks=[ranking])
+    """
+
+    def __init__(self, compute: Callable[[], Mapping[str, float]], names: Sequence[str],
+                 prefix: str = "val_", log: Optional[Callable[[str], None]] = None):
+        super().__init__()
+        self.compute = compute
+        self.names = tuple(names)
+        self.prefix = prefix
+        self.log = log
+
+    def on_epoch_end(self, epoch: int, logs=None):
+        values = self.compute()
+        missing = [name for name in self.names if name not in values]
+        if missing:
+            raise KeyError(f"ValidationMetrics: {missing} not among the computed metrics "
+                           f"{sorted(values)}")
+        # Keras hands every callback the same logs dict, so the later ones see these values.
+        if logs is not None:
+            for name in self.names:
+                logs[self.prefix + name] = float(values[name])
+        if self.log is not None:
+            shown = " ".join(f"{self.prefix}{n}={float(values[n]):.4f}" for n in self.names)
+            self.log(f"  epoch {epoch + 1}: {shown}")
 
 
 def plot_history(history: Dict[str, List[float]], path: str) -> str:
@@ -263,7 +306,8 @@ def fit_model(model: tf.keras.Model, train_ds: tf.data.Dataset,
               val_ds: Optional[tf.data.Dataset], config: TrainingConfig, run_dir: str,
               strategy: Optional[tf.distribute.Strategy] = None,
               callbacks: Sequence[tf.keras.callbacks.Callback] = (),
-              examples_per_epoch: Optional[int] = None) -> FitResult:
+              examples_per_epoch: Optional[int] = None,
+              metric_callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> FitResult:
     """Trains `model` for `config.epochs` epochs in total, resuming from `run_dir` if possible.
 
     Args:
@@ -277,6 +321,9 @@ def fit_model(model: tf.keras.Model, train_ds: tf.data.Dataset,
       strategy: the tf.distribute strategy the model was built under, or None.
       callbacks: extra Keras callbacks, run after the checkpointing ones.
       examples_per_epoch: size of one pass over `train_ds`; counted once if not given.
+      metric_callbacks: callbacks that add metrics to the epoch's logs (`ValidationMetrics`);
+        they run before checkpointing and early stopping, so `config.monitor` may name what
+        they log, and after the throughput clock has stopped.
 
     Returns:
       FitResult. The model holds the best epoch's weights if `config.restore_best`.
@@ -284,11 +331,11 @@ def fit_model(model: tf.keras.Model, train_ds: tf.data.Dataset,
     strategy = strategy or tf.distribute.get_strategy()
     with writable_dir(run_dir, strategy) as out:
         return _fit(model, train_ds, val_ds, config, run_dir, out, strategy, callbacks,
-                    examples_per_epoch)
+                    examples_per_epoch, metric_callbacks)
 
 
 def _fit(model, train_ds, val_ds, config: TrainingConfig, run_dir: str, out: str, strategy,
-         callbacks, examples_per_epoch: Optional[int]) -> FitResult:
+         callbacks, examples_per_epoch: Optional[int], metric_callbacks=()) -> FitResult:
     """`fit_model` reading its resume state from `run_dir` and writing into `out` (the same
     folder on the chief, a private temp folder on the other workers)."""
     ckpt_dir = os.path.join(run_dir, "checkpoints")
@@ -340,14 +387,14 @@ def _fit(model, train_ds, val_ds, config: TrainingConfig, run_dir: str, out: str
         model.fit(
             train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
             verbose=config.verbose,
-            callbacks=[*backup, timer, keeper,
+            callbacks=[*backup, timer, *metric_callbacks, keeper,
                        tf.keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"),
                                                       write_graph=False, profile_batch=0),
                        *callbacks])
         # The next fit_model on this run_dir restores the chief's newest checkpoint on every
         # worker; none may read it before the chief has finished writing it.
         barrier(strategy)
-    _write_json(history_path, history)
+    write_json(Path(history_path), history)
 
     best_epoch = int(state.best_epoch.numpy()) or None
     # A worker other than the chief only holds the best checkpoints of this session.

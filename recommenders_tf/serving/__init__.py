@@ -1,5 +1,8 @@
 """Serving: SavedModel exports in TF Serving layout, warmup files, server configs, clients.
 
+* `contract`: the one definition of what exports answer to and clients send: signature and
+  input names, their specs, the "" padding id and how it is read, metadata and warmup file
+  names, the model-name rule.
 * `export` / `ranking_export`: `export_retrieval`, `export_ranking`, and `save_export`, the
   shared machinery any export (the cascade too) goes through: signature checks, vocabularies
   in `assets/`, warmup, metadata.json, atomic integer versions.
@@ -7,7 +10,9 @@
 * `server_config`: `discover_models(base_dir)`, `models.config` / `batching_parameters.txt`
   writers and parsers, TF Serving command lines.
 * `client`: `RestClient`, `GrpcClient`, `ServingError`, request builders, `load_export`.
-* `local_server`: `LocalModelServer`, a loopback TF-Serving-compatible TEST FIXTURE.
+
+The loopback TF-Serving-compatible test server is a fixture, not part of serving:
+`recommenders_tf.testing.local_server.LocalModelServer`.
 
 Names are resolved lazily so that building a REST body does not import TensorFlow.
 """
@@ -40,7 +45,6 @@ _EXPORTS = {
     "RestClient": "client",
     "GrpcClient": "client",
     "ServingError": "client",
-    "LocalModelServer": "local_server",
 }
 
 __all__ = sorted(_EXPORTS)

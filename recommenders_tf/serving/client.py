@@ -40,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
-SERVING_DEFAULT = "serving_default"
-WITH_EXCLUSIONS = "recommend_with_exclusions"
-PAD = ""
+from recommenders_tf.serving.contract import (ASSETS_EXTRA, EXCLUDE_INPUT, HISTORY,
+                                              INTERNAL_SIGNATURE_PREFIX, ITEM_IDS, METADATA_FILE,
+                                              MODEL_SECONDS_HEADER, PAD, SCORES, SERVING_DEFAULT,
+                                              USER_ID, WITH_EXCLUSIONS)
 
 
 def _as_batch(user_ids: str | Sequence[str], histories: Sequence[Any]):
@@ -55,7 +56,7 @@ def _as_batch(user_ids: str | Sequence[str], histories: Sequence[Any]):
     return user_ids, histories
 
 
-def pad_rows(rows: Sequence[Sequence[str]], width: int | None = None, *, field: str = "history",
+def pad_rows(rows: Sequence[Sequence[str]], width: int | None = None, *, field: str = HISTORY,
              min_width: int = 1) -> list[list[str]]:
     """Left-pads ragged id lists with "" to `width` (default: the longest row, at least
     `min_width`), so the last id of each row stays last (histories: most recent last).
@@ -75,7 +76,7 @@ def pad_rows(rows: Sequence[Sequence[str]], width: int | None = None, *, field: 
 
 def _inputs(user_ids, histories, exclude_item_ids, exclusion_width, signature_name):
     users, hist = _as_batch(user_ids, histories)
-    inputs: dict[str, Any] = {"user_id": [str(u) for u in users], "history": pad_rows(hist)}
+    inputs: dict[str, Any] = {USER_ID: [str(u) for u in users], HISTORY: pad_rows(hist)}
     default = WITH_EXCLUSIONS if exclude_item_ids is not None else SERVING_DEFAULT
     signature = signature_name or default
     if signature == WITH_EXCLUSIONS:
@@ -84,8 +85,8 @@ def _inputs(user_ids, histories, exclude_item_ids, exclusion_width, signature_na
             excl = [list(excl)]
         if len(excl) != len(users):
             raise ValueError(f"{len(users)} users but {len(excl)} exclusion lists.")
-        inputs["exclude_item_ids"] = pad_rows(excl, exclusion_width, field="exclude_item_ids",
-                                              min_width=1 if exclusion_width is None else 0)
+        inputs[EXCLUDE_INPUT] = pad_rows(excl, exclusion_width, field=EXCLUDE_INPUT,
+                                         min_width=1 if exclusion_width is None else 0)
     elif exclude_item_ids is not None:
         raise ValueError(f"Signature {signature!r} takes no exclusions; use {WITH_EXCLUSIONS!r}.")
     return signature, inputs
@@ -122,7 +123,7 @@ def build_rest_request(
     if columnar:
         return {"signature_name": signature, "inputs": inputs}
     names = list(inputs)
-    instances = [{n: inputs[n][i] for n in names} for i in range(len(inputs["user_id"]))]
+    instances = [{n: inputs[n][i] for n in names} for i in range(len(inputs[USER_ID]))]
     return {"signature_name": signature, "instances": instances}
 
 
@@ -157,8 +158,8 @@ def build_grpc_request(
         request.model_spec.version.value = int(version)
     for name, value in inputs.items():
         array = np.asarray(value, dtype=object)
-        if name == "exclude_item_ids" and array.ndim == 1:  # zero-width rows collapse to 1-D
-            array = array.reshape(len(inputs["user_id"]), 0)
+        if name == EXCLUDE_INPUT and array.ndim == 1:  # zero-width rows collapse to 1-D
+            array = array.reshape(len(inputs[USER_ID]), 0)
         request.inputs[name].CopyFrom(tf.make_tensor_proto(array, dtype=tf.string))
     return request
 
@@ -179,8 +180,7 @@ def resolve_version_dir(path: str | os.PathLike) -> Path:
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """metadata.json of an export (version dir or model dir)."""
     version_dir = resolve_version_dir(path)
-    for candidate in (version_dir / "metadata.json",
-                      version_dir / "assets.extra" / "metadata.json"):
+    for candidate in (version_dir / METADATA_FILE, version_dir / ASSETS_EXTRA / METADATA_FILE):
         if candidate.exists():
             return json.loads(candidate.read_text(encoding="utf-8"))
     raise FileNotFoundError(
@@ -214,14 +214,14 @@ class ExportedRetrieval:
         tensors = {}
         for name, value in inputs.items():
             array = np.asarray(value, dtype=object)
-            if array.ndim == 1 and name != "user_id":
-                array = array.reshape(len(inputs["user_id"]), 0)
+            if array.ndim == 1 and name != USER_ID:
+                array = array.reshape(len(inputs[USER_ID]), 0)
             tensors[name] = tf.constant(array.astype(str) if array.size else
                                         np.zeros(array.shape, dtype=str), dtype=tf.string)
         out = self.signatures[signature](**tensors)
-        ids = out["item_ids"].numpy()
+        ids = out[ITEM_IDS].numpy()
         decoded = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(ids).astype(str)
-        return {"item_ids": decoded, "scores": out["scores"].numpy()}
+        return {ITEM_IDS: decoded, SCORES: out[SCORES].numpy()}
 
 
 def load_savedmodel(path: str | os.PathLike) -> tuple[Any, dict[str, Any], Path]:
@@ -274,7 +274,6 @@ _HTTP_TO_CODE = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSI
                  404: "NOT_FOUND", 409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED",
                  500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE",
                  504: "DEADLINE_EXCEEDED"}
-MODEL_SECONDS_HEADER = "x-model-seconds"  # sent by the local test server only
 
 
 def _model_path(model: str, version: int | None, label: str | None) -> str:
@@ -454,7 +453,7 @@ class RestClient:
         """`GET .../metadata`: {"model_spec": ..., "metadata": {"signature_def": ...}}."""
         return self.request("GET", _model_path(model, version, label) + "/metadata")
 
-    def signature(self, model: str, signature_name: str = "serving_default",
+    def signature(self, model: str, signature_name: str = SERVING_DEFAULT,
                   version: int | None = None, label: str | None = None) -> dict[str, Any]:
         """{"inputs": {name: {"dtype", "shape"}}, "outputs": {...}} of one signature (cached)."""
         key = (model, signature_name, version, label)
@@ -462,9 +461,9 @@ class RestClient:
             body = self.metadata(model, version, label)
             defs = body["metadata"]["signature_def"]["signature_def"]
             if signature_name not in defs:
+                served = sorted(k for k in defs if not k.startswith(INTERNAL_SIGNATURE_PREFIX))
                 raise ServingError(f"{model} has no signature {signature_name!r}; it has "
-                                   f"{sorted(k for k in defs if not k.startswith('__'))}",
-                                   code="INVALID_ARGUMENT")
+                                   f"{served}", code="INVALID_ARGUMENT")
             sig = defs[signature_name]
 
             def infos(mapping):
@@ -505,7 +504,7 @@ class RestClient:
         """
         if (inputs is None) == (instances is None):
             raise ValueError("Give inputs= (columnar) or instances= (rows), exactly one.")
-        signature = signature_name or "serving_default"
+        signature = signature_name or SERVING_DEFAULT
         body: dict[str, Any] = {"signature_name": signature}
         if instances is not None:
             body["instances"] = list(instances)
@@ -606,7 +605,7 @@ class GrpcClient:
 
         from recommenders_tf.serving.warmup import make_predict_request
 
-        request = make_predict_request(model, signature_name or "serving_default", inputs)
+        request = make_predict_request(model, signature_name or SERVING_DEFAULT, inputs)
         self._spec(request.model_spec, model, version, label)
         request.output_filter.extend(output_filter)
         assert isinstance(request, predict_pb2.PredictRequest)

@@ -46,7 +46,6 @@ are the same vocabularies, one token per line in index order, for people and too
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import importlib.metadata
 import json
@@ -65,29 +64,21 @@ import numpy as np
 import recommenders_tf
 import tensorflow as tf
 
-from recommenders_tf.index.candidate_store import QUERY_FEATURE_SPEC
 from recommenders_tf.features.id_lists import compact_right
+from recommenders_tf.features.vocab import Vocabulary
+from recommenders_tf.index.candidate_store import QUERY_FEATURE_SPEC
 from recommenders_tf.index.scann_index import RetrievalIndex
+from recommenders_tf.serving.contract import (ASSETS_EXTRA, EXCLUDE_INPUT, HISTORY, ITEM_IDS,
+                                              METADATA_FILE, ORDERED_ID_LISTS, PAD, SCORES,
+                                              SERVING_DEFAULT, USER_ID, WARMUP_FILE,
+                                              WITH_EXCLUSIONS, check_model_name,
+                                              input_order_metadata, tensor_spec)
 from recommenders_tf.serving.server_config import check_signatures
-from recommenders_tf.serving.warmup import (ASSETS_EXTRA, WARMUP_FILE, batched_requests,
-                                            write_warmup_requests)
+from recommenders_tf.serving.warmup import batched_requests, write_warmup_requests
 
-SERVING_DEFAULT = "serving_default"
-WITH_EXCLUSIONS = "recommend_with_exclusions"
-EXCLUDE_INPUT = "exclude_item_ids"
-METADATA_FILE = "metadata.json"
 TMP_PREFIX = ".tmp-export-"
 UNKNOWN_USER = "__warmup_unknown_user__"
 UNKNOWN_ITEM = "__warmup_unknown_item__"
-# Inputs whose order carries meaning (recency, most recent last): compacted in the graph so
-# the answer is the same wherever a client puts the "" padding.
-ORDERED_ID_LISTS = ("history",)
-ID_ORDER_NOTE = ("history: item ids oldest first, most recent last; \"\" entries are padding "
-                 "and may sit anywhere (left, right or between ids): the graph moves the real "
-                 "ids to the end, keeping their order, before reading them.")
-EXCLUSION_NOTE = ("exclude_item_ids: [B, W] with any width W (pad rows with \"\"); ids outside "
-                  "the catalogue are ignored; k real items are returned whenever the catalogue "
-                  "minus the excluded ids holds k.")
 # Written by save_export for every export.
 EXPORT_KEYS = {"signatures", "assets", "warmup"}
 _RESERVED_KEYS = {
@@ -95,7 +86,6 @@ _RESERVED_KEYS = {
     "num_candidates", "scann_params", "requires_scann_ops", "serving_note", "signatures",
     "versions", "created_utc", "pad_item_id", "assets", "warmup", "input_order",
 }
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SCANN_NOTE = ("Contains ScaNN custom ops: in Python run `import scann` before "
               "`tf.saved_model.load`; in TF Serving it needs the ScaNN-enabled TF Serving build "
               "(stock TF Serving cannot load it). Serve the retrieval_bruteforce twin on stock "
@@ -116,7 +106,7 @@ class _RetrievalModule(tf.Module):
         names = list(feature_spec)
         spec = {n: tf.TensorSpec(s.shape, s.dtype, name=n) for n, s in feature_spec.items()}
         # Any exclusion width W: the cost grows with W, not with the catalogue times W.
-        excl_spec = tf.TensorSpec([None, None], tf.string, name=EXCLUDE_INPUT)
+        excl_spec = tensor_spec(EXCLUDE_INPUT)
         ordered = [n for n, s in feature_spec.items() if n in ORDERED_ID_LISTS
                    and s.dtype == tf.string and s.shape.rank == 2]
 
@@ -127,12 +117,12 @@ class _RetrievalModule(tf.Module):
 
         def search(features, exclude):
             scores, ids = index.search_excluding(embed(features), exclude, k)
-            return {"item_ids": ids, "scores": scores}
+            return {ITEM_IDS: ids, SCORES: scores}
 
         @tf.function(input_signature=[spec])
         def serve(features):
             batch = tf.shape(features[names[0]])[0]
-            return search(features, tf.fill(tf.stack([batch, 0]), ""))
+            return search(features, tf.fill(tf.stack([batch, 0]), PAD))
 
         @tf.function(input_signature=[spec, excl_spec])
         def serve_with_exclusions(features, exclude_item_ids):
@@ -159,7 +149,7 @@ def _probe_features(feature_spec: Mapping[str, tf.TensorSpec]) -> dict[str, tf.T
     out = {}
     for name, spec in feature_spec.items():
         shape = [1] + [d if d is not None else 1 for d in spec.shape.as_list()[1:]]
-        fill = "" if spec.dtype == tf.string else 0
+        fill = PAD if spec.dtype == tf.string else 0
         out[name] = tf.fill(shape, tf.constant(fill, spec.dtype))
     return out
 
@@ -206,8 +196,7 @@ def _metadata(name: str, index: RetrievalIndex, k: int, exclusion_width: int,
         "scann_params": index.scann_params.to_dict() if index.scann_params else None,
         "requires_scann_ops": scann,
         "serving_note": SCANN_NOTE if scann else BRUTEFORCE_NOTE,
-        "pad_item_id": "",
-        "input_order": {"history": ID_ORDER_NOTE, EXCLUDE_INPUT: EXCLUSION_NOTE},
+        **input_order_metadata(with_exclusions=True),
         "versions": {
             "tensorflow": tf.__version__,
             "tensorflow_recommenders": package_version("tensorflow-recommenders"),
@@ -222,23 +211,6 @@ def _metadata(name: str, index: RetrievalIndex, k: int, exclusion_width: int,
 
 
 # ---- vocabularies as assets ---------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Vocabulary:
-    """A lookup table found in an exported object, as tokens in index order.
-
-    Args:
-        name: the table's attribute path in the object graph, dotted ("model.user_lookup").
-        tokens: keys ordered by their index.
-        first_index: the index of the first token (OOV buckets and the mask come before it).
-        contiguous: whether the indices run without gaps from `first_index`.
-    """
-
-    name: str
-    tokens: list[str]
-    first_index: int = 0
-    contiguous: bool = True
 
 
 def _is_hash_table(obj: Any) -> bool:
@@ -264,7 +236,8 @@ def _export_table(table: Any) -> tuple[np.ndarray, np.ndarray] | None:
 def find_vocabularies(root: Any) -> list[Vocabulary]:
     """Every int64-valued lookup table reachable from `root` (Keras `StringLookup` /
     `IntegerLookup` layers, or their restored twins inside a loaded SavedModel), breadth first,
-    so each table is named by its shortest attribute path."""
+    so each table is named by its shortest attribute path; as `Vocabulary` objects with tokens
+    in index order and no counts."""
     from collections import deque
 
     queue, seen, found = deque([((), root)]), set(), []
@@ -283,8 +256,9 @@ def find_vocabularies(root: Any) -> list[Vocabulary]:
                 ordered = values[order]
                 parts = [p for p in path if p != "lookup_table"] or ["table"]
                 found.append(Vocabulary(
-                    ".".join(parts), tokens, int(ordered[0]) if len(ordered) else 0,
-                    bool(len(ordered) == 0 or np.all(np.diff(ordered) == 1))))
+                    tokens, name=".".join(parts),
+                    first_index=int(ordered[0]) if len(ordered) else 0,
+                    contiguous=bool(len(ordered) == 0 or np.all(np.diff(ordered) == 1))))
             continue
         try:
             children = obj._trackable_children("checkpoint")  # the checkpoint object graph
@@ -315,7 +289,7 @@ def attach_vocabulary_assets(module: tf.Module, source_dir: Path,
     """
     vocabularies = find_vocabularies(module)
     for name, tokens in (extra or {}).items():
-        vocabularies.append(Vocabulary(name, [str(t) for t in tokens]))
+        vocabularies.append(Vocabulary([str(t) for t in tokens], name=name))
     source_dir.mkdir(parents=True, exist_ok=True)
     taken: set = set()
     assets, info = {}, {}
@@ -342,13 +316,6 @@ def pick_vocabulary(vocabularies: Sequence[Vocabulary], word: str, avoid: Sequen
 
 
 # ---- the shared export machinery ------------------------------------------------------------
-
-
-def check_model_name(name: str) -> str:
-    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
-        raise ValueError(f"Model name {name!r} must be one path component of letters, digits, "
-                         "'_', '.', '-'.")
-    return name
 
 
 def _call_signature(function: Any, inputs: Mapping[str, Any]) -> Any:
@@ -498,7 +465,7 @@ def _fill_rows(spec: tf.TensorSpec, rows: list[list[str]] | None, batch: int, wi
     dims = [d if d is not None else width for d in spec.shape.as_list()[1:]]
     if rows is not None and len(dims) == 1:
         w = dims[0]
-        return np.array([(list(r) + [""] * w)[:w] for r in rows], dtype=object)
+        return np.array([(list(r) + [PAD] * w)[:w] for r in rows], dtype=object)
     return np.full([batch] + dims, pad, dtype=object if spec.dtype == tf.string else
                    spec.dtype.as_numpy_dtype)
 
@@ -520,7 +487,7 @@ def retrieval_warmup_requests(feature_spec: Mapping[str, tf.TensorSpec], exclusi
         rows = {n: np.asarray(warmup_inputs[n]) for n in feature_spec}
         n = len(next(iter(rows.values())))
         excl = [[item_ids[i % len(item_ids)]] if exclusion_width else [] for i in range(n)]
-        excl_rows = np.array([(r + [""] * exclusion_width)[:exclusion_width] for r in excl],
+        excl_rows = np.array([(r + [PAD] * exclusion_width)[:exclusion_width] for r in excl],
                              dtype=object).reshape(n, exclusion_width)
         return (batched_requests(SERVING_DEFAULT, rows)
                 + batched_requests(WITH_EXCLUSIONS, rows, extra={EXCLUDE_INPUT: excl_rows}))
@@ -529,14 +496,14 @@ def retrieval_warmup_requests(feature_spec: Mapping[str, tf.TensorSpec], exclusi
     histories = [list(item_ids[:width]), []]
     inputs = {}
     for name, spec in feature_spec.items():
-        if name == "user_id" and spec.shape.rank == 1:
+        if name == USER_ID and spec.shape.rank == 1:
             inputs[name] = np.array(users, dtype=object)
-        elif name == "history":
-            inputs[name] = _fill_rows(spec, histories, 2, width, "")
+        elif name == HISTORY:
+            inputs[name] = _fill_rows(spec, histories, 2, width, PAD)
         else:
-            inputs[name] = _fill_rows(spec, None, 2, width, "" if spec.dtype == tf.string else 0)
-    exclude = np.array([([item_ids[0]] if exclusion_width else []) + [""] * max(
-        exclusion_width - 1, 0), [""] * exclusion_width], dtype=object).reshape(2, exclusion_width)
+            inputs[name] = _fill_rows(spec, None, 2, width, PAD if spec.dtype == tf.string else 0)
+    exclude = np.array([([item_ids[0]] if exclusion_width else []) + [PAD] * max(
+        exclusion_width - 1, 0), [PAD] * exclusion_width], dtype=object).reshape(2, exclusion_width)
     return [(SERVING_DEFAULT, inputs),
             (WITH_EXCLUSIONS, {**inputs, EXCLUDE_INPUT: exclude})]
 
@@ -594,7 +561,7 @@ def export_retrieval(
     # Tracing the signatures calls the index layer, which TFRS needs before saving.
     signatures = module.signatures()
     item_ids = [str(i) for i in index.candidate_ids[:64].tolist()] or [UNKNOWN_ITEM]
-    spec_width = feature_spec.get("history")
+    spec_width = feature_spec.get(HISTORY)
     history_len = (spec_width.shape[1] if spec_width is not None and spec_width.shape.rank == 2
                    and spec_width.shape[1] is not None else extra.get("query_history_len", 2))
     users = pick_vocabulary(find_vocabularies(query_model), "user", avoid=("feature",))

@@ -37,14 +37,14 @@ import numpy as np
 import recommenders_tf
 import tensorflow as tf
 
-# The shared export machinery (versioning, assets, warmup, metadata) lives in serving.export.
 from recommenders_tf.features.id_lists import compact_right
+from recommenders_tf.serving.contract import (HISTORY, ITEM_IDS, PAD, RANKING_INPUTS, SCORES,
+                                              SERVING_DEFAULT, USER_ID, check_model_name,
+                                              input_order_metadata, tensor_specs)
+# The shared export machinery (versioning, assets, warmup, metadata) lives in serving.export.
 from recommenders_tf.serving.export import (
-    ID_ORDER_NOTE,
-    SERVING_DEFAULT,
     UNKNOWN_ITEM,
     UNKNOWN_USER,
-    check_model_name,
     existing_versions,
     find_vocabularies,
     package_version,
@@ -53,7 +53,7 @@ from recommenders_tf.serving.export import (
 )
 
 DEFAULT_NAME = "ranking"
-INPUTS = ("user_id", "history", "item_ids")
+INPUTS = RANKING_INPUTS
 SCORE_KINDS = {"rating": "predicted rating", "click": "click logit (sigmoid = probability)",
                "relevance": "ranking score (only the order within a list is meaningful)"}
 _RESERVED_KEYS = {"format_version", "model_name", "stage", "loss", "loss_mode", "score_kind",
@@ -73,17 +73,13 @@ class _RankingModule(tf.Module):
         super().__init__()
         self.model = model
 
-        @tf.function(input_signature=[
-            tf.TensorSpec([None], tf.string, name="user_id"),
-            tf.TensorSpec([None, None], tf.string, name="history"),
-            tf.TensorSpec([None, None], tf.string, name="item_ids"),
-        ])
+        @tf.function(input_signature=list(tensor_specs(RANKING_INPUTS).values()))
         def serve(user_id, history, item_ids):
             history = compact_right(history)  # recency from the right, wherever the padding
             scores = self.model({"user_id": user_id, "history": history, "item_id": item_ids},
                                 training=False)
-            scores = tf.where(tf.equal(item_ids, ""), tf.constant(-float("inf")), scores)
-            return {"scores": scores}
+            scores = tf.where(tf.equal(item_ids, PAD), tf.constant(-float("inf")), scores)
+            return {SCORES: scores}
 
         self.serve = serve
 
@@ -102,8 +98,7 @@ def _metadata(name: str, model: Any, extra: Mapping[str, Any]) -> dict:
         "loss_mode": spec.mode,
         "score_kind": SCORE_KINDS[spec.label_kind],
         "history_len": model.history_len,
-        "pad_item_id": "",
-        "input_order": {"history": ID_ORDER_NOTE},
+        **input_order_metadata(with_exclusions=False),
         "versions": {
             "tensorflow": tf.__version__,
             "tensorflow_recommenders": package_version("tensorflow-recommenders"),
@@ -125,13 +120,13 @@ def ranking_warmup_requests(user_ids: Sequence[str], item_ids: Sequence[str],
     user = str(user_ids[0]) if len(user_ids) else UNKNOWN_USER
     width = max(1, min(int(history_len or 1), WARMUP_HISTORY))
     history = (items * width)[:width]
-    single = {"user_id": np.array([user], dtype=object),
-              "history": np.array([history], dtype=object),
-              "item_ids": np.array([items], dtype=object)}
-    row_items = items[1:] + [UNKNOWN_ITEM] + [""]
-    pair = {"user_id": np.array([user, UNKNOWN_USER], dtype=object),
-            "history": np.array([history, [""] * (width - 1) + [items[0]]], dtype=object),
-            "item_ids": np.array([row_items, list(reversed(row_items))], dtype=object)}
+    single = {USER_ID: np.array([user], dtype=object),
+              HISTORY: np.array([history], dtype=object),
+              ITEM_IDS: np.array([items], dtype=object)}
+    row_items = items[1:] + [UNKNOWN_ITEM] + [PAD]
+    pair = {USER_ID: np.array([user, UNKNOWN_USER], dtype=object),
+            HISTORY: np.array([history, [PAD] * (width - 1) + [items[0]]], dtype=object),
+            ITEM_IDS: np.array([row_items, list(reversed(row_items))], dtype=object)}
     return [(SERVING_DEFAULT, single), (SERVING_DEFAULT, pair)]
 
 

@@ -23,17 +23,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from recommenders_tf.serving.contract import (ASSETS_EXTRA, INTERNAL_SIGNATURE_PREFIX,
+                                              METADATA_FILE, is_valid_model_name)
+
 STOCK_CONFIG = "models.config"
 SCANN_CONFIG = "models.scann.config"
 BATCHING_FILE = "batching_parameters.txt"
 COMMANDS_FILE = "serving_commands.txt"
-METADATA_FILE = "metadata.json"
 STOCK_IMAGE = "tensorflow/serving"
 SCANN_IMAGE = "google/tf-serving-scann"
 SCANN_WARNING = (
@@ -43,9 +44,7 @@ SCANN_WARNING = (
     "TensorFlow writes. Check its tags; if none matches, build TF Serving with the ScaNN ops "
     "yourself (google-research/scann, scann/tf_serving: the Dockerfile takes "
     "TF_SERVING_VERSION_GIT_BRANCH) or serve the BruteForce twin on stock TF Serving.")
-INTERNAL_SIGNATURE_PREFIX = "__"  # __saved_model_init_op is not a serving signature
 _DT_PREFIX = "DT_"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 # ---- reading one SavedModel -----------------------------------------------------------------
@@ -163,7 +162,7 @@ def requires_scann(version_dir: str | os.PathLike, metadata: Mapping[str, Any] |
 def read_version_metadata(version_dir: str | os.PathLike) -> dict[str, Any] | None:
     """metadata.json beside the SavedModel (or in assets.extra/), None if there is none."""
     for path in (Path(version_dir) / METADATA_FILE,
-                 Path(version_dir) / "assets.extra" / METADATA_FILE):
+                 Path(version_dir) / ASSETS_EXTRA / METADATA_FILE):
         if path.exists():
             return json.loads(path.read_text(encoding="utf-8"))
     return None
@@ -288,7 +287,7 @@ def model_config(models: Sequence[ServableModel], *,
                 if int(version) not in model.versions:
                     raise ValueError(f"label {label!r} of {model.name} points at version "
                                      f"{version}, but {model.base_path} holds {model.versions}")
-                if not _NAME.fullmatch(label):
+                if not is_valid_model_name(label):
                     raise ValueError(f"version label {label!r} must be letters, digits, "
                                      "'_', '.', '-'")
                 entry.version_labels[label] = int(version)

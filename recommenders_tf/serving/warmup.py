@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-WARMUP_FILE = "tf_serving_warmup_requests"
-ASSETS_EXTRA = "assets.extra"
+from recommenders_tf.serving.contract import ASSETS_EXTRA, SERVING_DEFAULT, WARMUP_FILE
+
 MAX_WARMUP_REQUESTS = 200
 DEFAULT_BATCH_SIZES = (1, 8)
 
@@ -205,7 +205,7 @@ def read_warmup_requests(path: str | os.PathLike) -> list[WarmupRecord]:
         request = log.predict_log.request
         inputs = {name: tf.make_ndarray(t) for name, t in request.inputs.items()}
         records.append(WarmupRecord(request.model_spec.name,
-                                    request.model_spec.signature_name or "serving_default",
+                                    request.model_spec.signature_name or SERVING_DEFAULT,
                                     inputs, request))
     return records
 
@@ -269,7 +269,7 @@ def replay_warmup(signatures: Mapping[str, Any], path: str | os.PathLike) -> int
     return len(records)
 
 
-def example_inputs(path: str | os.PathLike, signature_name: str = "serving_default",
+def example_inputs(path: str | os.PathLike, signature_name: str = SERVING_DEFAULT,
                    batch_size: int | None = None) -> dict[str, np.ndarray]:
     """Real example inputs for one signature, taken from an export's warmup file.
 

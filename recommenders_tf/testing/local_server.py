@@ -1,5 +1,9 @@
 """A loopback stand-in for TF Serving: a TEST FIXTURE, not a model server.
 
+It lives in `recommenders_tf.testing`, outside the served package, so nothing that serves
+models depends on it; it speaks the same contract (`serving.contract`) as the exports and the
+clients.
+
 TF Serving cannot be installed on the development machines (no binary in the package
 registries, no Docker engine), so the clients and request formats are tested against this
 server instead. It implements the parts of TF Serving's APIs the project uses, on top of the
@@ -38,7 +42,8 @@ Example:
     >>> with LocalModelServer("saved_models") as server:      # 127.0.0.1, ephemeral ports
     ...     RestClient("127.0.0.1", server.rest_port).predict("ranking", {...})
 
-  python -m recommenders_tf.serving.local_server --base-dir saved_models --rest-port 8501 --grpc-port 8500
+  python -m recommenders_tf.testing.local_server --base-dir saved_models \
+      --rest-port 8501 --grpc-port 8500
 """
 from __future__ import annotations
 
@@ -65,10 +70,11 @@ import numpy as np
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 
 from recommenders_tf.serving import server_config
+from recommenders_tf.serving.contract import (INTERNAL_SIGNATURE_PREFIX, MODEL_SECONDS_HEADER,
+                                              SERVING_DEFAULT)
 from recommenders_tf.serving.warmup import read_warmup_requests, warmup_path
 
-DEFAULT_SIGNATURE = "serving_default"
-MODEL_SECONDS_HEADER = "x-model-seconds"
+DEFAULT_SIGNATURE = SERVING_DEFAULT  # what an empty signature_name means, as in TF Serving
 # TF Serving's REST routes (tensorflow_serving/model_servers/http_rest_api_util.cc).
 PREDICTION_PATH = re.compile(
     r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
@@ -155,7 +161,7 @@ class Servable:
     @property
     def serving_signatures(self) -> dict[str, Any]:
         return {k: v for k, v in self.signature_defs.items()
-                if not k.startswith(server_config.INTERNAL_SIGNATURE_PREFIX)}
+                if not k.startswith(INTERNAL_SIGNATURE_PREFIX)}
 
     def input_infos(self, signature_name: str, *, rest: bool = False) -> Mapping[str, Any]:
         name = signature_name or DEFAULT_SIGNATURE
@@ -803,7 +809,7 @@ class _RestHandler(BaseHTTPRequestHandler):
             if match.group(4).lower() != "predict":
                 raise ServingStatus("UNIMPLEMENTED",
                                     f"{match.group(4)} is not implemented by this test fixture "
-                                    "(recommenders_tf.serving.local_server); use :predict")
+                                    "(recommenders_tf.testing.local_server); use :predict")
             servable = self.registry.resolve(name, version, label)
             signature, arrays, fmt = parse_rest_predict(
                 body, lambda sig: servable.input_infos(sig, rest=True))
