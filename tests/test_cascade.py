@@ -353,42 +353,6 @@ def test_cascade_exports_fill_k_slots_for_any_exclusion_width(fitted, cascade_ex
             assert not set(ids.ravel()) & (set(exclude) | set(hist)), (kind, width)
 
 
-def test_run_all_then_recommend_on_tiny_data(tmp_path, capsys):
-    """run_all trains, evaluates, plots and exports every model; recommend reads the export."""
-    from pipelines import recommend, run_all
-
-    config = run_all.RunAllConfig(dataset="synthetic-tiny", out_dir=str(tmp_path / "run"),
-                                  export_dir=str(tmp_path / "models"), cascade=TINY,
-                                  use_text=False, exports=("bruteforce",),
-                                  diversity_lambdas=(1.0, 0.5))
-    result = run_all.main(config)
-    run_dir = Path(result["run_dir"])
-    for name in ("metrics.json", "summary.md", "config.yaml", "recall_at_k.png",
-                 "diversity_tradeoff.png", "vocabularies/items.txt"):
-        assert (run_dir / name).exists(), name
-    assert (run_dir / "cascade" / "ranking" / "training_curves.png").exists()
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics["stages"]) >= {"retrieval", "ranking", "final"}
-    assert {"cascade_bruteforce", "retrieval_bruteforce"} <= set(metrics["exports"])
-    printed = capsys.readouterr().out
-    assert "| full cascade (re-ranker + rules) |" in printed
-
-    data = load_dataset("synthetic-tiny")
-    user = str(sorted(data.interactions[USER_ID].astype(str).unique())[0])
-    out = recommend.main(recommend.RecommendConfig(
-        export=str(tmp_path / "models" / "recommender_bruteforce"), user_id=user, k=3,
-        dataset="synthetic-tiny"))
-    printed = capsys.readouterr().out
-    assert out["source"] == "cascade" and len(out["recommendations"]) == 3
-    assert all(r["retrieval_rank"] >= 1 and r["ranking_rank"] >= 1
-               for r in out["recommendations"])
-    assert "retr / rank / rerk" in printed
-    cold = recommend.main(recommend.RecommendConfig(
-        export=str(tmp_path / "models" / "recommender_bruteforce"), user_id="someone-new",
-        dataset="synthetic-tiny"))
-    assert cold["source"] == "fallback" and len(cold["recommendations"]) == 10
-
-
 def test_a_run_folder_of_another_fit_is_refused(fitted):
     _, split, _, _, _, run_dir = fitted
     from recommenders_tf.data.splits import frame_sha256

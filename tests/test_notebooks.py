@@ -66,7 +66,9 @@ def _outputs(nb, cell_text: str):
 
 @pytest.mark.slow
 def test_end_to_end_notebook_runs_on_tiny_data(tmp_path, monkeypatch):
-    """The whole cascade, its table and plots, and the export's answers, on synthetic-tiny.
+    """The whole cascade, its table and plots, and the export's answers, on synthetic-tiny:
+    also the end-to-end test of `pipelines.run_all` and `pipelines.recommend` (the notebook
+    runs both), so the suite pays for that run once.
 
     Executed by nbclient in a real IPython kernel (ipykernel), working directory and TMPDIR
     in a scratch folder so nothing is written into the repo.
@@ -108,5 +110,18 @@ def test_end_to_end_notebook_runs_on_tiny_data(tmp_path, monkeypatch):
     printed = "".join(o.get("text", "") for c in nb["cells"] if c["cell_type"] == "code"
                       for o in c["outputs"] if o["output_type"] == "stream")
     assert "answered by the cascade" in printed and "answered by: fallback" in printed
+    assert "| full cascade (re-ranker + rules) |" in printed  # run_all's summary table
+
+    # The notebook is run_all's end-to-end test: its run folder holds every artifact.
+    [work] = tmp_path.glob("recs_end_to_end_*")
+    # run_all's own metrics.json is the shallowest one (each stage's run has its own below).
+    metrics_path = min((work / "run").rglob("metrics.json"), key=lambda p: len(p.parts))
+    run_dir = metrics_path.parent
+    for name in ("summary.md", "config.yaml", "recall_at_k.png", "diversity_tradeoff.png",
+                 "vocabularies/items.txt", "cascade/ranking/training_curves.png"):
+        assert (run_dir / name).exists(), name
+    metrics = json.loads(metrics_path.read_text())
+    assert set(metrics["stages"]) >= {"retrieval", "ranking", "final"}
+    assert {"cascade_bruteforce", "retrieval_bruteforce"} <= set(metrics["exports"])
     assert not list(END_TO_END.parent.glob("runs")), "the notebook wrote into the repository"
 

@@ -183,3 +183,4 @@ def test_user_features_are_looked_up_inside_the_model():
     again = swapped(feats).numpy()
     assert not np.allclose(again[0], scores[0]) and not np.allclose(again[1], scores[1])
     np.testing.assert_allclose(again[2], scores[2], rtol=1e-6)
+

@@ -42,9 +42,10 @@ def test_parse_args_and_list_resolution():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["mse", "bce", "pairwise_logistic", "pairwise_hinge",
-                                  "softmax", "listmle", "approx_ndcg"])
-def test_every_loss_trains_and_exports(tmp_path, loss):
+# One loss of each family end to end through the pipeline (lists, training, export); every
+# loss key trains the model in tests/test_ranking.py::test_every_loss_trains_the_one_model.
+@pytest.mark.parametrize("loss", ["mse", "pairwise_logistic", "softmax"])
+def test_each_loss_family_trains_and_exports(tmp_path, loss):
     # Hard negatives from the cheap most-popular retrieval stand-in keep the test fast; the
     # two pointwise losses train on rating lists.
     config = _config(tmp_path, loss, "data.candidate_source=most-popular")
