@@ -15,10 +15,21 @@ this process and called once; one summary table.
 The run folder (`runs/run_all/<dataset>/`) holds the resolved config, metrics.json,
 summary.md, the stage vocabularies, each stage's training run (checkpoints, TensorBoard,
 training curves), recall_at_k.png (Recall@K of each stage's list) and diversity_tradeoff.png.
+
+`--strategy default|mirrored|multi_worker` (see `pipelines.train_retrieval` and
+`recommenders_tf.models.distribute`) applies to retrieval training, the two two-tower fits of
+the cascade; the ranking and re-ranking stages train on the default strategy, so under
+`multi_worker` each worker fits its own copy of them on the same lists. Every worker runs the
+whole command with `--out` and `--export-dir` on folders all of them see; only the chief
+(worker 0) writes the run folder and the exports. The other workers write into temporary
+folders they remove, reading the chief's retrieval checkpoints (to resume in step with it)
+through links in their private cascade folder.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -27,8 +38,13 @@ import numpy as np
 
 from recommenders_tf import cli
 from recommenders_tf.cascade.config import CascadeConfig
+from recommenders_tf.config import ConfigError
+from recommenders_tf.models.distribute import STRATEGIES
 
 EXPORT_KINDS = ("scann", "bruteforce")
+STRATEGY_SCOPE = "strategy applies to retrieval training"
+# The cascade's two-tower work folders (fit_cascade), read by every worker under a strategy.
+_RETRIEVAL_DIRS = ("retrieval", "retrieval_early")
 
 
 @dataclasses.dataclass
@@ -54,6 +70,9 @@ class RunAllConfig:
         empty: the target, halfway to 1, then 1.
       diversity_lambdas: lambda grid of the MMR / DPP trade-off curves.
       seed: split seed.
+      strategy: tf.distribute strategy of the cascade's retrieval training: "default",
+        "mirrored" (every local GPU) or "multi_worker" (the machines of TF_CONFIG); ranking
+        and re-ranking stay on the default strategy.
     """
 
     dataset: str = "synthetic"
@@ -71,8 +90,12 @@ class RunAllConfig:
     diversity_lambdas: Tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6,
                                             0.5)
     seed: int = 0
+    strategy: str = "default"
 
     def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, "
+                              f"got {self.strategy!r}")
         bad = sorted(set(self.exports) - set(EXPORT_KINDS))
         if bad:
             raise ValueError(f"exports must be a subset of {EXPORT_KINDS}, got {bad}")
@@ -191,19 +214,60 @@ def _verify_export(path: Path, users: np.ndarray, histories: np.ndarray) -> Dict
 def main(config: RunAllConfig) -> Dict[str, Any]:
     """Runs every step; returns the metrics, curves, exports and the run folder."""
     import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
+    from recommenders_tf.data import load_dataset
+    from recommenders_tf.models.distribute import make_strategy, writable_dir
+    from recommenders_tf.runs import default_run_dir
+
+    t0 = time.perf_counter()
+    # First: a multi-worker strategy has to configure the runtime before any TensorFlow op.
+    strategy = make_strategy(config.strategy)
+    data = load_dataset(config.dataset)
+    run_dir = Path(config.out_dir or default_run_dir("run_all", data.name))
+    with contextlib.ExitStack() as stack:
+        out = Path(stack.enter_context(writable_dir(str(run_dir), strategy)))
+        export_dir = (stack.enter_context(writable_dir(config.export_dir, strategy))
+                      if config.exports else config.export_dir)
+        return _run(config, strategy, data, run_dir, out, export_dir, t0)
+
+
+def _cascade_dir(run_dir: Path, out: Path, config: CascadeConfig, train) -> Path:
+    """The folder `fit_cascade` works in: `run_dir/cascade` on the chief; on another worker a
+    private folder whose retrieval folders link to the chief's, so it resumes the
+    strategy-synchronised retrieval fits from the same checkpoints while its own ranking and
+    re-ranking fits (default strategy) do not write over the chief's."""
+    from recommenders_tf.data.splits import frame_sha256
+    from recommenders_tf.runs import claim_run_dir
+
+    shared = run_dir / "cascade"
+    if out == run_dir:
+        return shared
+    private = out / "cascade"
+    private.mkdir(parents=True, exist_ok=True)
+    # fit_cascade's own claim, checked here against the chief's folder: a refused run must stop
+    # every worker, not leave them waiting for a chief that has exited.
+    claim_run_dir(shared, config, data={"train": frame_sha256(train)}, what="cascade",
+                  write_to=private)
+    for name in _RETRIEVAL_DIRS:
+        # Created here too: BackupAndRestore makes this worker's temporary folder inside it.
+        (shared / name).mkdir(parents=True, exist_ok=True)
+        os.symlink((shared / name).resolve(), private / name, target_is_directory=True)
+    return private
+
+
+def _run(config: RunAllConfig, strategy, data, run_dir: Path, out: Path, export_dir: str,
+         t0: float) -> Dict[str, Any]:
+    """`main` writing into `out` and `export_dir`: `run_dir` and `config.export_dir` on the
+    chief, temporary folders on the other workers."""
     from recommenders_tf.cascade.evaluate import diversity_curve, stage_metrics
     from recommenders_tf.cascade.fit import fit_cascade
-    from recommenders_tf.data import load_dataset, temporal_split
+    from recommenders_tf.data import temporal_split
     from recommenders_tf.data.schema import USER_ID
     from recommenders_tf.evaluation.protocol import TopKEvaluator, genre_features
     from recommenders_tf.config import dataset_retrieval_overrides
-    from recommenders_tf.runs import default_run_dir, record_run
+    from recommenders_tf.models.distribute import num_workers
+    from recommenders_tf.runs import record_run
     from recommenders_tf.serving.cascade_export import export_cascade
 
-    t0 = time.perf_counter()
-    data = load_dataset(config.dataset)
-    run_dir = Path(config.out_dir or default_run_dir("run_all", data.name))
-    run_dir.mkdir(parents=True, exist_ok=True)
     cascade_cfg = config.cascade
     if not cascade_cfg.retrieval:
         tuned = {k: v for k, v in dataset_retrieval_overrides(data.name).items()
@@ -211,14 +275,16 @@ def main(config: RunAllConfig) -> Dict[str, Any]:
         cascade_cfg = dataclasses.replace(cascade_cfg, retrieval=tuned)
     resolved = dataclasses.replace(config, out_dir=str(run_dir), cascade=cascade_cfg)
     split = temporal_split(data.interactions, seed=config.seed, dataset=data.name)
-    split.write_manifest(run_dir)
+    split.write_manifest(out)
     print(f"[run_all] {data.name}: P1 split, {len(split.train)} train / {len(split.test)} test "
-          "rows", flush=True)
+          f"rows; strategy {config.strategy} ({STRATEGY_SCOPE})", flush=True)
     text = None
     if config.use_text and data.items is not None and "text" in data.items.columns:
-        text = text_vectors_for(config.dataset, run_dir / "embed_items", config.text_cache)
-    cascade = fit_cascade(split.train, cascade_cfg, run_dir / "cascade", items=data.items,
-                          users=data.users, text_vectors=text)
+        text = text_vectors_for(config.dataset, out / "embed_items", config.text_cache)
+    cascade = fit_cascade(split.train, cascade_cfg,
+                          _cascade_dir(run_dir, out, cascade_cfg, split.train),
+                          items=data.items, users=data.users, text_vectors=text,
+                          strategy=strategy)
 
     features = genre_features(data.items) if data.items is not None and "genres" in \
         data.items.columns else None
@@ -233,20 +299,22 @@ def main(config: RunAllConfig) -> Dict[str, Any]:
             curves[method] = diversity_curve(cascade, stages, evaluator, method,
                                              config.diversity_lambdas)
     tradeoffs = {m: best_tradeoff(c, rows["final"]) for m, c in curves.items()}
-    plots = _plots(run_dir, stages, split.test, curves, rows) if curves else {}
+    plots = _plots(out, stages, split.test, curves, rows) if curves else {}
 
+    # Every worker exports (the others into a folder they drop): saving reads the retrieval
+    # towers' variables, which may be an all-reduce that needs all of them.
     exports: Dict[str, Any] = {}
     sample = np.asarray(evaluator.user_ids[:3], dtype=object)
     sample_hist = cascade.histories_for(sample)
     for kind in config.exports:
-        path = export_cascade(cascade, config.export_dir, kind=kind,
+        path = export_cascade(cascade, export_dir, kind=kind,
                               metadata={"dataset": data.name, "run_dir": str(run_dir)})
         exports[f"cascade_{kind}"] = _verify_export(path, sample, sample_hist)
         print(f"[run_all] exported and reloaded {path}", flush=True)
     if config.export_retrieval and config.exports:
-        exports.update(_export_retrieval(cascade, config, sample, sample_hist))
+        exports.update(_export_retrieval(cascade, config, sample, sample_hist, export_dir))
 
-    vocab_dir = run_dir / "vocabularies"
+    vocab_dir = out / "vocabularies"
     vocab_dir.mkdir(exist_ok=True)
     (vocab_dir / "items.txt").write_text("\n".join(map(str, cascade.catalog)) + "\n")
     users = cascade.retrieval.vocabularies[USER_ID].tokens
@@ -254,16 +322,22 @@ def main(config: RunAllConfig) -> Dict[str, Any]:
 
     metrics = {"dataset": data.name, "stages": rows, "diversity_curves": curves,
                "tradeoffs": tradeoffs, "cascade_report": cascade.report, "exports": exports,
+               "training": {"strategy": config.strategy, "scope": STRATEGY_SCOPE,
+                            "workers": num_workers(strategy),
+                            "replicas": int(strategy.num_replicas_in_sync)},
                "evaluate_seconds": round(run_seconds, 2),
                "seconds": round(time.perf_counter() - t0, 1)}
     summary = summary_lines(data.name, rows, tradeoffs, exports, cascade.report)
-    record_run(run_dir, resolved, metrics, summary)
+    summary.append(f"- strategy {config.strategy}: {STRATEGY_SCOPE} (ranking and re-ranking "
+                   f"on the default strategy); {metrics['training']['workers']} worker(s)")
+    record_run(out, resolved, metrics, summary)
     print("\n".join(summary), flush=True)
     return {"run_dir": str(run_dir), "metrics": metrics, "plots": plots, "cascade": cascade,
             "stages": stages, "split": split}
 
 
-def _export_retrieval(cascade, config: RunAllConfig, users, histories) -> Dict[str, Any]:
+def _export_retrieval(cascade, config: RunAllConfig, users, histories,
+                      export_dir: Optional[str] = None) -> Dict[str, Any]:
     """The retrieval stage alone (query tower + BruteForce / ScaNN), built by the index policy
     of pipelines.build_index on the train users' query embeddings."""
     from recommenders_tf.index import build_index, build_tuned_index, split_queries
@@ -291,8 +365,8 @@ def _export_retrieval(cascade, config: RunAllConfig, users, histories) -> Dict[s
         metadata: Dict[str, Any] = {"query_history_len": rec.config.history_len}
         if kind in facts:
             metadata["index_build"] = facts[kind]
-        path = export_retrieval(rec.query_tower, indexes[kind], config.export_dir, k=k,
-                                exclusion_width=width, metadata=metadata)
+        path = export_retrieval(rec.query_tower, indexes[kind], export_dir or config.export_dir,
+                                k=k, exclusion_width=width, metadata=metadata)
         out[f"retrieval_{kind}"] = _verify_export(path, users, histories)
         if kind in facts:
             out[f"retrieval_{kind}"][f"recall@{k}_vs_exact"] = facts[kind][f"recall@{k}_vs_exact"]
@@ -334,7 +408,11 @@ def parse_args(argv=None) -> RunAllConfig:
     parser = cli.config_parser(__doc__.splitlines()[0], RunAllConfig, dataset=True)
     parser.add_argument("--out", dest="out_dir", help="run folder")
     parser.add_argument("--export-dir", help="TF Serving base path of the exports")
-    return cli.parse_config(RunAllConfig, parser, argv, fields=("out_dir", "export_dir"))
+    parser.add_argument("--strategy", choices=STRATEGIES,
+                        help=f"tf.distribute strategy ({STRATEGY_SCOPE}; multi_worker reads "
+                             "TF_CONFIG)")
+    return cli.parse_config(RunAllConfig, parser, argv,
+                            fields=("out_dir", "export_dir", "strategy"))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,27 @@ the lists are built by `recommenders_tf.cascade.ranking_lists`):
     model is fitted on the earlier part only) or from the catalog ("easy").
 A seeded share of the lists (`validation_fraction`) is held out for early stopping.
 
-Artifacts: runs/ranking/<run>/ holds config.yaml, vocab/, checkpoints/, tensorboard/,
-history.json, training_curves.png, metrics.json and summary.md; the model is exported to
-saved_models/ranking/<next integer version>/.
+Artifacts: runs/ranking/<run>/ holds config.yaml, claim.json, split_manifest.json, vocab/,
+training/ (checkpoints/, tensorboard/, history.json, training_curves.png), metrics.json and
+summary.md; the model is exported to saved_models/ranking/<next integer version>/.
+
+Several workers (`--strategy multi_worker`, synchronous data parallelism with
+MultiWorkerMirroredStrategy, see `recommenders_tf.models.distribute`): start the same command
+on every machine with the standard `TF_CONFIG` set per process and `--set run_dir=...` /
+`--set export_dir=...` on folders all of them see:
+
+    TF_CONFIG='{"cluster": {"worker": ["127.0.0.1:12345", "127.0.0.1:12346"]},
+                "task": {"type": "worker", "index": 0}}' \
+      python -m pipelines.train_ranking --loss softmax --dataset synthetic \
+        --strategy multi_worker --set run_dir=runs/ranking_two_workers
+    # and the same with "index": 1 in a second shell
+
+`ranking.batch_size` is then the global batch (lists per step over all workers). Every worker
+builds the same lists (same data, same seed) and trains, evaluates and exports the same
+synchronised model; only the chief (worker 0) writes the run folder and the export, the others
+write into temporary folders they remove. A restarted cluster resumes from the chief's
+checkpoints and, inside an interrupted `fit`, from the `BackupAndRestore` state under
+`training/backup`. `--strategy mirrored` uses every local GPU of one machine.
 """
 from __future__ import annotations
 
@@ -26,9 +44,16 @@ from typing import Any, Dict, Optional
 
 from recommenders_tf import cli
 from recommenders_tf.cascade.ranking_lists import RankingDataConfig, build_training_lists
+from recommenders_tf.config import ConfigError
 from recommenders_tf.data import load_dataset, split_for_protocol
 from recommenders_tf.data.schema import ITEM_ID
-from recommenders_tf.runs import claim_run_dir, make_run_dir, record_run
+from recommenders_tf.models.distribute import (STRATEGIES, make_strategy, num_workers,
+                                               writable_dir)
+from recommenders_tf.runs import claim_run_dir, record_run
+
+# Config fields that may change between a run and its resumption (TensorFlow checkpoints do
+# not depend on the strategy that wrote them).
+_RESUMABLE_FIELDS = {"strategy"}
 
 
 @dataclasses.dataclass
@@ -43,6 +68,8 @@ class TrainRankingConfig:
       run_name: run folder name (default: <dataset>-<loss>); reuse it to resume.
       export_dir: TF Serving base path; "" skips the export.
       export_name: model name under export_dir.
+      strategy: "default" (one device), "mirrored" (every local GPU) or "multi_worker"
+        (the machines of TF_CONFIG); see the module docstring.
     """
 
     dataset: str = "ml-100k"
@@ -54,8 +81,12 @@ class TrainRankingConfig:
     run_name: str = ""
     export_dir: str = "saved_models"
     export_name: str = "ranking"
+    strategy: str = "default"
 
     def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, "
+                              f"got {self.strategy!r}")
         from recommenders_tf.config import from_dict
         from recommenders_tf.models.ranking import RankingConfig
 
@@ -69,21 +100,32 @@ class TrainRankingConfig:
 
 def main(config: TrainRankingConfig) -> Dict[str, Any]:
     """Builds lists, trains, evaluates on the held-out lists, exports; returns the metrics."""
+    # First: a multi-worker strategy has to configure the runtime before any TensorFlow op.
+    strategy = make_strategy(config.strategy)
+    data = load_dataset(config.dataset)
+    run_dir = Path(config.run_dir) / (config.run_name or f"{data.name}-{config.ranking.loss}")
+    with writable_dir(str(run_dir), strategy) as out:
+        return _run(config, strategy, data, run_dir, Path(out))
+
+
+def _run(config: TrainRankingConfig, strategy, data, run_dir: Path, out: Path
+         ) -> Dict[str, Any]:
+    """`main` writing its artifacts into `out`: `run_dir` on the chief, a temporary folder on
+    the other workers (which still read `run_dir` to resume and train the same model)."""
     from recommenders_tf.features.vocab import save_vocabularies
     from recommenders_tf.models.ranking import fit_ranking_model
     from recommenders_tf.serving.ranking_export import export_ranking
 
     rcfg = config.ranking
-    data = load_dataset(config.dataset)
     split = split_for_protocol(config.protocol, data, seed=config.seed)
-    run_dir = make_run_dir(config.run_dir, config.run_name or f"{data.name}-{rcfg.loss}")
     # fit_model resumes from the checkpoints it finds: right for this run, wrong for another.
-    claim_run_dir(run_dir, config, what="ranking run",
+    # Checked against the shared run_dir (what this run resumes from), written by the chief.
+    claim_run_dir(run_dir, config, what="ranking run", ignore=_RESUMABLE_FIELDS, write_to=out,
                   data={part: info["sha256"] for part, info in split.manifest()["parts"].items()})
-    split.write_manifest(run_dir)
+    split.write_manifest(out)
     print(f"Ranking stage: loss {rcfg.loss}, dataset {data.name}, protocol {config.protocol} "
-          f"(train part only, {len(split.train)} interactions), run folder {run_dir}",
-          flush=True)
+          f"(train part only, {len(split.train)} interactions), run folder {run_dir}, "
+          f"strategy {config.strategy}", flush=True)
     lists, info = build_training_lists(split.train, rcfg, config.data, data.items,
                                        seed=config.seed)
     train_lists, val_lists = lists.split(config.data.validation_fraction, seed=config.seed)
@@ -92,8 +134,8 @@ def main(config: TrainRankingConfig) -> Dict[str, Any]:
           flush=True)
     model, result, vocabs = fit_ranking_model(rcfg, train_lists, val_lists, split.train,
                                               str(run_dir / "training"), items=data.items,
-                                              users=data.users)
-    save_vocabularies(vocabs, run_dir / "vocab")
+                                              users=data.users, strategy=strategy)
+    save_vocabularies(vocabs, out / "vocab")
     best = (result.best_epoch or result.epochs_done) - 1
     val_metrics = {k[len("val_"):]: float(v[best]) for k, v in result.history.items()
                    if k.startswith("val_") and "regularization" not in k and best < len(v)}
@@ -103,22 +145,29 @@ def main(config: TrainRankingConfig) -> Dict[str, Any]:
         "examples_per_second": result.examples_per_second,
         "train_seconds": round(result.train_seconds, 2), "lists": info,
         "n_train_lists": len(train_lists), "n_validation_lists": len(val_lists),
+        "strategy": config.strategy, "workers": num_workers(strategy),
+        "replicas": int(strategy.num_replicas_in_sync),
     }
     export_path: Optional[Path] = None
     if config.export_dir:
-        export_path = export_ranking(
-            model, config.export_dir, config.export_name,
-            metadata={"dataset": data.name, "run_dir": str(run_dir),
-                      "vocab_sizes": {k: len(v) for k, v in vocabs.items()},
-                      "validation_metrics": val_metrics, "list_info": info},
-            example_item_ids=vocabs[ITEM_ID].tokens[:2])
+        # Every worker exports (the others into a folder they drop): saving reads the model's
+        # variables, which may be an all-reduce that needs all of them.
+        with writable_dir(config.export_dir, strategy) as export_base:
+            export_path = export_ranking(
+                model, export_base, config.export_name,
+                metadata={"dataset": data.name, "run_dir": str(run_dir),
+                          "vocab_sizes": {k: len(v) for k, v in vocabs.items()},
+                          "validation_metrics": val_metrics, "list_info": info},
+                example_item_ids=vocabs[ITEM_ID].tokens[:2])
         metrics["export"] = str(export_path)
     summary = [f"Loss `{rcfg.loss}`; lists: {info}.",
                f"Best epoch {result.best_epoch} of {result.epochs_done}; held-out lists: "
                + ", ".join(f"{k}={v:.4f}" for k, v in val_metrics.items()),
-               f"Throughput: {result.examples_per_second or 0:.0f} list entries/s.",
+               f"Throughput: {result.examples_per_second or 0:.0f} list entries/s "
+               f"(strategy {config.strategy}, {metrics['workers']} worker(s), "
+               f"{metrics['replicas']} replica(s)).",
                f"Export: {export_path or 'skipped'}"]
-    record_run(run_dir, config, metrics, summary)
+    record_run(out, config, metrics, summary)
     print("\n".join(summary), flush=True)
     return metrics
 
@@ -129,9 +178,11 @@ def parse_args(argv=None) -> TrainRankingConfig:
                                        "pairwise_hinge, softmax, listmle, approx_ndcg)")
     parser.add_argument("--protocol")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--strategy", choices=STRATEGIES,
+                        help="tf.distribute strategy (multi_worker reads TF_CONFIG)")
     return cli.parse_config(TrainRankingConfig, parser, argv,
                             fields={"protocol": "protocol", "seed": "seed",
-                                    "loss": "ranking.loss"})
+                                    "loss": "ranking.loss", "strategy": "strategy"})
 
 
 if __name__ == "__main__":

@@ -1,18 +1,20 @@
-"""One process of the multi-worker tests: runs `pipelines.train_retrieval` as a worker would.
+"""One process of the multi-worker tests: runs `pipelines.train_retrieval` (or
+`pipelines.train_ranking`) as a worker would.
 
     TF_CONFIG=... python tests/distributed_worker.py OUT.npz -- <train_retrieval flags>
+    TF_CONFIG=... python tests/distributed_worker.py OUT.npz --ranking <train_ranking flags>
     TF_CONFIG=... python tests/distributed_worker.py OUT.npz --fit WORK_DIR EPOCHS [MARKER]
 
-The first form passes the flags through the pipeline's own `parse_args` (so
-`--strategy multi_worker` is read as a user would give it). The second trains one
+The first two forms pass the flags through the pipeline's own `parse_args` (so
+`--strategy multi_worker` is read as a user would give it). The third trains one
 `TwoTowerRecommender` on synthetic-tiny without validation (a single `fit` of EPOCHS epochs,
 checkpoints in WORK_DIR); with MARKER it writes `MARKER.<task index>` after the first epoch's
 backup and checkpoint are saved and then waits to be killed.
 
 Afterwards the worker saves what the test compares in OUT.npz: the final query tower's weights
-(`weight_<i>` arrays) and a JSON `results` (what `main` returned, or the fit's epochs). Each
-process keeps to one intra-op thread, so two workers and a reference run share two cores
-without starving the collective ops of each other.
+(the whole ranking model's with `--ranking`; `weight_<i>` arrays) and a JSON `results` (what
+`main` returned, or the fit's epochs). Each process keeps to one intra-op thread, so two
+workers and a reference run share two cores without starving the collective ops of each other.
 """
 import json
 import os
@@ -48,6 +50,23 @@ def run(out: str, argv) -> None:
     train_retrieval.TwoTowerRecommender = _KeptRecommender
     results = train_retrieval.main(config)
     _save(out, results, _fitted[-1].query_tower.get_weights())
+
+
+def run_ranking(out: str, argv) -> None:
+    import pipelines.train_ranking as train_ranking
+    from recommenders_tf.models import ranking
+
+    fitted = []
+    plain_fit = ranking.fit_ranking_model
+
+    def keep_model(*args, **kwargs):
+        fitted.append(plain_fit(*args, **kwargs))
+        return fitted[-1]
+
+    # train_ranking imports it from the module when it runs, so it finds this one.
+    ranking.fit_ranking_model = keep_model
+    results = train_ranking.main(train_ranking.parse_args(argv))
+    _save(out, results, fitted[-1][0].get_weights())
 
 
 class _StopAfterFirstEpoch(tf.keras.callbacks.Callback):
@@ -103,6 +122,9 @@ if __name__ == "__main__":
         fit(sys.argv[1], sys.argv[3], int(sys.argv[4]), *sys.argv[5:6])
     elif len(sys.argv) >= 3 and sys.argv[2] == "--":
         run(sys.argv[1], sys.argv[3:])
+    elif len(sys.argv) >= 3 and sys.argv[2] == "--ranking":
+        run_ranking(sys.argv[1], sys.argv[3:])
     else:
         sys.exit(f"usage: {sys.argv[0]} OUT.npz -- <pipelines.train_retrieval flags>\n"
+                 f"       {sys.argv[0]} OUT.npz --ranking <pipelines.train_ranking flags>\n"
                  f"       {sys.argv[0]} OUT.npz --fit WORK_DIR EPOCHS [MARKER]")

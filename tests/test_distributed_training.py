@@ -1,9 +1,11 @@
 """Multi-worker training: `pipelines.train_retrieval --strategy multi_worker` on two local
-worker processes (MultiWorkerMirroredStrategy over gRPC on 127.0.0.1) against one worker.
+worker processes (MultiWorkerMirroredStrategy over gRPC on 127.0.0.1) against one worker, and
+`pipelines.train_ranking --strategy multi_worker` on two workers.
 
 Each worker is a subprocess of `tests/distributed_worker.py` with a TF_CONFIG naming both free
 ports and its own index; the one-worker reference runs in the test process meanwhile.
 """
+import dataclasses
 import json
 import os
 import socket
@@ -60,8 +62,9 @@ def _env(tf_config=None):
 
 
 def _start(out, flags, tf_config=None):
-    """A worker process; `flags` are the pipeline's, or ["--fit", ...] for the fit mode."""
-    args = flags if flags[:1] == ["--fit"] else ["--", *flags]
+    """A worker process; `flags` are train_retrieval's, ["--ranking", <train_ranking flags>]
+    or ["--fit", ...] for the fit mode."""
+    args = flags if flags[:1] in (["--fit"], ["--ranking"]) else ["--", *flags]
     return subprocess.Popen([sys.executable, str(WORKER), str(out), *args],
                             env=_env(tf_config), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -242,3 +245,92 @@ def test_strategy_flag_and_config_field(tmp_path):
     config = parse_args(["--set", "strategy=one_per_gpu", "--run-dir", str(tmp_path)])
     with pytest.raises(ConfigError, match="strategy must be one of"):
         main(config)
+
+
+# One epoch on synthetic-tiny with small towers and most-popular hard negatives: about 45 s for
+# both workers on two busy cores.
+RANKING_FLAGS = ["--loss", "softmax", "--dataset", "synthetic-tiny",
+                 *[a for s in ("ranking.epochs=1", "ranking.patience=0", "ranking.verbose=0",
+                               "ranking.embedding_dim=8", "ranking.id_embedding_dim=8",
+                               "ranking.feature_embedding_dim=4", "ranking.deep_dims=[8]",
+                               "ranking.din_units=4", "ranking.history_len=5",
+                               "data.list_size=10", "data.max_positives=3",
+                               "data.candidate_source=most-popular")
+                   for a in ("--set", s)]]
+
+
+@pytest.mark.slow
+def test_two_workers_train_one_ranking_model(tmp_path):
+    ports = _free_ports(2)
+    flags = ["--ranking", *RANKING_FLAGS, "--strategy", "multi_worker",
+             "--set", f"run_dir={tmp_path / 'runs'}", "--set", f"export_dir={tmp_path / 'saved'}"]
+    procs = {f"worker{i}": _start(tmp_path / f"worker{i}.npz", flags,
+                                  {"cluster": _cluster(ports),
+                                   "task": {"type": "worker", "index": i}})
+             for i in range(2)}
+    _finish(procs)
+
+    chief, chief_weights = _load(tmp_path / "worker0.npz")
+    other, other_weights = _load(tmp_path / "worker1.npz")
+    assert chief["workers"] == other["workers"] == 2 and chief["replicas"] == 2
+    assert len(chief_weights) == len(other_weights) > 0
+    for mine, theirs in zip(chief_weights, other_weights):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+    # Metric results are aggregated over the replicas once, not summed again per replica.
+    for key in ("ndcg_10", "mrr_10", "example_loss"):
+        assert other["validation"][key] == pytest.approx(chief["validation"][key], rel=1e-5)
+    assert 0 < chief["validation"]["ndcg_10"] <= 1
+
+    run_dir = tmp_path / "runs" / "synthetic-tiny-softmax"
+    assert json.loads((run_dir / "metrics.json").read_text())["validation"] == \
+        chief["validation"]
+    assert (run_dir / "training" / "checkpoints" / "checkpoint").exists()
+    assert chief["export"] == str(tmp_path / "saved" / "ranking" / "1")
+    assert sorted(p.name for p in (tmp_path / "saved" / "ranking").iterdir()) == ["1"]
+    assert not [p for p in run_dir.glob("training/backup/**/*") if p.is_file()]
+
+
+def test_run_all_strategy_field_and_flag():
+    from pipelines.run_all import RunAllConfig
+    from pipelines.run_all import parse_args as run_all_args
+
+    assert RunAllConfig().strategy == "default"
+    with pytest.raises(ConfigError, match=r"strategy must be one of \['default', 'mirrored', "
+                                          r"'multi_worker'\], got 'bogus'"):
+        RunAllConfig(strategy="bogus")
+    assert run_all_args(["--strategy", "mirrored"]).strategy == "mirrored"
+    assert run_all_args(["--set", "strategy=multi_worker"]).strategy == "multi_worker"
+    with pytest.raises(ConfigError, match="strategy must be one of"):
+        run_all_args(["--set", "strategy=bogus"])
+    with pytest.raises(SystemExit):
+        run_all_args(["--strategy", "bogus"])
+
+
+def test_run_all_strategy_cascade_folder_of_a_worker_reads_the_chiefs_retrieval(tmp_path):
+    import pandas as pd
+
+    from pipelines.run_all import _cascade_dir
+    from recommenders_tf.cascade.config import CascadeConfig
+    from recommenders_tf.data.splits import frame_sha256
+    from recommenders_tf.runs import claim_run_dir
+
+    run_dir, private = tmp_path / "run", tmp_path / "worker1"
+    train = pd.DataFrame({"user_id": ["u"], "item_id": ["i"], "rating": [4.0], "timestamp": [1]})
+    config = CascadeConfig()
+    assert _cascade_dir(run_dir, run_dir, config, train) == run_dir / "cascade"  # the chief
+
+    cascade = _cascade_dir(run_dir, private, config, train)
+    assert cascade == private / "cascade"
+    for name in ("retrieval", "retrieval_early"):
+        assert (cascade / name).is_symlink()
+        assert (cascade / name).resolve() == (run_dir / "cascade" / name).resolve()
+    assert (cascade / "claim.json").exists()
+    # Nothing but the two (empty) retrieval folders appears in the chief's folder.
+    assert sorted(p.name for p in (run_dir / "cascade").iterdir()) == [
+        "retrieval", "retrieval_early"]
+
+    # A chief's folder claimed by another cascade stops this worker too.
+    claim_run_dir(run_dir / "cascade", dataclasses.replace(config, seed=1),
+                  data={"train": frame_sha256(train)}, what="cascade")
+    with pytest.raises(ConfigError, match="holds a cascade with another config"):
+        _cascade_dir(run_dir, tmp_path / "worker2", config, train)

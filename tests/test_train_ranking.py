@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.train_ranking import TrainRankingConfig, main, parse_args
 from recommenders_tf.cascade.ranking_lists import resolve_lists
+from recommenders_tf.config import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,3 +95,72 @@ def test_a_run_folder_holding_another_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match="another config .*data.negatives: 'hard' -> 'easy'"):
         claim_run_dir(tmp_path, parse_args(["--loss", "softmax",
                                             "--set", "data.negatives=easy"]))
+
+
+def test_strategy_flag_and_config_field():
+    assert parse_args(["--loss", "softmax"]).strategy == "default"
+    assert parse_args(["--strategy", "mirrored"]).strategy == "mirrored"
+    assert parse_args(["--set", "strategy=multi_worker"]).strategy == "multi_worker"
+    with pytest.raises(ConfigError, match=r"strategy must be one of \['default', 'mirrored', "
+                                          r"'multi_worker'\], got 'one_per_gpu'"):
+        parse_args(["--set", "strategy=one_per_gpu"])
+    with pytest.raises(ConfigError, match="strategy must be one of"):
+        TrainRankingConfig(strategy="parameter_server")
+    with pytest.raises(SystemExit):  # argparse's own choices check, exit status 2
+        parse_args(["--strategy", "bogus"])
+
+
+def test_ranking_losses_run_under_a_strategy_with_the_default_reduction_value():
+    # Keras refuses a loss with its default reduction inside a strategy's replica context;
+    # RankingLoss reduces itself and must give what the default reduction gives.
+    import numpy as np
+    import tensorflow as tf
+
+    from recommenders_tf.models.losses import LOSS_KEYS, RankingLoss, get_loss
+
+    labels = np.array([[2.0, 0.0, 1.0, 3.0, -1.0], [0.0, 1.0, 3.0, 2.0, 4.0]], np.float32)
+    scores = np.random.default_rng(0).normal(size=labels.shape).astype(np.float32)
+    mask = labels >= 0
+    strategy = tf.distribute.MirroredStrategy()
+    for key in LOSS_KEYS:
+        spec = get_loss(key)
+        y = (labels > 0).astype(np.float32) if spec.label_kind == "click" else labels
+        y = np.where(mask, y, -1.0).astype(np.float32)
+        wrapped = RankingLoss(key)
+        replica_value = strategy.run(lambda: wrapped(y, scores, mask))
+        value = float(strategy.reduce(tf.distribute.ReduceOp.SUM, replica_value, axis=None))
+        if not spec.mean_over_valid:
+            expected = float(spec.build()(y, np.where(mask, scores, 0.0)))
+            assert value == pytest.approx(expected, rel=1e-5), key
+        assert value == pytest.approx(float(wrapped(y, scores, mask)), rel=1e-5), key
+
+
+def _files(folder: Path):
+    # TensorBoard names its event files after the host, time and process.
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and "events.out.tfevents" not in p.name)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_trains_and_writes_what_default_writes(tmp_path):
+    # One epoch each on synthetic-tiny, cheap most-popular hard negatives; on a machine
+    # without GPUs MirroredStrategy mirrors over the CPU alone (one replica).
+    runs = {}
+    for strategy in ("default", "mirrored"):
+        out = tmp_path / strategy
+        config = parse_args(["--loss", "softmax", "--dataset", "synthetic-tiny",
+                             "--strategy", strategy, "--set", f"run_dir={out / 'runs'}",
+                             "--set", f"export_dir={out / 'saved'}",
+                             *[a for s in SMALL + ["ranking.epochs=1",
+                                                   "data.candidate_source=most-popular"]
+                               for a in ("--set", s)]])
+        runs[strategy] = main(config)
+        assert runs[strategy]["strategy"] == strategy
+        assert runs[strategy]["workers"] == runs[strategy]["replicas"] == 1
+        assert runs[strategy]["epochs_done"] == 1
+        assert 0 < runs[strategy]["validation"]["ndcg_10"] <= 1
+    default_files = _files(tmp_path / "default")
+    assert "runs/synthetic-tiny-softmax/training/checkpoints/checkpoint" in default_files
+    assert "saved/ranking/1/saved_model.pb" in default_files
+    assert _files(tmp_path / "mirrored") == default_files
+    assert runs["mirrored"]["n_train_lists"] == runs["default"]["n_train_lists"]

@@ -77,7 +77,7 @@ def _user_folds(users: np.ndarray, folds: int, seed: int) -> np.ndarray:
 def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
                 items: Optional[pd.DataFrame] = None, users: Optional[pd.DataFrame] = None,
                 text_vectors: Optional[ItemVectors] = None,
-                log: Callable[[str], None] = print) -> Cascade:
+                log: Callable[[str], None] = print, strategy=None) -> Cascade:
     """Fits the three stages on `train` only (see the module docstring for who sees what).
 
     Args:
@@ -91,6 +91,8 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
       text_vectors: item text vectors (e.g. MiniLM, `pipelines.embed_items`); used when
         `config.use_text`.
       log: progress printer.
+      strategy: tf.distribute strategy of the two retrieval fits (`TwoTowerRecommender`);
+        default the current one. Ranking and re-ranking train on the current strategy.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,11 +117,11 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
         f"({len(val.train)} / {len(val.test)} rows), refit on all {len(train)} train rows")
     start = time.perf_counter()
     retrieval = TwoTowerRecommender(rcfg, item_ids=catalog, items=items,
-                                    work_dir=run_dir / "retrieval",
+                                    work_dir=run_dir / "retrieval", strategy=strategy,
                                     validation_evaluator=TopKEvaluator).fit(
                                         val.train, validation=val.test)
     early = TwoTowerRecommender(dataclasses.replace(rcfg, epochs=retrieval.best_epoch),
-                                item_ids=catalog, items=items,
+                                item_ids=catalog, items=items, strategy=strategy,
                                 work_dir=run_dir / "retrieval_early").fit(val.train)
     report["retrieval"] = {"epochs": retrieval.best_epoch, "notes": retrieval.notes,
                            "seconds": round(time.perf_counter() - start, 2),

@@ -149,10 +149,16 @@ class CascadeGraph(tf.Module):
 
         # The in-process calls sit in a plain namespace, which tf.Module does not track: a
         # SavedModel of this module then holds the two serving functions only.
+        # Each wraps a closure of its own: a fit builds one graph per fold, and TF's retracing
+        # warning counts traces per Python function, so bound methods of one class would
+        # read as one function retraced.
         self._calls = types.SimpleNamespace(
-            stages=tf.function(self._stages, input_signature=[_USER, _IDS, _IDS]),
-            retrieve=tf.function(self._retrieve_lists, input_signature=[_USER, _IDS, _IDS]),
-            rank=tf.function(self._rank_lists, input_signature=[_USER, _IDS, _IDS, _SCORES]),
+            stages=tf.function(lambda u, h, e: self._stages(u, h, e),
+                               input_signature=[_USER, _IDS, _IDS]),
+            retrieve=tf.function(lambda u, h, e: self._retrieve_lists(u, h, e),
+                                 input_signature=[_USER, _IDS, _IDS]),
+            rank=tf.function(lambda u, h, i, s: self._rank_lists(u, h, i, s),
+                             input_signature=[_USER, _IDS, _IDS, _SCORES]),
             finish={})
         # The two functions an export saves, with the serving contract's input names.
         self.serve = tf.function(self._serve, input_signature=[

@@ -16,7 +16,9 @@ Every loss reads labels and scores of shape [batch, list_size]; a label < 0 mark
 TF-Ranking drops such entries (no pairs, no probability mass, no squared error). The pointwise
 losses are summed and divided by the number of real (unpadded) entries, so their value is the
 plain mean over interactions whatever the padding; the pairwise and listwise losses keep
-TF-Ranking's default reduction (see tests/test_compat.py for what it divides by). One quirk:
+TF-Ranking's default reduction (see tests/test_compat.py for what it divides by), computed by
+`RankingLoss` from the unreduced values because Keras refuses its default reduction inside a
+tf.distribute strategy's replica context (the value is the same). One quirk:
 TF-Ranking's ListMLE adds log(k!) to the value of a list with k padded entries; the constant
 has no gradient and does not depend on the scores, so it changes the reported loss, not training.
 
@@ -51,6 +53,8 @@ class LossSpec:
         matters).
       mean_over_valid: the loss is built with Reduction.SUM and divided by the number of
         unpadded entries by the caller (`RankingLoss`), giving the mean per interaction.
+        Otherwise `build` gives Reduction.AUTO and `build_unreduced` Reduction.NONE, whose
+        mean over all its elements is the AUTO value.
       description: one line for help texts and the README table.
     """
 
@@ -66,6 +70,13 @@ class LossSpec:
         if self.mean_over_valid:
             return self.factory(reduction=tf.keras.losses.Reduction.SUM)
         return self.factory()
+
+    def build_unreduced(self) -> tf.keras.losses.Loss:
+        """Like `build`, but a loss that would reduce with AUTO returns its per-element values
+        (Reduction.NONE), which any tf.distribute strategy accepts."""
+        if self.mean_over_valid:
+            return self.build()
+        return self.factory(reduction=tf.keras.losses.Reduction.NONE)
 
     @property
     def predicts_rating(self) -> bool:
@@ -120,7 +131,7 @@ class RankingLoss:
 
     def __init__(self, key: str):
         self.spec = get_loss(key)
-        self.loss = self.spec.build()
+        self.loss = self.spec.build_unreduced()
 
     def __call__(self, labels: tf.Tensor, scores: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
         mask = tf.cast(mask, tf.bool)
@@ -131,4 +142,9 @@ class RankingLoss:
         value = self.loss(labels, scores)
         if self.spec.mean_over_valid:
             value = value / tf.maximum(tf.reduce_sum(tf.cast(mask, tf.float32)), 1.0)
+        else:
+            # Keras' SUM_OVER_BATCH_SIZE, done here: sum of the weighted elements over their
+            # count, 0 for an empty batch.
+            value = tf.math.divide_no_nan(tf.reduce_sum(value),
+                                          tf.cast(tf.size(value), value.dtype))
         return value

@@ -368,6 +368,24 @@ class RankingModel(tfrs.Model):
             loss = loss + self._penalty(features, mask)
         return loss
 
+    def train_step(self, inputs):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas == 1:
+            return super().train_step(inputs)
+        # The optimizer sums the replicas' gradients while each replica's loss is a mean over
+        # its part of the global batch: dividing by the replicas makes a step follow the
+        # global mean, as Keras does for compiled losses. The logged values stay unscaled.
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            regularization_loss = tf.reduce_sum([tf.reduce_sum(extra) for extra in self.losses])
+            total_loss = loss + regularization_loss
+            share = total_loss / replicas
+        gradients = tape.gradient(share, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        logs = {metric.name: metric.result() for metric in self.metrics}
+        logs.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)
+        return logs
+
 
 def build_ranking_model(config: RankingConfig, user_vocab: Sequence[str],
                         item_vocab: Sequence[str], *,

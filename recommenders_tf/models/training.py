@@ -344,6 +344,11 @@ def _fit(model, train_ds, val_ds, config: TrainingConfig, run_dir: str, out: str
         if getattr(model, "optimizer", None) is None:
             model.compile(optimizer=make_optimizer(config))
         state = _LoopState(config.monitor_mode)
+    if strategy.num_replicas_in_sync > 1:
+        # Keras' "auto" sums the replicas' step logs, which suits per-replica loss shares but
+        # multiplies metric results (already aggregated over the replicas) by their number;
+        # the models here log metric results, so take one replica's copy.
+        model.distribute_reduction_method = "first"
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, loop=state)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(out, "checkpoints"),
                                          max_to_keep=config.max_checkpoints)
