@@ -268,8 +268,11 @@ class CascadeGraph(tf.Module):
         """Stage 2 over given retrieval lists, with the re-ranker inputs of its top list."""
         history = compact_right(history)
         ranked = self._rank(user_id, history, ids, scores)
-        inputs = self._rerank_inputs(ranked, self._query(user_id, history),
-                                     self.config.rerank_item_features, self.config.rerank_user)
+        # The query tower runs only when the re-ranker reads the user's query vector.
+        query = (self._query(user_id, history) if self.config.rerank_user == "embedding"
+                 else None)
+        inputs = self._rerank_inputs(ranked, query, self.config.rerank_item_features,
+                                     self.config.rerank_user)
         return {"ranking_ids": ranked["ranking_ids"],
                 "ranking_scores": ranked["ranking_scores"],
                 **{f"rerank_input_{k}": v for k, v in inputs.items()}}
