@@ -19,15 +19,12 @@ cascade loaded in a fresh process, p50/p99 over `latency_users` users, to
 from __future__ import annotations
 
 import dataclasses
-import json
 import shlex
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -58,53 +55,6 @@ class BenchCascadeConfig:
     out_dir: str = ""
 
 
-_LATENCY_SCRIPT = textwrap.dedent("""
-    import json, sys, time
-    import numpy as np
-    import recommenders_tf
-    import tensorflow as tf
-    args = json.loads(sys.stdin.read())
-    meta = json.load(open(args["metadata"]))
-    start = time.perf_counter()
-    if meta["requires_scann_ops"]:
-        import scann
-    loaded = tf.saved_model.load(args["path"])
-    fn = loaded.signatures[args["signature"]]
-    load_s = time.perf_counter() - start
-    times = []
-    for i, (user, hist, excl) in enumerate(zip(args["users"], args["history"], args["exclude"])):
-        feed = dict(user_id=tf.constant([user]), history=tf.constant([hist]),
-                    exclude_item_ids=tf.constant([excl]))
-        t = time.perf_counter()
-        out = fn(**feed)
-        out["item_ids"].numpy()
-        if i:  # the first call builds the graph's caches: report it apart
-            times.append(time.perf_counter() - t)
-        else:
-            first = time.perf_counter() - t
-    ms = np.array(times) * 1000
-    print(json.dumps({"load_seconds": load_s, "first_call_ms": first * 1000,
-                      "latency_p50_ms": float(np.percentile(ms, 50)),
-                      "latency_p99_ms": float(np.percentile(ms, 99)),
-                      "latency_mean_ms": float(ms.mean()), "requests": len(ms)}))
-""")
-
-
-def measure_latency(path: Path, users: List[str], histories: List[List[str]],
-                    exclude: List[List[str]]) -> Dict[str, float]:
-    """Single-user request latency of an exported cascade, loaded in a fresh process."""
-    from recommenders_tf.serving.contract import METADATA_FILE, WITH_EXCLUSIONS
-
-    payload = json.dumps({"path": str(path), "metadata": str(Path(path) / METADATA_FILE),
-                          "signature": WITH_EXCLUSIONS, "users": users, "history": histories,
-                          "exclude": exclude})
-    proc = subprocess.run([sys.executable, "-c", _LATENCY_SCRIPT], input=payload,
-                          capture_output=True, text=True, timeout=3600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"latency run on {path} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main(config: BenchCascadeConfig) -> Dict[str, Any]:
     import recommenders_tf  # noqa: F401
     from pipelines import benchmark, run_all
@@ -113,6 +63,7 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
     from recommenders_tf.evaluation.report import (render_benchmarks_md, round_metrics,
                                                    write_results)
     from recommenders_tf.runs import default_run_dir
+    from recommenders_tf.serving.latency import measure_latency
 
     data = load_dataset(config.dataset)
     out_dir = Path(config.out_dir or default_run_dir("bench_cascade", data.name))

@@ -216,18 +216,22 @@ def main(config: RunAllConfig) -> Dict[str, Any]:
     import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
     from recommenders_tf.data import load_dataset
     from recommenders_tf.models.distribute import make_strategy, writable_dir
+    from recommenders_tf.resources import StageMeter
     from recommenders_tf.runs import default_run_dir
 
     t0 = time.perf_counter()
     # First: a multi-worker strategy has to configure the runtime before any TensorFlow op.
     strategy = make_strategy(config.strategy)
-    data = load_dataset(config.dataset)
+    meter = StageMeter()
+    with meter.stage("data") as row:
+        data = load_dataset(config.dataset)
+        row["interactions"] = int(len(data.interactions))
     run_dir = Path(config.out_dir or default_run_dir("run_all", data.name))
     with contextlib.ExitStack() as stack:
         out = Path(stack.enter_context(writable_dir(str(run_dir), strategy)))
         export_dir = (stack.enter_context(writable_dir(config.export_dir, strategy))
                       if config.exports else config.export_dir)
-        return _run(config, strategy, data, run_dir, out, export_dir, t0)
+        return _run(config, strategy, data, run_dir, out, export_dir, t0, meter)
 
 
 def _cascade_dir(run_dir: Path, out: Path, config: CascadeConfig, train) -> Path:
@@ -255,7 +259,7 @@ def _cascade_dir(run_dir: Path, out: Path, config: CascadeConfig, train) -> Path
 
 
 def _run(config: RunAllConfig, strategy, data, run_dir: Path, out: Path, export_dir: str,
-         t0: float) -> Dict[str, Any]:
+         t0: float, meter) -> Dict[str, Any]:
     """`main` writing into `out` and `export_dir`: `run_dir` and `config.export_dir` on the
     chief, temporary folders on the other workers."""
     from recommenders_tf.cascade.evaluate import diversity_curve, stage_metrics
@@ -274,30 +278,36 @@ def _run(config: RunAllConfig, strategy, data, run_dir: Path, out: Path, export_
                  if k not in ("seed", "verbose")}
         cascade_cfg = dataclasses.replace(cascade_cfg, retrieval=tuned)
     resolved = dataclasses.replace(config, out_dir=str(run_dir), cascade=cascade_cfg)
-    split = temporal_split(data.interactions, seed=config.seed, dataset=data.name)
-    split.write_manifest(out)
+    with meter.stage("split"):
+        split = temporal_split(data.interactions, seed=config.seed, dataset=data.name)
+        split.write_manifest(out)
     print(f"[run_all] {data.name}: P1 split, {len(split.train)} train / {len(split.test)} test "
           f"rows; strategy {config.strategy} ({STRATEGY_SCOPE})", flush=True)
     text = None
     if config.use_text and data.items is not None and "text" in data.items.columns:
-        text = text_vectors_for(config.dataset, out / "embed_items", config.text_cache)
+        with meter.stage("text vectors", items=len(data.items)):
+            text = text_vectors_for(config.dataset, out / "embed_items", config.text_cache)
     cascade = fit_cascade(split.train, cascade_cfg,
                           _cascade_dir(run_dir, out, cascade_cfg, split.train),
                           items=data.items, users=data.users, text_vectors=text,
-                          strategy=strategy)
+                          strategy=strategy, meter=meter)
 
     features = genre_features(data.items) if data.items is not None and "genres" in \
         data.items.columns else None
-    evaluator = TopKEvaluator(split.train, split.test, ks=(10, 50), item_features=features)
-    start = time.perf_counter()
-    stages = cascade.run(evaluator.user_ids)
-    run_seconds = time.perf_counter() - start
-    rows = stage_metrics(stages, evaluator)
+    with meter.stage("evaluation") as row:
+        evaluator = TopKEvaluator(split.train, split.test, ks=(10, 50),
+                                  item_features=features)
+        start = time.perf_counter()
+        stages = cascade.run(evaluator.user_ids)
+        run_seconds = time.perf_counter() - start
+        rows = stage_metrics(stages, evaluator)
+        row["users"] = len(evaluator.user_ids)
     curves = {}
     if cascade.diversity_vectors is not None:
-        for method in ("mmr", "dpp"):
-            curves[method] = diversity_curve(cascade, stages, evaluator, method,
-                                             config.diversity_lambdas)
+        with meter.stage("diversity curves", lambdas=len(config.diversity_lambdas)):
+            for method in ("mmr", "dpp"):
+                curves[method] = diversity_curve(cascade, stages, evaluator, method,
+                                                 config.diversity_lambdas)
     tradeoffs = {m: best_tradeoff(c, rows["final"]) for m, c in curves.items()}
     plots = _plots(out, stages, split.test, curves, rows) if curves else {}
 
@@ -306,13 +316,15 @@ def _run(config: RunAllConfig, strategy, data, run_dir: Path, out: Path, export_
     exports: Dict[str, Any] = {}
     sample = np.asarray(evaluator.user_ids[:3], dtype=object)
     sample_hist = cascade.histories_for(sample)
-    for kind in config.exports:
-        path = export_cascade(cascade, export_dir, kind=kind,
-                              metadata={"dataset": data.name, "run_dir": str(run_dir)})
-        exports[f"cascade_{kind}"] = _verify_export(path, sample, sample_hist)
-        print(f"[run_all] exported and reloaded {path}", flush=True)
-    if config.export_retrieval and config.exports:
-        exports.update(_export_retrieval(cascade, config, sample, sample_hist, export_dir))
+    with meter.stage("export", kinds=list(config.exports)):
+        for kind in config.exports:
+            path = export_cascade(cascade, export_dir, kind=kind,
+                                  metadata={"dataset": data.name, "run_dir": str(run_dir)})
+            exports[f"cascade_{kind}"] = _verify_export(path, sample, sample_hist)
+            print(f"[run_all] exported and reloaded {path}", flush=True)
+        if config.export_retrieval and config.exports:
+            exports.update(_export_retrieval(cascade, config, sample, sample_hist,
+                                             export_dir))
 
     vocab_dir = out / "vocabularies"
     vocab_dir.mkdir(exist_ok=True)
@@ -326,10 +338,15 @@ def _run(config: RunAllConfig, strategy, data, run_dir: Path, out: Path, export_
                             "workers": num_workers(strategy),
                             "replicas": int(strategy.num_replicas_in_sync)},
                "evaluate_seconds": round(run_seconds, 2),
-               "seconds": round(time.perf_counter() - t0, 1)}
+               "seconds": round(time.perf_counter() - t0, 1),
+               # Wall time and peak resident memory of each stage, in run order.
+               "cost": meter.rows}
     summary = summary_lines(data.name, rows, tradeoffs, exports, cascade.report)
     summary.append(f"- strategy {config.strategy}: {STRATEGY_SCOPE} (ranking and re-ranking "
                    f"on the default strategy); {metrics['training']['workers']} worker(s)")
+    summary.append("- seconds per stage: " + ", ".join(
+        f"{r['stage']} {r['seconds']:.1f}" for r in meter.rows)
+        + f"; peak resident memory {meter.peak_mb():.0f} MB")
     record_run(out, resolved, metrics, summary)
     print("\n".join(summary), flush=True)
     return {"run_dir": str(run_dir), "metrics": metrics, "plots": plots, "cascade": cascade,

@@ -108,27 +108,36 @@ def test_mmr_raises_diversity_monotonically_at_the_extremes(fitted):
     assert diverse["diversity@10"] > full["diversity@10"]
 
 
-def _fresh_call(version_dir: Path, users, histories, exclude):
-    script = textwrap.dedent(f"""
-        import json, sys
-        import recommenders_tf
-        import tensorflow as tf
-        meta = json.load(open({str(version_dir / 'metadata.json')!r}))
-        if meta["requires_scann_ops"]:
-            import scann
-        loaded = tf.saved_model.load({str(version_dir)!r})
-        fn = loaded.signatures["recommend_with_exclusions"]
-        args = json.loads(sys.stdin.read())
-        out = fn(user_id=tf.constant(args["users"]), history=tf.constant(args["history"]),
-                 exclude_item_ids=tf.constant(args["exclude"]))
-        print(json.dumps({{k: (v.numpy().astype(str).tolist() if v.dtype == tf.string
-                              else v.numpy().tolist()) for k, v in out.items()}}))
-    """)
-    payload = json.dumps({"users": list(users), "history": histories, "exclude": exclude})
-    proc = subprocess.run([sys.executable, "-c", script], input=payload, capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+# One fresh process (TensorFlow and ScaNN's ops only, no recommenders_tf) loads every export
+# once and answers every request the export tests below check: a process start and a model
+# load cost seconds each, the requests milliseconds.
+_FRESH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    import scann  # the ScaNN export's ops; the BruteForce ones need none
+    spec = json.load(open(sys.argv[1]))
+    loaded, out = {}, {}
+    for name, call in spec.items():
+        if call["path"] not in loaded:
+            loaded[call["path"]] = tf.saved_model.load(call["path"])
+        fn = loaded[call["path"]].signatures[call.get("signature", "recommend_with_exclusions")]
+        res = fn(**{k: tf.constant(v, tf.string) for k, v in call["args"].items()})
+        out[name] = {k: (v.numpy().astype(str).tolist() if v.dtype == tf.string
+                         else v.numpy().tolist()) for k, v in res.items()}
+    out["recommenders_tf_imported"] = "recommenders_tf" in sys.modules
+    json.dump(out, open(sys.argv[2], "w"))
+""")
+
+
+def _run_fresh(calls, folder: Path):
+    (folder / "spec.json").write_text(json.dumps(calls))
+    proc = subprocess.run([sys.executable, "-c", _FRESH_SCRIPT, str(folder / "spec.json"),
+                           str(folder / "out.json")], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads((folder / "out.json").read_text())
+    assert out.pop("recommenders_tf_imported") is False
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +151,21 @@ def cascade_exports(fitted, tmp_path_factory):
                   for kind in ("bruteforce", "scann")}
 
 
+@pytest.fixture(scope="module")
+def diverse(fitted, tmp_path_factory):
+    """The same cascade with MMR at lambda 0.3 in its served path: evaluated and exported."""
+    from recommenders_tf.serving.cascade_export import export_cascade
+
+    _, _, cascade, evaluator, _, _ = fitted
+    diverse = copy.copy(cascade)
+    diverse.config = dataclasses.replace(cascade.config, diversity="mmr", diversity_lambda=0.3)
+    diverse._graphs = {}
+    stages = diverse.run(evaluator.user_ids)
+    path = export_cascade(diverse, tmp_path_factory.mktemp("diverse"), kind="bruteforce",
+                          log=lambda *_: None)
+    return diverse, stages, path
+
+
 def _exclusions(split, users):
     """Each user's train items, "" padded: what `Cascade.run` excludes by default."""
     seen = split.train.groupby(split.train[USER_ID].astype(str))[ITEM_ID].agg(
@@ -150,12 +174,47 @@ def _exclusions(split, users):
     return [(seen.get(u, []) + [""] * width)[:width] for u in users]
 
 
-def _assert_export_answers_are_the_evaluated_lists(path, cascade, split, stages):
-    """Every evaluated user's final list (the one the P1 metrics judge) is the export's
-    answer to the same request, in a fresh process."""
+def _evaluated_request(cascade, split, stages):
     users = list(stages.user_ids)
-    out = _fresh_call(path, users, cascade.histories_for(users).astype(str).tolist(),
-                      _exclusions(split, users))
+    return {"user_id": users, "history": cascade.histories_for(users).astype(str).tolist(),
+            "exclude_item_ids": _exclusions(split, users)}
+
+
+@pytest.fixture(scope="module")
+def fresh(fitted, cascade_exports, diverse, tmp_path_factory):
+    """Every export test's requests answered by the exports reloaded in one fresh process."""
+    _, split, cascade, _, stages, _ = fitted
+    paths = {kind: str(path) for kind, path in cascade_exports[1].items()}
+    hist = cascade.histories_for(stages.user_ids[:1]).astype(str).tolist()[0]
+    cold_history = [h for h in hist if h][-3:]
+    scann_users = list(stages.user_ids[:4])
+    calls = {
+        "bruteforce/evaluated": {"path": paths["bruteforce"],
+                                 "args": _evaluated_request(cascade, split, stages)},
+        "bruteforce/unknown": {"path": paths["bruteforce"], "args": {
+            "user_id": ["__nobody__", "__nobody__"],
+            "history": [([""] * len(hist) + cold_history)[-len(hist):], [""] * len(hist)],
+            "exclude_item_ids": [[""], [""]]}},
+        "scann/four_users": {"path": paths["scann"], "args": {
+            "user_id": scann_users,
+            "history": cascade.histories_for(scann_users).astype(str).tolist(),
+            "exclude_item_ids": [[""]] * 4}},
+        "diverse/evaluated": {"path": str(diverse[2]),
+                              "args": _evaluated_request(diverse[0], split, diverse[1])},
+    }
+    cases = _padding_cases(cascade, list(stages.user_ids[:2]))
+    for kind, path in paths.items():
+        for case, args in cases.items():
+            calls[f"{kind}/padding/{case}"] = {"path": path, "args": args}
+    calls.update(_wide_exclusion_calls(split, cascade, stages, paths))
+    out = _run_fresh(calls, tmp_path_factory.mktemp("fresh"))
+    out["cold_history"], out["requests"] = cold_history, calls
+    return out
+
+
+def _assert_answers_are_the_evaluated_lists(out, stages):
+    """Every evaluated user's final list (the one the P1 metrics judge) is the export's
+    answer to the same request."""
     np.testing.assert_array_equal(np.array(out["item_ids"]), stages.final_ids.astype(str))
     np.testing.assert_allclose(np.array(out["scores"]), stages.final_scores, rtol=1e-5,
                                atol=1e-5)
@@ -164,80 +223,48 @@ def _assert_export_answers_are_the_evaluated_lists(path, cascade, split, stages)
     assert out["source"] == list(stages.sources)
 
 
-def test_bruteforce_export_answers_are_the_evaluated_lists(fitted, cascade_exports):
+def test_bruteforce_export_answers_are_the_evaluated_lists(fitted, cascade_exports, fresh):
     data, split, cascade, evaluator, stages, _ = fitted
     path = cascade_exports[1]["bruteforce"]
     assert path.name == "1" and path.parent.name == "recommender_bruteforce"
     meta = json.loads((path / "metadata.json").read_text())
     assert meta["kind"] == "cascade" and not meta["requires_scann_ops"]
     assert (path / "assets.extra" / "tf_serving_warmup_requests").exists()
-    _assert_export_answers_are_the_evaluated_lists(path, cascade, split, stages)
+    _assert_answers_are_the_evaluated_lists(fresh["bruteforce/evaluated"], stages)
 
-    hist = cascade.histories_for(stages.user_ids[:1]).astype(str).tolist()
-    cold_history = [h for h in hist[0] if h][-3:]
-    out = _fresh_call(path, ["__nobody__", "__nobody__"],
-                      [([""] * len(hist[0]) + cold_history)[-len(hist[0]):],
-                       [""] * len(hist[0])], [[""], [""]])
+    out = fresh["bruteforce/unknown"]
     assert out["source"] == ["fallback"] * 2
     # Unknown user, no history: the most popular train items, in order.
     popular = split.train[ITEM_ID].astype(str).value_counts()
     top = popular[popular >= popular.iloc[9]].index
     assert set(out["item_ids"][1]) <= set(top)
     # Unknown user with a history: that history is never recommended back.
-    assert not set(out["item_ids"][0]) & set(cold_history)
+    assert not set(out["item_ids"][0]) & set(fresh["cold_history"])
 
 
-def test_with_diversity_on_the_evaluated_lists_are_the_exports_answers(fitted, tmp_path):
+def test_with_diversity_on_the_evaluated_lists_are_the_exports_answers(fitted, diverse, fresh):
     """MMR in the served path: `Cascade.run` and the export compute the same lists, and the
     diversity really re-orders them (otherwise this would only repeat the test above)."""
-    from recommenders_tf.serving.cascade_export import export_cascade
-
-    data, split, cascade, evaluator, stages, _ = fitted
-    diverse = copy.copy(cascade)
-    diverse.config = dataclasses.replace(cascade.config, diversity="mmr", diversity_lambda=0.3)
-    diverse._graphs = {}
-    diverse_stages = diverse.run(evaluator.user_ids)
+    _, _, cascade, evaluator, stages, _ = fitted
+    _, diverse_stages, _ = diverse
     assert (diverse_stages.final_ids != stages.final_ids).any(axis=1).mean() > 0.3
     np.testing.assert_array_equal(diverse_stages.rerank_ids, stages.rerank_ids)
-    path = export_cascade(diverse, tmp_path, kind="bruteforce", log=lambda *_: None)
-    _assert_export_answers_are_the_evaluated_lists(path, diverse, split, diverse_stages)
+    _assert_answers_are_the_evaluated_lists(fresh["diverse/evaluated"], diverse_stages)
     # The diversity curve at the same lambda is the same computation's tail.
     curve = diversity_curve(cascade, stages, evaluator, "mmr", (0.3,))[0]
     assert curve["ndcg@10"] == pytest.approx(
         stage_metrics(diverse_stages, evaluator)["final"]["ndcg@10"])
 
 
-def test_scann_export_loads_with_scann_in_a_fresh_process(fitted, cascade_exports):
-    data, split, cascade, evaluator, stages, _ = fitted
-    path = cascade_exports[1]["scann"]
-    meta = json.loads((path / "metadata.json").read_text())
+def test_scann_export_loads_with_scann_in_a_fresh_process(fitted, cascade_exports, fresh):
+    _, _, _, _, stages, _ = fitted
+    meta = json.loads((cascade_exports[1]["scann"] / "metadata.json").read_text())
     assert meta["requires_scann_ops"] and meta["model_name"] == "recommender"
-    users = list(stages.user_ids[:4])
-    hist = cascade.histories_for(users).astype(str).tolist()
-    out = _fresh_call(path, users, hist, [[""]] * 4)
-    got = np.array(out["item_ids"])
+    got = np.array(fresh["scann/four_users"]["item_ids"])
     assert got.shape == (4, 10) and (got != "").all()
     # ScaNN is approximate: most of the exact cascade's final items come back.
     overlap = np.mean([len(set(got[r]) & set(stages.final_ids[r])) / 10 for r in range(4)])
     assert overlap >= 0.6
-
-
-_PADDING_SCRIPT = textwrap.dedent("""
-    import json, sys
-    import tensorflow as tf
-    import scann  # the ScaNN export's ops; the BruteForce one needs none
-    spec = json.load(open(sys.argv[1]))
-    out = {}
-    for kind, path in spec["paths"].items():
-        fn = tf.saved_model.load(path).signatures["recommend_with_exclusions"]
-        out[kind] = {}
-        for case, args in spec["cases"].items():
-            res = fn(**{k: tf.constant(v, tf.string) for k, v in args.items()})
-            out[kind][case] = {k: (v.numpy().astype(str).tolist() if v.dtype == tf.string
-                                   else v.numpy().tolist()) for k, v in res.items()}
-    out["recommenders_tf_imported"] = "recommenders_tf" in sys.modules
-    json.dump(out, open(sys.argv[2], "w"))
-""")
 
 
 def _padding_cases(cascade, users):
@@ -288,7 +315,7 @@ def _check_cascade_padding(results):
     assert results["unknown_alone"]["source"] == ["fallback"]
 
 
-def test_cascade_answers_do_not_depend_on_padding(fitted, cascade_exports, tmp_path):
+def test_cascade_answers_do_not_depend_on_padding(fitted, cascade_exports, fresh):
     """Fresh process (no recommenders_tf), then REST and gRPC of the loopback test server."""
     from recommenders_tf.serving.client import GrpcClient, RestClient
     from recommenders_tf.testing.local_server import LocalModelServer
@@ -296,16 +323,8 @@ def test_cascade_answers_do_not_depend_on_padding(fitted, cascade_exports, tmp_p
     _, _, cascade, _, stages, _ = fitted
     base, paths = cascade_exports
     cases = _padding_cases(cascade, list(stages.user_ids[:2]))
-    spec = {"paths": {k: str(v) for k, v in paths.items()}, "cases": cases}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    proc = subprocess.run([sys.executable, "-c", _PADDING_SCRIPT, str(tmp_path / "spec.json"),
-                           str(tmp_path / "out.json")], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    fresh = json.loads((tmp_path / "out.json").read_text())
-    assert fresh.pop("recommenders_tf_imported") is False
     for kind in paths:
-        _check_cascade_padding(fresh[kind])
+        _check_cascade_padding({case: fresh[f"{kind}/padding/{case}"] for case in cases})
 
     with LocalModelServer(base) as server:
         rest = RestClient("127.0.0.1", server.rest_port)
@@ -322,35 +341,40 @@ def test_cascade_answers_do_not_depend_on_padding(fitted, cascade_exports, tmp_p
                                          in "OSU" else np.asarray(v)) for k, v in out.items()}
                     _check_cascade_padding(got)
                     np.testing.assert_array_equal(got["alone"]["item_ids"],
-                                                  fresh[kind]["alone"]["item_ids"])
+                                                  fresh[f"{kind}/padding/alone"]["item_ids"])
         finally:
             rest.close()
             grpc_client.close()
 
 
-def test_cascade_exports_fill_k_slots_for_any_exclusion_width(fitted, cascade_exports):
-    """Exclusions as wide as the catalogue minus k still leave k real items, in both exports,
-    for a known and an unknown user (the ScaNN search width is far smaller than that)."""
-    from recommenders_tf.serving.client import load_savedmodel
-    import tensorflow as tf
-
-    _, split, cascade, _, stages, _ = fitted
+def _wide_exclusion_calls(split, cascade, stages, paths):
+    """Exclusions as wide as the catalogue minus k, for a known and an unknown user."""
     catalog = [str(i) for i in cascade.catalog]
     user = str(stages.user_ids[0])
     hist = [h for h in cascade.histories_for([user]).astype(str).tolist()[0] if h]
     seen = set(split.train.loc[split.train[USER_ID].astype(str) == user, ITEM_ID].astype(str))
-    for kind, path in cascade_exports[1].items():
-        fn = load_savedmodel(path)[0].signatures["recommend_with_exclusions"]
+    pool = list(dict.fromkeys(i for i in stages.retrieval_ids[0].tolist() + catalog
+                              if i and i not in seen))
+    calls = {}
+    for kind, path in paths.items():
         for width in (3, 60, len(catalog) - len(seen) - 10):
-            pool = [i for i in stages.retrieval_ids[0].tolist() + catalog
-                    if i and i not in seen]
-            exclude = list(dict.fromkeys(pool))[:width]
-            out = fn(user_id=tf.constant([user, "__nobody__"]),
-                     history=tf.constant([hist, hist]),
-                     exclude_item_ids=tf.constant([exclude, exclude]))
-            ids = out["item_ids"].numpy().astype(str)
-            assert (ids != "").all(), (kind, width, ids)
-            assert not set(ids.ravel()) & (set(exclude) | set(hist)), (kind, width)
+            calls[f"{kind}/exclude/{width}"] = {"path": path, "args": {
+                "user_id": [user, "__nobody__"], "history": [hist, hist],
+                "exclude_item_ids": [pool[:width], pool[:width]]}}
+    return calls
+
+
+def test_cascade_exports_fill_k_slots_for_any_exclusion_width(fitted, fresh):
+    """Exclusions as wide as the catalogue minus k still leave k real items, in both exports,
+    for a known and an unknown user (the ScaNN search width is far smaller than that)."""
+    names = [name for name in fresh if "/exclude/" in name]
+    assert len(names) == 6
+    for name in names:
+        request = fresh["requests"][name]["args"]
+        ids = np.array(fresh[name]["item_ids"])
+        assert (ids != "").all(), (name, ids)
+        assert not set(ids.ravel()) & (set(request["exclude_item_ids"][0])
+                                       | set(request["history"][0])), name
 
 
 def test_a_run_folder_of_another_fit_is_refused(fitted):

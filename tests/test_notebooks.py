@@ -123,5 +123,11 @@ def test_end_to_end_notebook_runs_on_tiny_data(tmp_path, monkeypatch):
     metrics = json.loads(metrics_path.read_text())
     assert set(metrics["stages"]) >= {"retrieval", "ranking", "final"}
     assert {"cascade_bruteforce", "retrieval_bruteforce"} <= set(metrics["exports"])
+    # Every stage's wall time and peak memory, in run order.
+    measured = [row["stage"] for row in metrics["cost"]]
+    assert measured == ["data", "split", "text vectors", "retrieval training", "ranker lists",
+                        "ranker training", "re-ranker training", "evaluation",
+                        "diversity curves", "export"], measured
+    assert all(row["seconds"] > 0 and row["peak_rss_mb"] > 100 for row in metrics["cost"])
     assert not list(END_TO_END.parent.glob("runs")), "the notebook wrote into the repository"
 

@@ -59,6 +59,7 @@ from recommenders_tf.index.scann_index import build_index
 from recommenders_tf.models.ranking import RankingModel, fit_ranking_model
 from recommenders_tf.models.ranking_data import RankingLists, histories_for, scoring_lists
 from recommenders_tf.models.recommender import TwoTowerConfig, TwoTowerRecommender
+from recommenders_tf.resources import StageMeter, maybe_stage
 from recommenders_tf.runs import claim_run_dir
 from recommenders_tf.models.reranking import (Reranker, build_reranker, fit_reranker,
                                               rerank_scores)
@@ -77,7 +78,8 @@ def _user_folds(users: np.ndarray, folds: int, seed: int) -> np.ndarray:
 def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
                 items: Optional[pd.DataFrame] = None, users: Optional[pd.DataFrame] = None,
                 text_vectors: Optional[ItemVectors] = None,
-                log: Callable[[str], None] = print, strategy=None) -> Cascade:
+                log: Callable[[str], None] = print, strategy=None,
+                meter: Optional[StageMeter] = None) -> Cascade:
     """Fits the three stages on `train` only (see the module docstring for who sees what).
 
     Args:
@@ -93,6 +95,8 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
       log: progress printer.
       strategy: tf.distribute strategy of the two retrieval fits (`TwoTowerRecommender`);
         default the current one. Ranking and re-ranking train on the current strategy.
+      meter: a `StageMeter` that records the wall time and peak memory of each stage
+        (retrieval training, ranker lists, ranker training, re-ranker training).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,13 +120,14 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
     log(f"[cascade] 1/3 retrieval: two-tower, epochs chosen on the validation slice "
         f"({len(val.train)} / {len(val.test)} rows), refit on all {len(train)} train rows")
     start = time.perf_counter()
-    retrieval = TwoTowerRecommender(rcfg, item_ids=catalog, items=items,
-                                    work_dir=run_dir / "retrieval", strategy=strategy,
-                                    validation_evaluator=TopKEvaluator).fit(
-                                        val.train, validation=val.test)
-    early = TwoTowerRecommender(dataclasses.replace(rcfg, epochs=retrieval.best_epoch),
-                                item_ids=catalog, items=items, strategy=strategy,
-                                work_dir=run_dir / "retrieval_early").fit(val.train)
+    with maybe_stage(meter, "retrieval training", examples=len(train)):
+        retrieval = TwoTowerRecommender(rcfg, item_ids=catalog, items=items,
+                                        work_dir=run_dir / "retrieval", strategy=strategy,
+                                        validation_evaluator=TopKEvaluator).fit(
+                                            val.train, validation=val.test)
+        early = TwoTowerRecommender(dataclasses.replace(rcfg, epochs=retrieval.best_epoch),
+                                    item_ids=catalog, items=items, strategy=strategy,
+                                    work_dir=run_dir / "retrieval_early").fit(val.train)
     report["retrieval"] = {"epochs": retrieval.best_epoch, "notes": retrieval.notes,
                            "seconds": round(time.perf_counter() - start, 2),
                            "examples_per_second": retrieval.examples_per_second}
@@ -144,8 +149,9 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
                             early.vocabularies[USER_ID].tokens)
 
     vhist = histories_for(vusers, val.train, max(rcfg.history_len, cfg.ranking.history_len, 1))
-    retrieved = run_batched(stage_graph(None).retrieve, vusers, vhist,
-                            excluded_items(val.train))
+    with maybe_stage(meter, "ranker lists", users=len(vusers)):
+        retrieved = run_batched(stage_graph(None).retrieve, vusers, vhist,
+                                excluded_items(val.train))
     cids = retrieved["retrieval_ids"]
     cscores = np.where(cids != PAD, retrieved["retrieval_scores"], 0.0).astype(np.float32)
     lists = scoring_lists(vusers, cids, val.train, cfg.ranking.history_len, relevant=val.test)
@@ -190,16 +196,19 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
     folds = _user_folds(lists.user_id, cfg.cross_fit_folds, cfg.seed)
     row_of = {u: r for r, u in enumerate(vusers)}
     oof: List[Dict[str, np.ndarray]] = []
-    for f in range(cfg.cross_fit_folds):
-        model = fit_ranker(lists.subset(np.flatnonzero(folds != f)), f"ranking_fold{f}")
-        oof.append(out_of_fold_inputs(stage_graph(model),
-                                      lists.subset(np.flatnonzero(folds == f)),
-                                      vhist[[row_of[u] for u in lists.user_id[folds == f]]]))
-    ranker = fit_ranker(lists, "ranking")
+    with maybe_stage(meter, "ranker training", lists=len(lists),
+                     fits=cfg.cross_fit_folds + 1):
+        for f in range(cfg.cross_fit_folds):
+            model = fit_ranker(lists.subset(np.flatnonzero(folds != f)), f"ranking_fold{f}")
+            oof.append(out_of_fold_inputs(stage_graph(model),
+                                          lists.subset(np.flatnonzero(folds == f)),
+                                          vhist[[row_of[u] for u in lists.user_id[folds == f]]]))
+        ranker = fit_ranker(lists, "ranking")
     report["ranking_seconds"] = round(time.perf_counter() - start, 2)
 
     log(f"[cascade] 3/3 re-ranking: listwise Transformer over the ranked top {cfg.ranking_k}")
-    reranker, report["reranking"] = fit_reranking_stage(cfg, oof, run_dir / "reranking")
+    with maybe_stage(meter, "re-ranker training", lists=sum(len(p["mask"]) for p in oof)):
+        reranker, report["reranking"] = fit_reranking_stage(cfg, oof, run_dir / "reranking")
 
     # Serve with what all of train says about popularity, like the refit retrieval model.
     full_tables = tables(train)

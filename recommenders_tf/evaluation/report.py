@@ -32,6 +32,8 @@ PROTOCOL_TITLES = {
     "P5": "P5 — speed and scale",
     "P5-cascade": "P5 — latency of one recommend call through the exported cascade",
     "P5-exclusions": "P5 — cost of excluding W ids in recommend_with_exclusions",
+    "P5-scale": "P5 — the whole cascade at one data size: time and memory per stage",
+    "P5-scale-growth": "P5 — how each stage's time and memory grow with the data",
 }
 
 
@@ -48,8 +50,11 @@ def results_path(results_dir: Path, dataset: str, protocol: str) -> Path:
 
 def write_results(results_dir: Path, *, protocol: str, dataset: str, seed: int, command: str,
                   rows: List[Dict[str, Any]], split: Optional[Dict[str, Any]] = None,
-                  notes: Optional[List[str]] = None) -> Path:
-    """Writes one results file; `rows` are {"model", "kind", "metrics", "train_seconds", ...}."""
+                  notes: Optional[List[str]] = None,
+                  columns: Optional[List[str]] = None) -> Path:
+    """Writes one results file; `rows` are {"model", "kind", "metrics", "train_seconds", ...}.
+    `columns`: the metric keys its table shows, in order (default: the known headline metrics
+    the rows have)."""
     for row in rows:
         for key in ("model", "kind", "metrics"):
             if key not in row:
@@ -66,6 +71,8 @@ def write_results(results_dir: Path, *, protocol: str, dataset: str, seed: int, 
         payload["split"] = split
     if notes:
         payload["notes"] = notes
+    if columns:
+        payload["columns"] = list(columns)
     path = results_path(results_dir, dataset, protocol)
     write_json(path, payload)
     return path
@@ -87,7 +94,7 @@ def render_table(payload: Dict[str, Any]) -> str:
     rows = payload["rows"]
     # The table shows the protocol's headline metrics; the JSON file keeps every metric.
     present = {key for row in rows for key in row["metrics"]}
-    metric_keys = [k for k in METRIC_ORDER if k in present]
+    metric_keys = [k for k in payload.get("columns", METRIC_ORDER) if k in present]
     has_bucket = any("bucket" in r for r in rows)
     has_seconds = any(r.get("train_seconds") is not None for r in rows)
     header = ["model", "kind"] + (["bucket", "users"] if has_bucket else []) + metric_keys

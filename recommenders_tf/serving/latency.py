@@ -1,0 +1,62 @@
+"""Single-user request latency of an exported cascade, loaded in a fresh process.
+
+The process imports TensorFlow (and ScaNN's ops when the export needs them) and loads the
+SavedModel the way a server would; the first call, which builds the graph's caches, is
+reported apart from the p50/p99 of the others.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Dict, List
+
+from recommenders_tf.serving.contract import METADATA_FILE, WITH_EXCLUSIONS
+
+_LATENCY_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    import recommenders_tf
+    import tensorflow as tf
+    args = json.loads(sys.stdin.read())
+    meta = json.load(open(args["metadata"]))
+    start = time.perf_counter()
+    if meta["requires_scann_ops"]:
+        import scann
+    loaded = tf.saved_model.load(args["path"])
+    fn = loaded.signatures[args["signature"]]
+    load_s = time.perf_counter() - start
+    times = []
+    for i, (user, hist, excl) in enumerate(zip(args["users"], args["history"], args["exclude"])):
+        feed = dict(user_id=tf.constant([user]), history=tf.constant([hist]),
+                    exclude_item_ids=tf.constant([excl]))
+        t = time.perf_counter()
+        out = fn(**feed)
+        out["item_ids"].numpy()
+        if i:  # the first call builds the graph's caches: report it apart
+            times.append(time.perf_counter() - t)
+        else:
+            first = time.perf_counter() - t
+    ms = np.array(times) * 1000
+    print(json.dumps({"load_seconds": load_s, "first_call_ms": first * 1000,
+                      "latency_p50_ms": float(np.percentile(ms, 50)),
+                      "latency_p99_ms": float(np.percentile(ms, 99)),
+                      "latency_mean_ms": float(ms.mean()), "requests": len(ms)}))
+""")
+
+
+def measure_latency(path: Path, users: List[str], histories: List[List[str]],
+                    exclude: List[List[str]]) -> Dict[str, float]:
+    """Single-user request latency of an exported cascade, loaded in a fresh process."""
+    payload = json.dumps({"path": str(path), "metadata": str(Path(path) / METADATA_FILE),
+                          "signature": WITH_EXCLUSIONS, "users": users, "history": histories,
+                          "exclude": exclude})
+    proc = subprocess.run([sys.executable, "-c", _LATENCY_SCRIPT], input=payload,
+                          capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"latency run on {path} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+

@@ -1,0 +1,62 @@
+"""The scale ladder's growth exponents, plot and tables, on results with known growth."""
+import json
+
+import pytest
+
+from pipelines import bench_scale
+from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
+
+
+def _payload(tmp_path, size, n):
+    # "linear" costs n / 1e4 seconds and a constant 500 MB; "quadratic" n^2 / 1e9 seconds and
+    # memory growing like n; the peer is linear too.
+    rows = [
+        {"model": "data", "kind": "stage",
+         "metrics": {"seconds": n / 1e5, "peak_rss_mb": 400.0, "interactions": n}},
+        {"model": "linear", "kind": "stage",
+         "metrics": {"seconds": n / 1e4, "peak_rss_mb": 500.0}},
+        {"model": "quadratic", "kind": "stage",
+         "metrics": {"seconds": n * n / 1e9, "peak_rss_mb": n / 1e3}},
+        {"model": "implicit-ALS", "kind": "peer", "metrics": {"seconds": n / 2e4,
+                                                              "peak_rss_mb": 300.0,
+                                                              "ndcg@10": 0.2}},
+        {"model": "full cascade", "kind": "project", "metrics": {"ndcg@10": 0.3}},
+    ]
+    path = write_results(tmp_path, protocol="P5-scale", dataset=f"synthetic-{size}", seed=0,
+                         command="x", rows=rows, columns=["seconds", "peak_rss_mb", "ndcg@10"])
+    path.replace(tmp_path / f"scale-{size}.json")
+
+
+def test_growth_exponents_plot_and_tables(tmp_path):
+    for size, n in (("100k", 100_000), ("1m", 1_000_000), ("10m", 10_000_000)):
+        _payload(tmp_path, size, n)
+    payloads = bench_scale._load(tmp_path)
+    assert [p["interactions"] for p in sorted(payloads, key=lambda p: p["interactions"])] == \
+        [100_000, 1_000_000, 10_000_000]
+    rows = {r["model"]: r for r in bench_scale.growth(payloads)}
+    assert set(rows) == {"data", "linear", "quadratic", "implicit-ALS"}  # not the metric rows
+    assert rows["linear"]["metrics"]["time_exponent"] == pytest.approx(1.0, abs=0.01)
+    assert rows["linear"]["metrics"]["memory_exponent"] == pytest.approx(0.0, abs=0.01)
+    assert rows["quadratic"]["metrics"]["time_exponent"] == pytest.approx(2.0, abs=0.01)
+    assert rows["quadratic"]["metrics"]["memory_exponent"] == pytest.approx(1.0, abs=0.01)
+    assert rows["implicit-ALS"]["kind"] == "peer"
+    assert rows["quadratic"]["metrics"]["seconds_10m"] == pytest.approx(1e5)
+
+    plot = bench_scale.plot_growth(payloads, tmp_path / "scale.png")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    write_results(tmp_path, protocol="P5-scale-growth", dataset="synthetic", seed=0,
+                  command="x", rows=bench_scale.growth(payloads),
+                  columns=bench_scale.growth_columns(payloads))
+    text = render_benchmarks_md(tmp_path, tmp_path / "BENCHMARKS.md")
+    growth_table = text[text.index("how each stage's time and memory grow"):]
+    header = next(line for line in growth_table.splitlines() if line.startswith("| model"))
+    assert header.split(" | ")[2:6] == ["seconds_100k", "seconds_1m", "seconds_10m",
+                                        "time_exponent"]
+    assert "| 2.00 |" in growth_table or "| 2.0000 |" in growth_table
+    assert json.loads((tmp_path / "scale-100k.json").read_text())["columns"][0] == "seconds"
+
+
+def test_unknown_size_is_refused():
+    with pytest.raises(ValueError, match="sizes must be among"):
+        bench_scale.main(bench_scale.BenchScaleConfig(sizes=("5m",)))

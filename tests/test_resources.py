@@ -1,0 +1,37 @@
+"""StageMeter: per-stage wall time and peak RSS, reset between stages."""
+import time
+
+import numpy as np
+import pytest
+
+from recommenders_tf.resources import StageMeter, maybe_stage, reset_peak, rss_mb
+
+
+def test_each_stage_reports_its_own_peak_and_time():
+    if not reset_peak():
+        pytest.skip("this system cannot reset the peak RSS counter")
+    meter = StageMeter()
+    base = rss_mb()
+    with meter.stage("big", examples=3) as row:
+        block = np.ones(300 * 1024 * 1024 // 8)  # 300 MB, touched
+        row["extra"] = float(block[-1])
+        del block
+    with meter.stage("small"):
+        time.sleep(0.05)
+    big, small = meter.rows
+    assert big["stage"] == "big" and big["examples"] == 3 and big["extra"] == 1.0
+    assert big["peak_rss_mb"] >= base + 280
+    # The second stage's peak starts from the RSS after the first freed its 300 MB.
+    assert small["peak_rss_mb"] < big["peak_rss_mb"] - 200
+    assert small["seconds"] >= 0.05 and big["peak_scope"] == small["peak_scope"] == "stage"
+    assert meter.peak_mb() == big["peak_rss_mb"]
+    assert meter.total_seconds() == pytest.approx(big["seconds"] + small["seconds"], abs=1e-3)
+
+
+def test_maybe_stage_without_a_meter_is_a_no_op():
+    with maybe_stage(None, "x", a=1) as row:
+        row["b"] = 2
+    meter = StageMeter()
+    with maybe_stage(meter, "x", a=1) as row:
+        row["b"] = 2
+    assert meter.rows[0]["a"] == 1 and meter.rows[0]["b"] == 2
