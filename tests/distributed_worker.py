@@ -6,7 +6,7 @@
     TF_CONFIG=... python tests/distributed_worker.py OUT.npz --fit WORK_DIR EPOCHS [MARKER]
 
 The first two forms pass the flags through the pipeline's own `parse_args` (so
-`--strategy multi_worker` is read as a user would give it). The third trains one
+`--strategy multi_worker` is read as a user would give it). The third trains one small
 `TwoTowerRecommender` on synthetic-tiny without validation (a single `fit` of EPOCHS epochs,
 checkpoints in WORK_DIR); with MARKER it writes `MARKER.<task index>` after the first epoch's
 backup and checkpoint are saved and then waits to be killed.
@@ -15,6 +15,11 @@ Afterwards the worker saves what the test compares in OUT.npz: the final query t
 (the whole ranking model's with `--ranking`; `weight_<i>` arrays) and a JSON `results` (what
 `main` returned, or the fit's epochs). Each process keeps to one intra-op thread, so two
 workers and a reference run share two cores without starving the collective ops of each other.
+
+The tests start the workers with `start_worker`: a fork of a server process that has imported
+TensorFlow and the pipelines once (`PRELOAD`) but never started the TensorFlow runtime, so
+every worker begins with a runtime of its own, as a fresh `python` would, without paying the
+import again (several seconds a process). Importing this module has no other side effect.
 """
 import json
 import os
@@ -22,17 +27,24 @@ import sys
 import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
 
 import recommenders_tf  # noqa: E402,F401
 import tensorflow as tf  # noqa: E402
 
-# Before anything runs an op: the runtime reads it once, when it starts.
-tf.config.threading.set_intra_op_parallelism_threads(1)
-
 import pipelines.train_retrieval as train_retrieval  # noqa: E402
+
+# What the fork server imports before it forks workers: everything a worker imports anyway.
+# None of them may run a TensorFlow op at import: a runtime started in the server would be
+# shared, half-dead, by every fork (the workers' first call below would then fail).
+PRELOAD = ["distributed_worker", "pipelines.train_ranking", "recommenders_tf.models.ranking",
+           "recommenders_tf.serving.ranking_export", "recommenders_tf.data",
+           "matplotlib.pyplot"]
+# gRPC honours proxy variables even for 127.0.0.1; the workers must talk directly.
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy")
 
 _fitted = []
 
@@ -99,9 +111,12 @@ def fit(out: str, work_dir: str, epochs: int, marker=None) -> None:
 
         recommender_module.fit_model = fit_model
     data = load_dataset("synthetic-tiny")
+    # What is tested is the resumption, not the model: mean-pooled short histories and no
+    # genre branch trace and save in a fraction of the time of the pipeline's towers.
     config = recommender_module.TwoTowerConfig(
-        embedding_dim=16, id_embedding_dim=16, history_len=10, learning_rate=0.01,
-        batch_size=128, epochs=epochs, seed=0, verbose=0)
+        embedding_dim=8, id_embedding_dim=8, history_len=3, history_pooling="mean",
+        use_genres=False, learning_rate=0.01, batch_size=128, epochs=epochs, seed=0,
+        verbose=0)
     rec = recommender_module.TwoTowerRecommender(config, items=data.items, work_dir=work_dir,
                                                  strategy=strategy)
     rec.fit(data.interactions)
@@ -117,14 +132,69 @@ def _save(out: str, results: dict, weights) -> None:
     os.replace(tmp, out)
 
 
-if __name__ == "__main__":
-    if len(sys.argv) >= 5 and sys.argv[2] == "--fit":
-        fit(sys.argv[1], sys.argv[3], int(sys.argv[4]), *sys.argv[5:6])
-    elif len(sys.argv) >= 3 and sys.argv[2] == "--":
-        run(sys.argv[1], sys.argv[3:])
-    elif len(sys.argv) >= 3 and sys.argv[2] == "--ranking":
-        run_ranking(sys.argv[1], sys.argv[3:])
+def _one_intra_op_thread() -> None:
+    # Before anything runs an op: the runtime reads it once, when it starts (and refuses it
+    # afterwards, so a runtime already started here fails loudly).
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+
+
+def dispatch(out: str, args) -> None:
+    """Runs one of the three forms of the module docstring; `args` follow OUT.npz there."""
+    if len(args) >= 3 and args[0] == "--fit":
+        fit(out, args[1], int(args[2]), *args[3:4])
+    elif args[:1] == ["--"]:
+        run(out, args[1:])
+    elif args[:1] == ["--ranking"]:
+        run_ranking(out, args[1:])
     else:
         sys.exit(f"usage: {sys.argv[0]} OUT.npz -- <pipelines.train_retrieval flags>\n"
                  f"       {sys.argv[0]} OUT.npz --ranking <pipelines.train_ranking flags>\n"
                  f"       {sys.argv[0]} OUT.npz --fit WORK_DIR EPOCHS [MARKER]")
+
+
+def forked_worker(out: str, args, tf_config: dict, log_path: str) -> None:
+    """A worker in a fork of the preloading server: `dispatch` with this TF_CONFIG, both
+    output streams (Python's and TensorFlow's C++ logs) in `log_path`."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.chdir(REPO)
+    for name in PROXY_VARIABLES:
+        os.environ.pop(name, None)
+        os.environ.pop(name.upper(), None)
+    os.environ["TF_CONFIG"] = json.dumps(tf_config)
+    sys.argv = [__file__, out, *args]
+    _one_intra_op_thread()
+    dispatch(out, list(args))
+
+
+def start_worker(out, args, tf_config: dict, log_path):
+    """Starts `forked_worker` as a fork of the preloading server (started on first use);
+    returns its `multiprocessing` Process."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    # Only read when the server starts; one already running keeps its own list.
+    context.set_forkserver_preload(PRELOAD)
+    process = context.Process(target=forked_worker, name=f"worker:{log_path}",
+                              args=(str(out), [str(a) for a in args], tf_config,
+                                    str(log_path)))
+    process.start()
+    return process
+
+
+def stop_fork_server() -> None:
+    """Stops the preloading server (it holds an idle TensorFlow import) if one is running."""
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)
+    if stop is not None and forkserver._forkserver._forkserver_pid is not None:
+        stop()
+
+
+if __name__ == "__main__":
+    _one_intra_op_thread()
+    dispatch(sys.argv[1], sys.argv[2:])

@@ -2,15 +2,15 @@
 worker processes (MultiWorkerMirroredStrategy over gRPC on 127.0.0.1) against one worker, and
 `pipelines.train_ranking --strategy multi_worker` on two workers.
 
-Each worker is a subprocess of `tests/distributed_worker.py` with a TF_CONFIG naming both free
-ports and its own index; the one-worker reference runs in the test process meanwhile.
+Each worker is a process of `tests/distributed_worker.py` with a TF_CONFIG naming both free
+ports and its own index, forked from a server that imported TensorFlow once for all of them
+(`distributed_worker.start_worker`); the one-worker reference runs in the test process
+meanwhile.
 """
 import dataclasses
 import json
-import os
 import socket
-import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,13 +20,13 @@ import pytest
 import recommenders_tf  # noqa: F401
 import tensorflow as tf
 
+import distributed_worker
 from pipelines.train_retrieval import main, parse_args
 from recommenders_tf.config import ConfigError
 from recommenders_tf.models.distribute import (is_chief, make_strategy, num_workers,
                                                read_tf_config, writable_dir)
 
 REPO = Path(__file__).resolve().parents[1]
-WORKER = REPO / "tests" / "distributed_worker.py"
 TINY_YAML = REPO / "configs" / "retrieval_synthetic_tiny.yaml"
 # Two epochs of epoch selection on synthetic-tiny, then the refit: enough to learn the
 # structure, short enough for two workers and a reference on two cores.
@@ -49,42 +49,60 @@ def _free_ports(n):
             s.close()
 
 
-def _env(tf_config=None):
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=str(REPO))
-    # gRPC honours proxy variables even for 127.0.0.1; the workers must talk directly.
-    for name in ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy"):
-        env.pop(name, None)
-        env.pop(name.upper(), None)
-    env.pop("TF_CONFIG", None)
-    if tf_config is not None:
-        env["TF_CONFIG"] = json.dumps(tf_config)
-    return env
+@pytest.fixture(scope="module")
+def fork_server():
+    """The preloading server of `distributed_worker.start_worker`, stopped after the module
+    (an idle TensorFlow import is no use to the rest of the session)."""
+    yield
+    distributed_worker.stop_fork_server()
 
 
-def _start(out, flags, tf_config=None):
-    """A worker process; `flags` are train_retrieval's, ["--ranking", <train_ranking flags>]
-    or ["--fit", ...] for the fit mode."""
-    args = flags if flags[:1] in (["--fit"], ["--ranking"]) else ["--", *flags]
-    return subprocess.Popen([sys.executable, str(WORKER), str(out), *args],
-                            env=_env(tf_config), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+class _Worker:
+    """A started worker process and the file holding its output."""
+
+    def __init__(self, out, flags, tf_config):
+        """`flags` are train_retrieval's, ["--ranking", <train_ranking flags>] or
+        ["--fit", ...] for the fit mode."""
+        args = flags if flags[:1] in (["--fit"], ["--ranking"]) else ["--", *flags]
+        self.log = Path(f"{out}.log")
+        self.process = distributed_worker.start_worker(out, args, tf_config, self.log)
+
+    @property
+    def returncode(self):
+        return self.process.exitcode
+
+    def poll(self):
+        return self.process.exitcode
+
+    def wait(self, timeout):
+        self.process.join(timeout)
+        return self.process.exitcode
+
+    def kill(self):
+        if self.process.exitcode is None:
+            self.process.kill()
+        self.process.join()
+
+    def output(self):
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 def _finish(procs, timeout=TIMEOUT_SECONDS):
     """Waits for every process; on a timeout or a failure kills the rest and shows the logs."""
     deadline = time.monotonic() + timeout
-    logs = {}
     try:
-        for name, proc in procs.items():
-            logs[name], _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+        for proc in procs.values():
+            if proc.wait(max(1, deadline - time.monotonic())) not in (None, 0):
+                # The others would wait for it until their collectives time out; a few
+                # seconds let one that fails the same way say so itself.
+                deadline = min(deadline, time.monotonic() + 5)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
-                proc.communicate()
     failed = {name: proc.returncode for name, proc in procs.items() if proc.returncode != 0}
     assert not failed, f"exit codes {failed}\n" + "\n".join(
-        f"--- {name} ---\n{logs.get(name, '')[-3000:]}" for name in failed)
+        f"--- {name} ---\n{procs[name].output()[-3000:]}" for name in failed)
 
 
 def _cluster(ports):
@@ -98,18 +116,33 @@ def _load(path):
 
 
 @pytest.mark.slow
-def test_two_workers_train_the_same_model_as_one(tmp_path):
+def test_two_workers_train_the_same_model_as_one(tmp_path, fork_server):
     ports = _free_ports(2)
-    procs = {}
-    for index in range(2):
-        tf_config = {"cluster": _cluster(ports), "task": {"type": "worker", "index": index}}
-        procs[f"worker{index}"] = _start(
-            tmp_path / f"worker{index}.npz",
-            FLAGS + ["--strategy", "multi_worker", "--run-dir", str(tmp_path / "multi")],
-            tf_config)
+    procs, started = {}, []
+
+    def start_workers():
+        try:
+            for index in range(2):
+                tf_config = {"cluster": _cluster(ports),
+                             "task": {"type": "worker", "index": index}}
+                procs[f"worker{index}"] = _Worker(
+                    tmp_path / f"worker{index}.npz",
+                    FLAGS + ["--strategy", "multi_worker", "--run-dir", str(tmp_path / "multi")],
+                    tf_config)
+        except BaseException as err:  # re-raised in the test's thread
+            started.append(err)
+
+    # The first start waits for the fork server's imports; the reference trains meanwhile.
+    starter = threading.Thread(target=start_workers)
+    starter.start()
     try:
         single = main(parse_args(FLAGS + ["--run-dir", str(tmp_path / "single")]))
     finally:
+        starter.join()
+        if started:
+            for proc in procs.values():
+                proc.kill()
+            raise started[0]
         _finish(procs)
 
     chief, chief_weights = _load(tmp_path / "worker0.npz")
@@ -208,13 +241,14 @@ def _wait_for(paths, procs, timeout):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_restarts_and_the_cluster_resumes_from_the_backup(tmp_path):
+def test_a_killed_worker_restarts_and_the_cluster_resumes_from_the_backup(tmp_path,
+                                                                          fork_server):
     ports = _free_ports(2)
-    work, marker, epochs = tmp_path / "work", tmp_path / "epoch1", 3
+    work, marker, epochs = tmp_path / "work", tmp_path / "epoch1", 2
 
     def start(index, *extra):
         tf_config = {"cluster": _cluster(ports), "task": {"type": "worker", "index": index}}
-        return _start(tmp_path / f"worker{index}.npz",
+        return _Worker(tmp_path / f"worker{index}.npz",
                       ["--fit", str(work), str(epochs), *extra], tf_config)
 
     procs = {f"worker{i}": start(i, str(marker)) for i in range(2)}
@@ -224,7 +258,6 @@ def test_a_killed_worker_restarts_and_the_cluster_resumes_from_the_backup(tmp_pa
     # check notices), and a cluster manager restarts every failed worker; do both at once.
     for name in ("worker1", "worker0"):
         procs[name].kill()
-        procs[name].communicate()
     assert backup.exists() and not (tmp_path / "worker0.npz").exists()
 
     procs = {f"worker{i}": start(i) for i in range(2)}
@@ -260,11 +293,11 @@ RANKING_FLAGS = ["--loss", "softmax", "--dataset", "synthetic-tiny",
 
 
 @pytest.mark.slow
-def test_two_workers_train_one_ranking_model(tmp_path):
+def test_two_workers_train_one_ranking_model(tmp_path, fork_server):
     ports = _free_ports(2)
     flags = ["--ranking", *RANKING_FLAGS, "--strategy", "multi_worker",
              "--set", f"run_dir={tmp_path / 'runs'}", "--set", f"export_dir={tmp_path / 'saved'}"]
-    procs = {f"worker{i}": _start(tmp_path / f"worker{i}.npz", flags,
+    procs = {f"worker{i}": _Worker(tmp_path / f"worker{i}.npz", flags,
                                   {"cluster": _cluster(ports),
                                    "task": {"type": "worker", "index": i}})
              for i in range(2)}

@@ -96,8 +96,18 @@ def exported(tmp_path_factory):
     return dict(base=base, paths=paths, expected=expected, bf=bf, sc=sc, query_tower=query_tower)
 
 
+@pytest.fixture(scope="module")
+def bruteforce_loaded(exported):
+    """The BruteForce export loaded once in this process through its model dir (the client
+    resolves the newest version); each load costs about a second."""
+    return load_export(exported["paths"]["bruteforce"].parent)
+
+
 RELOAD_SCRIPT = textwrap.dedent("""
     import json, sys
+    # TF Serving has no Keras: the exports must load and run without one (and TensorFlow starts
+    # 2-3 s sooner when it cannot pre-import Keras).
+    sys.modules["keras"] = sys.modules["tf_keras"] = None
     import numpy as np
     import tensorflow as tf
     spec = json.load(open(sys.argv[1]))
@@ -215,7 +225,7 @@ def test_layout_metadata_and_scann_ops(exported):
     assert exported["expected"]["scann"]["ids"].shape == (4, K)
 
 
-def test_warmup_file_holds_predict_requests_for_both_signatures(exported):
+def test_warmup_file_holds_predict_requests_for_both_signatures(exported, bruteforce_loaded):
     path = exported["paths"]["bruteforce"] / "assets.extra" / "tf_serving_warmup_requests"
     logs = []
     for record in tf.data.TFRecordDataset(str(path)):
@@ -228,7 +238,7 @@ def test_warmup_file_holds_predict_requests_for_both_signatures(exported):
     excl = tf.make_ndarray(logs[1].inputs["exclude_item_ids"])
     assert excl.shape == (2, W) and excl[0, 0] == b"i0" and excl[1].tolist() == [b""] * W
     # Replay them the way TF Serving does at load: each must be a valid call of its signature.
-    loaded = load_export(exported["paths"]["bruteforce"])
+    loaded = bruteforce_loaded
     for request in logs:
         inputs = {name: tf.constant(tf.make_ndarray(t)) for name, t in request.inputs.items()}
         out = loaded.signatures[request.model_spec.signature_name](**inputs)
@@ -271,7 +281,7 @@ def test_export_rejects_bad_requests_clearly(exported, tmp_path):
         (tmp_path / "retrieval_bruteforce").iterdir())
 
 
-def test_client_requests_and_in_process_load(exported):
+def test_client_requests_and_in_process_load(exported, bruteforce_loaded):
     body = build_rest_request(["u1", "u2"], [["i1", "i2", "i3"], []])
     assert body == {"signature_name": "serving_default", "instances": [
         {"user_id": "u1", "history": ["i1", "i2", "i3"]},
@@ -291,7 +301,8 @@ def test_client_requests_and_in_process_load(exported):
     assert request.model_spec.signature_name == "recommend_with_exclusions"
     assert tf.make_ndarray(request.inputs["exclude_item_ids"]).tolist() == [[b"", b"", b"i2"]]
 
-    model = load_export(exported["paths"]["bruteforce"].parent)  # model dir -> latest version
+    model = bruteforce_loaded
+    assert model.path == exported["paths"]["bruteforce"]  # model dir -> latest version
     want = exported["expected"]["bruteforce"]
     out = model(CALL_USERS, [[h for h in row if h] for row in CALL_HISTORY])
     assert out["item_ids"].tolist() == want["ids"].tolist()

@@ -77,8 +77,20 @@ def exports(tmp_path_factory):
     return dict(base=base, paths=paths, brute=brute, scann=scann, query=query)
 
 
+@pytest.fixture(scope="module")
+def loaded(exports):
+    """Both retrieval exports loaded once in this process (each load costs about a second)."""
+    from recommenders_tf.serving.client import load_export
+
+    return {kind: load_export(exports["paths"][kind])
+            for kind in ("retrieval_bruteforce", "retrieval_scann")}
+
+
 FRESH = textwrap.dedent("""
     import json, sys
+    # TF Serving has no Keras: the exports must load and run without one (and TensorFlow starts
+    # 2-3 s sooner when it cannot pre-import Keras).
+    sys.modules["keras"] = sys.modules["tf_keras"] = None
     import tensorflow as tf
     spec = json.load(open(sys.argv[1]))
     import scann  # the ScaNN export needs its ops; the others use stock ops only
@@ -211,23 +223,19 @@ def test_scann_never_leaves_a_slot_empty_that_bruteforce_fills(exports, width):
         assert not set(scann[r]) & set(exclude[r]) and not set(brute[r]) & set(exclude[r])
 
 
-def test_exclusions_of_any_width_return_k_real_items_from_the_exports(exports):
-    from recommenders_tf.serving.client import load_export
-
+def test_exclusions_of_any_width_return_k_real_items_from_the_exports(exports, loaded):
     users, history = ["u1", "u4"], pad_rows([HIST, []])
     for width in (1, 7, 200, len(ITEMS) - K):
         exclude = _exact_top(exports, users, history, width)
         for kind in ("retrieval_bruteforce", "retrieval_scann"):
-            model = load_export(exports["paths"][kind])
-            out = model(users, history, exclude_item_ids=exclude.tolist())
+            out = loaded[kind](users, history, exclude_item_ids=exclude.tolist())
             ids = out["item_ids"]
             assert ids.shape == (2, K) and (ids != "").all(), (kind, width)
             for r in range(2):
                 assert not set(ids[r]) & set(exclude[r]), (kind, width)
     # Everything but 3 items excluded: exactly 3 real items, then empty slots.
     exclude = _exact_top(exports, users, history, len(ITEMS) - 3)
-    out = load_export(exports["paths"]["retrieval_scann"])(users, history,
-                                                           exclude_item_ids=exclude.tolist())
+    out = loaded["retrieval_scann"](users, history, exclude_item_ids=exclude.tolist())
     assert ((out["item_ids"] != "").sum(axis=1) == 3).all()
     assert np.isneginf(out["scores"][:, 3:]).all()
 
@@ -240,7 +248,7 @@ def test_client_helpers_pad_on_the_left_and_accept_any_exclusion_width():
         build_rest_request(["u1"], [[]], exclude_item_ids=[["a", "b", "c"]], exclusion_width=2)
 
 
-def test_scann_answer_of_each_user_is_the_same_alone_and_in_any_batch(exports):
+def test_scann_answer_of_each_user_is_the_same_alone_and_in_any_batch(loaded):
     """A batched matmul changes the last bits of a query vector with the batch size, and ScaNN's
     candidate selection is discontinuous, so embedding the batch at once changed some users' top
     10. The ScaNN export embeds one row at a time: every user of a 40-user batch (and of the
@@ -249,8 +257,7 @@ def test_scann_answer_of_each_user_is_the_same_alone_and_in_any_batch(exports):
     users = [USERS[i % len(USERS)] for i in range(40)]
     history = pad_rows([list(rng.choice(ITEMS, size=rng.integers(0, 9), replace=False))
                         for _ in users])
-    serve = tf.saved_model.load(str(exports["paths"]["retrieval_scann"])).signatures[
-        "serving_default"]
+    serve = loaded["retrieval_scann"].signatures["serving_default"]
 
     def call(u, h):
         out = serve(user_id=tf.constant(u), history=tf.constant(h))

@@ -1,10 +1,12 @@
-"""pipelines.recommend run as a command in a fresh process against tiny exports: the user's
-history read from a dataset's train part, seen items excluded through the exclusion signature,
-the answer equal to the exact top k of the towers, and the printed REST body and curl line."""
+"""pipelines.recommend run as a command (both runs in one fresh process) against tiny exports:
+the user's history read from a dataset's train part, seen items excluded through the exclusion
+signature, the answer equal to the exact top k of the towers, and the printed REST body and curl
+line."""
 import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from tiny_retrieval import (ITEM_GENRES, ITEM_TITLES, ITEMS, GenreCandidateTower
 
 REPO = Path(__file__).resolve().parents[1]
 K, W = 5, 12
+SCANN_HISTORY = ["i000", "i003", "i006"]
 
 
 @pytest.fixture(scope="module")
@@ -49,22 +52,52 @@ def exact_top_k(exports, user, history, exclude, k=K):
     return [ITEMS[i] for i in order[:k]]
 
 
-def run_cli(exports, args, tmp_path):
-    out = tmp_path / "out.json"
+# Runs `python -m pipelines.recommend` once per argument list, one after the other, in ONE
+# fresh interpreter (TensorFlow's start-up is most of a run's cost): runpy executes the module
+# as __main__ exactly as `-m` does, with sys.argv set and stdout captured per run.
+CLI_RUNS = textwrap.dedent("""
+    import contextlib, io, json, runpy, sys
+    runs_file, stdouts_file = sys.argv[1:]
+    runs = json.load(open(runs_file))
+    stdouts = []
+    for args in runs:
+        sys.argv = ["pipelines.recommend", *args]
+        captured = io.StringIO()
+        with contextlib.redirect_stdout(captured):
+            runpy.run_module("pipelines.recommend", run_name="__main__", alter_sys=True)
+        stdouts.append(captured.getvalue())
+    json.dump(stdouts, open(stdouts_file, "w"))
+""")
+
+
+@pytest.fixture(scope="module")
+def cli(exports, tmp_path_factory):
+    """{run: (stdout, output_json)} of the command-line runs the CLI tests check. The
+    BruteForce run goes first, so its `scann_imported` is read before anything imported scann.
+    """
+    work = tmp_path_factory.mktemp("recommend_cli")
+    runs = {
+        "dataset": ["--export", str(exports["paths"]["bruteforce"].parent),  # model dir
+                    "--user-id", "u3", "--dataset", exports["dataset"],
+                    "--set", "history_len=4"],
+        "scann": ["--export", str(exports["paths"]["scann"]), "--user-id", "u0",
+                  "--history", ",".join(SCANN_HISTORY)],
+    }
+    argv = [args + ["--set", f"output_json={work / name}.json"] for name, args in runs.items()]
+    (work / "runs.json").write_text(json.dumps(argv))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.recommend", *args,
-                           "--set", f"output_json={out}"], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-c", CLI_RUNS, str(work / "runs.json"),
+                           str(work / "stdout.json")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout, json.loads(out.read_text())
+    stdouts = json.loads((work / "stdout.json").read_text())
+    return {name: (stdout, json.loads((work / f"{name}.json").read_text()))
+            for name, stdout in zip(runs, stdouts)}
 
 
 @pytest.mark.slow
-def test_cli_reads_history_from_dataset_and_excludes_seen(exports, tmp_path):
-    model_dir = exports["paths"]["bruteforce"].parent  # model dir: newest version is used
-    stdout, got = run_cli(exports, ["--export", str(model_dir), "--user-id", "u3",
-                                    "--dataset", exports["dataset"],
-                                    "--set", "history_len=4"], tmp_path)
+def test_cli_reads_history_from_dataset_and_excludes_seen(exports, cli):
+    stdout, got = cli["dataset"]
     train = split_for_protocol("P1", load_dataset(exports["dataset"])).train
     seen = train[train.user_id == "u3"].sort_values("timestamp").item_id.tolist()
     assert len(seen) == 7  # 8 interactions, the last one is the P1 test item
@@ -85,10 +118,9 @@ def test_cli_reads_history_from_dataset_and_excludes_seen(exports, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_scann_export_with_history_on_the_command_line(exports, tmp_path):
-    history = ["i000", "i003", "i006"]
-    _, got = run_cli(exports, ["--export", str(exports["paths"]["scann"]), "--user-id", "u0",
-                               "--history", ",".join(history)], tmp_path)
+def test_cli_scann_export_with_history_on_the_command_line(exports, cli):
+    history = SCANN_HISTORY
+    _, got = cli["scann"]
     assert got["index_type"] == "scann" and got["scann_imported"] is True
     assert got["excluded"] == history
     ids = [r["item_id"] for r in got["recommendations"]]

@@ -216,7 +216,8 @@ def mean_ndcg10(scores, label):
 def test_reranker_learns_a_user_item_interaction_the_input_order_misses(tmp_path):
     train, val, test = (interaction_lists(1200, 0), interaction_lists(200, 1),
                         interaction_lists(300, 2))
-    config = small_config(model_dim=16, ff_dim=32, epochs=6, learning_rate=3e-3,
+    # Validation NDCG@10 about 0.95 after four epochs (0.97 after six), test 0.96.
+    config = small_config(model_dim=16, ff_dim=32, epochs=4, learning_rate=3e-3,
                           batch_size=64, patience=2)
     model, result = fit_reranker(config, train, val, str(tmp_path / "run"))
     assert isinstance(model, Reranker)
@@ -227,24 +228,38 @@ def test_reranker_learns_a_user_item_interaction_the_input_order_misses(tmp_path
     assert reranked > input_order + 0.2, (input_order, reranked)
 
 
-def test_fit_reranker_resumes_from_its_run_dir_and_trains_without_validation(tmp_path):
-    train = random_lists(64, 6, seed=8, valid=np.r_[[6] * 60, [2, 3, 4, 5]])
-    run_dir = str(tmp_path / "run")
-    _, first = fit_reranker(small_config(epochs=1, batch_size=32), train, None, run_dir)
+@pytest.fixture(scope="module")
+def little_data_fits(tmp_path_factory):
+    """Lists whose input order is already right (label = the two best-ranked items), 48 of
+    them, four padded: one epoch without validation, then the same run_dir resumed up to three.
+
+    One run serves the resume test and the little-data test: every fit builds and traces a
+    fresh model, which costs far more than these few epochs.
+    """
+    train = random_lists(48, 8, seed=9, valid=np.r_[[8] * 44, [2, 3, 4, 5]])
+    train["label"] = np.zeros_like(train["label"])
+    train["label"][:, :2] = 1.0
+    run_dir = str(tmp_path_factory.mktemp("reranker") / "run")
+    settings = dict(batch_size=16, learning_rate=3e-3)
+    _, first = fit_reranker(small_config(epochs=1, **settings), train, None, run_dir)
+    model, second = fit_reranker(small_config(epochs=3, **settings), train, None, run_dir)
+    return first, second, model
+
+
+def test_fit_reranker_resumes_from_its_run_dir_and_trains_without_validation(little_data_fits):
+    first, second, _ = little_data_fits
     assert (first.initial_epoch, first.epochs_done) == (0, 1)
     # monitor val_ndcg_10 falls back to the train value without a validation set.
     assert "ndcg_10" in first.history and first.best_epoch == 1
-    _, second = fit_reranker(small_config(epochs=2, batch_size=32), train, None, run_dir)
-    assert (second.initial_epoch, second.epochs_done) == (1, 2)
-    assert len(second.history["ndcg_10"]) == 2
+    assert (second.initial_epoch, second.epochs_done) == (1, 3)
+    assert len(second.history["ndcg_10"]) == 3
+    assert second.history["ndcg_10"][0] == first.history["ndcg_10"][0]
 
 
-def test_little_data_does_not_destroy_a_good_input_order(tmp_path):
-    # The input order is already right (label = the two best-ranked items); 48 lists.
-    train, test = random_lists(48, 8, seed=9), random_lists(200, 8, seed=10)
-    for arrays in (train, test):
-        arrays["label"] = np.zeros_like(arrays["label"])
-        arrays["label"][:, :2] = 1.0
-    model, _ = fit_reranker(small_config(epochs=3, batch_size=16, learning_rate=3e-3),
-                            train, None, str(tmp_path / "run"))
+def test_little_data_does_not_destroy_a_good_input_order(little_data_fits):
+    _, second, model = little_data_fits
+    assert second.epochs_done == 3
+    test = random_lists(200, 8, seed=10)
+    test["label"] = np.zeros_like(test["label"])
+    test["label"][:, :2] = 1.0
     assert mean_ndcg10(rerank_scores(model, test), test["label"]) > 0.98

@@ -28,8 +28,7 @@ from pipelines import query_server
 from recommenders_tf.index import ScannParams, build_index
 from recommenders_tf.models.ranking import RankingConfig, build_ranking_model
 from recommenders_tf.serving import server_config as sc
-from recommenders_tf.serving.client import (GrpcClient, RestClient, ServingError,
-                                            load_savedmodel)
+from recommenders_tf.serving.client import GrpcClient, RestClient, ServingError
 from recommenders_tf.serving.export import export_retrieval
 from recommenders_tf.testing.local_server import LocalModelServer, ServingStatus
 from recommenders_tf.serving.ranking_export import export_ranking
@@ -65,9 +64,7 @@ def exports(tmp_path_factory):
     results = export_pipeline.main(export_pipeline.ExportConfig(
         base_dir=str(base), labels={"retrieval_bruteforce": {"stable": 1, "canary": 2}},
         out_dir=str(base.parent / "runs")))
-    direct = {key: load_savedmodel(path)[0] for key, path in paths.items()}
-    return dict(base=base, paths=paths, results=results, direct=direct, query=query,
-                embeddings=embeddings)
+    return dict(base=base, paths=paths, results=results, query=query, embeddings=embeddings)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +77,18 @@ def servers(exports):
                           ("retrieval_scann", scann)):
         clients[model] = (RestClient("127.0.0.1", server.rest_port),
                           GrpcClient(server.grpc_target))
-    yield dict(stock=stock, scann=scann, clients=clients)
+    # The in-process answers come from the SavedModels the servers loaded, called directly
+    # rather than through REST or gRPC: loading every export a second time cost about a second
+    # apiece. Each is checked against its export directory, so a server that loaded the wrong
+    # directory for a version still fails.
+    direct = {}
+    for key, path in exports["paths"].items():
+        name, version = key.split("/")
+        server = scann if name == "retrieval_scann" else stock
+        servable = server.registry.models[name].versions[int(version)]
+        assert servable.path.resolve() == path.resolve(), (key, servable.path)
+        direct[key] = servable.loaded
+    yield dict(stock=stock, scann=scann, clients=clients, direct=direct)
     for rest, grpc_client in clients.values():
         rest.close()
         grpc_client.close()
@@ -96,8 +104,8 @@ def _text(array):
     return array
 
 
-def _direct(exports, key, signature, inputs):
-    out = exports["direct"][key].signatures[signature](
+def _direct(servers, key, signature, inputs):
+    out = servers["direct"][key].signatures[signature](
         **{k: tf.constant(v) for k, v in inputs.items()})
     return {k: v.numpy() for k, v in out.items()}
 
@@ -140,13 +148,13 @@ def test_every_export_has_tf_serving_layout_assets_warmup_and_named_signatures(e
     assert sorted(ITEMS) in [sorted(v) for v in files.values()]
 
 
-def test_warmup_records_parse_and_every_one_is_accepted_by_its_signature(exports):
+def test_warmup_records_parse_and_every_one_is_accepted_by_its_signature(exports, servers):
     for key, path in exports["paths"].items():
         records = read_warmup_requests(warmup_path(path))
         signatures = set(sc.read_signature_defs(path))
         assert {r.signature_name for r in records} == signatures, key
         assert all(r.model_name == key.split("/")[0] for r in records)
-        assert replay_warmup(exports["direct"][key].signatures, warmup_path(path)) == len(records)
+        assert replay_warmup(servers["direct"][key].signatures, warmup_path(path)) == len(records)
     # Built from real ids: a known user with real history items, then an unknown user.
     first = read_warmup_requests(warmup_path(exports["paths"]["retrieval_scann/1"]))[0]
     assert first.inputs["user_id"].tolist() == [b"u0", b"__warmup_unknown_user__"]
@@ -170,7 +178,7 @@ def test_rest_and_grpc_answers_equal_the_signature_called_in_process(key, signat
                                                                      servers):
     model = key.split("/")[0]
     inputs = example_inputs(exports["paths"][key], signature, batch_size=3)
-    want = _direct(exports, key, signature, inputs)
+    want = _direct(servers, key, signature, inputs)
     rest, grpc_client = servers["clients"][model]
     columnar = rest.predict(model, inputs, signature_name=signature)
     rows = rest.predict(model, inputs, signature_name=signature, row_format=True)
@@ -366,7 +374,7 @@ def test_query_server_pipeline_over_rest_and_grpc(exports, servers):
         args + ["--model", "ranking", "--user-id", "u2", "--history", "i001,i002",
                 "--items", "i003,i004,brand-new"]))
     assert ranked["rest_equals_grpc"] and ranked["signature"] == "serving_default"
-    want = _direct(exports, "ranking/1", "serving_default",
+    want = _direct(servers, "ranking/1", "serving_default",
                    {"user_id": np.array(["u2"]), "history": np.array([["i001", "i002"]]),
                     "item_ids": np.array([["i003", "i004", "brand-new"]])})
     np.testing.assert_array_equal(ranked["rest"]["scores"], want["scores"])
@@ -417,6 +425,9 @@ def test_reload_serves_a_new_version(exports, tmp_path):
 
 RELOAD = textwrap.dedent("""
     import json, sys
+    # TF Serving has no Keras: the exports must load and run without one (and TensorFlow starts
+    # 2-3 s sooner when it cannot pre-import Keras).
+    sys.modules["keras"] = sys.modules["tf_keras"] = None
     import numpy as np
     import tensorflow as tf
     spec = json.load(open(sys.argv[1]))
@@ -435,7 +446,7 @@ RELOAD = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_exports_reloaded_in_a_fresh_process_give_the_same_outputs(exports, tmp_path):
+def test_exports_reloaded_in_a_fresh_process_give_the_same_outputs(exports, servers, tmp_path):
     spec, want = {}, {}
     for key, signature in CASES:
         inputs = example_inputs(exports["paths"][key], signature, batch_size=3)
@@ -443,7 +454,7 @@ def test_exports_reloaded_in_a_fresh_process_give_the_same_outputs(exports, tmp_
             "path": str(exports["paths"][key]), "signature": signature,
             "scann": key.startswith("retrieval_scann"),
             "inputs": {k: _text(v).tolist() for k, v in inputs.items()}}
-        want[f"{key}:{signature}"] = _direct(exports, key, signature, inputs)
+        want[f"{key}:{signature}"] = _direct(servers, key, signature, inputs)
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     (tmp_path / "reload.py").write_text(RELOAD)
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
@@ -463,7 +474,7 @@ def test_exports_reloaded_in_a_fresh_process_give_the_same_outputs(exports, tmp_
 
 
 @pytest.mark.slow
-def test_local_server_command_line_serves_a_base_dir(exports, tmp_path):
+def test_local_server_command_line_serves_a_base_dir(exports, servers, tmp_path):
     ready = tmp_path / "ready.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "recommenders_tf.testing.local_server",
@@ -480,7 +491,7 @@ def test_local_server_command_line_serves_a_base_dir(exports, tmp_path):
         assert info["models"] == {"ranking": {"versions": [1], "labels": {}}}
         inputs = example_inputs(exports["paths"]["ranking/1"], "serving_default")
         got = RestClient("127.0.0.1", info["rest_port"]).predict("ranking", inputs)
-        _same(got, _direct(exports, "ranking/1", "serving_default", inputs))
+        _same(got, _direct(servers, "ranking/1", "serving_default", inputs))
         _same(GrpcClient(f"127.0.0.1:{info['grpc_port']}").predict("ranking", inputs), got)
     finally:
         proc.terminate()

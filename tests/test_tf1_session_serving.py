@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,24 +117,105 @@ def _call(loaded, signature: str, inputs: dict) -> dict:
             for k, v in out.items()}
 
 
+class _SessionProcess:
+    """`tf1_session_runner.py` in ONE fresh process (TF start-up dominates), started before
+    the exports are written and handed each one as soon as its cases are known, so its
+    import and sessions overlap the writing of the next exports."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        self.log = work / "runner.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(RUNNER), str(work / "out.npz"), str(work / "report.json")],
+                env=env, cwd=work, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                text=True)
+        self.deadline = time.monotonic() + 600
+
+    def submit(self, key: str, path: Path, cases: dict) -> None:
+        inputs = self.work / f"{key}_inputs.npz"
+        np.savez(inputs, **{f"{case}/{name}": value for case, named in cases.items()
+                            for name, value in named.items()})
+        job = {"export": key, "path": str(path), "inputs": str(inputs),
+               "cases": [{"id": case, "signature": case.split("/")[1]} for case in cases]}
+        try:
+            self.proc.stdin.write(json.dumps(job) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it stopped; `results` shows why
+
+    def results(self) -> dict:
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            self.proc.wait(timeout=max(1, self.deadline - time.monotonic()))
+        finally:
+            self.kill()
+        assert self.proc.returncode == 0, self.log.read_text(errors="replace")[-5000:]
+        outputs = {}
+        with np.load(self.work / "out.npz") as data:
+            for name in data.files:
+                case, output = name.rsplit("/", 1)
+                outputs.setdefault(case, {})[output] = data[name]
+        return dict(outputs=outputs,
+                    report=json.loads((self.work / "report.json").read_text()))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, synthetic_tiny):
-    """The three exports, each case's inputs, and the answers of `tf.saved_model.load`."""
+    """The three exports, each case's inputs, the answers of `tf.saved_model.load`, and the
+    session process each export went to (the biggest first, so that its session runs while
+    the others are written)."""
     base = tmp_path_factory.mktemp("saved_models")
-    interactions = pd.read_csv(write_interactions(base / "interactions.csv"), dtype=str)
-    paths, cases, expected = {}, {}, {}
+    session = _SessionProcess(tmp_path_factory.mktemp("tf1_session"))
+    try:
+        yield _write_exports(base, synthetic_tiny, session)
+    finally:
+        session.kill()
 
-    query, candidate = GenreQueryTower(), GenreCandidateTower()
-    embeddings = candidate(item_features(ITEMS, ITEM_TITLES, ITEM_GENRES)).numpy()
-    index = build_index("bruteforce", query, ITEMS, embeddings, k=K)
-    paths["retrieval"] = export_retrieval(query, index, base, k=K, exclusion_width=W,
-                                          metadata={"query_history_len": HISTORY})
-    users = np.array(["u-horror", "never-seen-user", "u4"])
-    history = _left_pad([_last_items(interactions, "u-horror", HISTORY),
-                         _last_items(interactions, "u7", 2), []], HISTORY)
-    cases["retrieval/serving_default"] = {"user_id": users, "history": history}
-    cases["retrieval/serving_default/zero_width_history"] = {
-        "user_id": np.array(["u1", "nobody"]), "history": np.zeros((2, 0), str)}
+
+def _write_exports(base: Path, synthetic_tiny, session: _SessionProcess) -> dict:
+    interactions = pd.read_csv(write_interactions(base / "interactions.csv"), dtype=str)
+    paths, cases, expected, loaded = {}, {}, {}, {}
+
+    def publish(key: str, path: Path, key_cases: dict, exclusions=None) -> None:
+        """Records the `tf.saved_model.load` answers to `key_cases` and hands the export to
+        the session. `exclusions` (width, counts): a recommend_with_exclusions case that
+        excludes what each row of serving_default would otherwise get first."""
+        paths[key], loaded[key] = path, tf.saved_model.load(str(path))
+        for case, inputs in key_cases.items():
+            expected[case] = _call(loaded[key], case.split("/")[1], inputs)
+        if exclusions is not None:
+            width, counts = exclusions
+            plain = key_cases[f"{key}/serving_default"]
+            case = f"{key}/recommend_with_exclusions"
+            key_cases[case] = dict(plain, exclude_item_ids=_exclude_top(
+                expected[f"{key}/serving_default"]["item_ids"], counts, width))
+            expected[case] = _call(loaded[key], "recommend_with_exclusions", key_cases[case])
+        cases.update(key_cases)
+        session.submit(key, path, key_cases)
+
+    cascade = _untrained_cascade(synthetic_tiny, base)
+    path = export_cascade(cascade, base, kind="bruteforce", log=lambda *_: None)
+    known = [str(u) for u in cascade.train[USER_ID].unique()[:3]]
+    hist = cascade.histories_for(known[:2]).astype(str)
+    cold = [h for h in hist[0] if h][-2:]
+    cascade_history = np.concatenate([hist, _left_pad([cold], hist.shape[1])])
+    publish("cascade", path, {
+        "cascade/serving_default": {"user_id": np.array(known[:2] + ["__nobody__"]),
+                                    "history": cascade_history},
+        "cascade/serving_default/empty_history": {
+            "user_id": np.array([known[2], "__nobody__"]), "history": np.full((2, 4), "")},
+    }, exclusions=(2, (2, 1, 0)))
 
     # Genres and a user feature are lookup tables, which the session's init op must fill.
     ranking = build_ranking_model(
@@ -141,66 +223,37 @@ def exports(tmp_path_factory, synthetic_tiny):
                       deep_dims=(8,), din_units=4, history_len=HISTORY, seed=3),
         USERS, ITEMS, item_genres=dict(zip(ITEMS, ITEM_GENRES)), label_mean=3.5,
         user_features={"gender": {"u1": "F", "u2": "M"}})
-    paths["ranking"] = export_ranking(ranking, base)
-    cases["ranking/serving_default"] = {
+    publish("ranking", export_ranking(ranking, base), {"ranking/serving_default": {
         "user_id": np.array(["u1", "stranger", "u2"]),
         "history": _left_pad([_last_items(interactions, "u1", HISTORY),
                               _last_items(interactions, "u2", 1), []], HISTORY),
         "item_ids": np.array([["i010", "i005", "brand-new", ""],
                               ["i001", "i002", "i003", "i004"],
-                              ["i299", "", "", ""]])}
+                              ["i299", "", "", ""]])}})
 
-    cascade = _untrained_cascade(synthetic_tiny, base)
-    paths["cascade"] = export_cascade(cascade, base, kind="bruteforce", log=lambda *_: None)
-    known = [str(u) for u in cascade.train[USER_ID].unique()[:3]]
-    hist = cascade.histories_for(known[:2]).astype(str)
-    cold = [h for h in hist[0] if h][-2:]
-    cascade_history = np.concatenate([hist, _left_pad([cold], hist.shape[1])])
-    cases["cascade/serving_default"] = {"user_id": np.array(known[:2] + ["__nobody__"]),
-                                        "history": cascade_history}
-    cases["cascade/serving_default/empty_history"] = {
-        "user_id": np.array([known[2], "__nobody__"]), "history": np.full((2, 4), "")}
+    query, candidate = GenreQueryTower(), GenreCandidateTower()
+    embeddings = candidate(item_features(ITEMS, ITEM_TITLES, ITEM_GENRES)).numpy()
+    index = build_index("bruteforce", query, ITEMS, embeddings, k=K)
+    path = export_retrieval(query, index, base, k=K, exclusion_width=W,
+                            metadata={"query_history_len": HISTORY})
+    users = np.array(["u-horror", "never-seen-user", "u4"])
+    history = _left_pad([_last_items(interactions, "u-horror", HISTORY),
+                         _last_items(interactions, "u7", 2), []], HISTORY)
+    publish("retrieval", path, {
+        "retrieval/serving_default": {"user_id": users, "history": history},
+        "retrieval/serving_default/zero_width_history": {
+            "user_id": np.array(["u1", "nobody"]), "history": np.zeros((2, 0), str)},
+    }, exclusions=(W, (3, 1, 0)))
 
-    loaded = {key: tf.saved_model.load(str(path)) for key, path in paths.items()}
-    for case, inputs in list(cases.items()):
-        key, signature = case.split("/")[:2]
-        expected[case] = _call(loaded[key], signature, inputs)
-    # Exclude what each row would otherwise get first (none for the last row).
-    for key, width, counts in (("retrieval", W, (3, 1, 0)), ("cascade", 2, (2, 1, 0))):
-        plain = cases[f"{key}/serving_default"]
-        case = f"{key}/recommend_with_exclusions"
-        cases[case] = dict(plain, exclude_item_ids=_exclude_top(
-            expected[f"{key}/serving_default"]["item_ids"], counts, width))
-        expected[case] = _call(loaded[key], "recommend_with_exclusions", cases[case])
     assert sorted(cases) == sorted(CASE_IDS)
     return dict(paths=paths, cases=cases, expected=expected, loaded=loaded, query=query,
-                embeddings=embeddings, ranking=ranking)
+                embeddings=embeddings, ranking=ranking, session=session)
 
 
 @pytest.fixture(scope="module")
-def session_run(exports, tmp_path_factory):
-    """Every case run by the TF1 session loader in ONE fresh process (TF start-up dominates)."""
-    work = tmp_path_factory.mktemp("tf1_session")
-    spec = {"exports": {k: str(v) for k, v in exports["paths"].items()},
-            "cases": [{"id": case, "export": case.split("/")[0],
-                       "signature": case.split("/")[1]} for case in CASE_IDS]}
-    (work / "spec.json").write_text(json.dumps(spec))
-    np.savez(work / "inputs.npz", **{f"{case}/{name}": value
-                                     for case, inputs in exports["cases"].items()
-                                     for name, value in inputs.items()})
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    proc = subprocess.run([sys.executable, str(RUNNER), str(work / "spec.json"),
-                           str(work / "inputs.npz"), str(work / "out.npz"),
-                           str(work / "report.json")],
-                          env=env, capture_output=True, text=True, timeout=600, cwd=work)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    outputs = {}
-    with np.load(work / "out.npz") as data:
-        for name in data.files:
-            case, output = name.rsplit("/", 1)
-            outputs.setdefault(case, {})[output] = data[name]
-    return dict(outputs=outputs, report=json.loads((work / "report.json").read_text()))
+def session_run(exports):
+    """What the TF1 session loader answered to every case, and its report."""
+    return exports["session"].results()
 
 
 def test_the_session_process_imported_only_tensorflow(session_run):

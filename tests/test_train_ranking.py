@@ -18,6 +18,8 @@ SMALL = ["ranking.epochs=2", "ranking.patience=0", "ranking.embedding_dim=8",
          "ranking.deep_dims=[8]", "ranking.din_units=4", "ranking.history_len=5",
          "ranking.verbose=0", "data.list_size=10", "data.max_positives=3",
          "data.rating_list_size=8"]
+# Hard negatives from the cheap most-popular retrieval stand-in.
+HARD = "data.candidate_source=most-popular"
 
 
 def _config(tmp_path, loss, *extra):
@@ -42,15 +44,32 @@ def test_parse_args_and_list_resolution():
     assert isinstance(TrainRankingConfig(), TrainRankingConfig)
 
 
+@pytest.fixture(scope="module")
+def softmax_run(tmp_path_factory):
+    """The default-strategy softmax run on most-popular hard negatives: the softmax case of the
+    loss families and the run the mirrored strategy must reproduce file for file.
+
+    Shared because every main() run builds, traces and exports a fresh model, which is most of
+    this file's time; the tests only read the run's outputs.
+    """
+    out = tmp_path_factory.mktemp("default")
+    return out, main(_config(out, "softmax", HARD))
+
+
 @pytest.mark.slow
 # One loss of each family end to end through the pipeline (lists, training, export); every
 # loss key trains the model in tests/test_ranking.py::test_every_loss_trains_the_one_model.
-@pytest.mark.parametrize("loss", ["mse", "pairwise_logistic", "softmax"])
-def test_each_loss_family_trains_and_exports(tmp_path, loss):
-    # Hard negatives from the cheap most-popular retrieval stand-in keep the test fast; the
-    # two pointwise losses train on rating lists.
-    config = _config(tmp_path, loss, "data.candidate_source=most-popular")
-    metrics = main(config)
+# The listwise loss trains on hard negatives from the cheap most-popular retrieval stand-in,
+# the pairwise one on easy (catalog) negatives, the pointwise one on rating lists.
+@pytest.mark.parametrize("loss, negatives", [("mse", None), ("pairwise_logistic", "easy"),
+                                             ("softmax", "hard")],
+                         ids=["mse", "pairwise_logistic", "softmax"])
+def test_each_loss_family_trains_and_exports(tmp_path, request, loss, negatives):
+    if loss == "softmax":
+        tmp_path, metrics = request.getfixturevalue("softmax_run")
+    else:
+        extra = [f"data.negatives={negatives}"] if negatives else []
+        metrics = main(_config(tmp_path, loss, HARD, *extra))
     run = tmp_path / "runs" / f"synthetic-tiny-{loss}"
     for name in ("config.yaml", "metrics.json", "summary.md", "split_manifest.json",
                  "vocab/item_id/vocab.txt", "training/history.json",
@@ -60,30 +79,14 @@ def test_each_loss_family_trains_and_exports(tmp_path, loss):
     meta = json.loads((tmp_path / "saved" / "ranking" / "1" / "metadata.json").read_text())
     assert meta["loss"] == loss and meta["dataset"] == "synthetic-tiny"
     assert metrics["epochs_done"] == 2 and metrics["examples_per_second"] > 0
+    assert json.loads((run / "metrics.json").read_text())["lists"] == metrics["lists"]
     if loss == "mse":
+        assert metrics["lists"]["lists"] == "ratings"
         # Starting from the mean rating, two epochs must beat predicting it (RMSE ~ std).
         assert 0 < metrics["validation"]["rmse"] < 1.5
     else:
+        assert metrics["lists"]["negatives"] == negatives
         assert 0 < metrics["validation"]["ndcg_10"] <= 1
-
-
-@pytest.mark.slow
-def test_command_line_with_easy_negatives(tmp_path):
-    args = [sys.executable, "-m", "pipelines.train_ranking", "--loss", "softmax",
-            "--dataset", "synthetic-tiny", "--set", f"run_dir={tmp_path / 'runs'}",
-            "--set", f"export_dir={tmp_path / 'saved'}", "--set", "data.negatives=easy",
-            "--set", "ranking.epochs=1"]
-    for s in SMALL[2:]:
-        args += ["--set", s]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Export:" in proc.stdout
-    metrics = json.loads((tmp_path / "runs" / "synthetic-tiny-softmax" / "metrics.json")
-                         .read_text())
-    assert metrics["lists"]["negatives"] == "easy"
-    assert (tmp_path / "saved" / "ranking" / "1" / "saved_model.pb").exists()
 
 
 def test_a_run_folder_holding_another_config_is_refused(tmp_path):
@@ -142,25 +145,32 @@ def _files(folder: Path):
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_trains_and_writes_what_default_writes(tmp_path):
-    # One epoch each on synthetic-tiny, cheap most-popular hard negatives; on a machine
-    # without GPUs MirroredStrategy mirrors over the CPU alone (one replica).
-    runs = {}
-    for strategy in ("default", "mirrored"):
-        out = tmp_path / strategy
-        config = parse_args(["--loss", "softmax", "--dataset", "synthetic-tiny",
-                             "--strategy", strategy, "--set", f"run_dir={out / 'runs'}",
-                             "--set", f"export_dir={out / 'saved'}",
-                             *[a for s in SMALL + ["ranking.epochs=1",
-                                                   "data.candidate_source=most-popular"]
-                               for a in ("--set", s)]])
-        runs[strategy] = main(config)
-        assert runs[strategy]["strategy"] == strategy
-        assert runs[strategy]["workers"] == runs[strategy]["replicas"] == 1
-        assert runs[strategy]["epochs_done"] == 1
-        assert 0 < runs[strategy]["validation"]["ndcg_10"] <= 1
-    default_files = _files(tmp_path / "default")
+def test_command_line_mirrored_strategy_trains_and_writes_what_default_writes(softmax_run,
+                                                                              tmp_path):
+    # `python -m pipelines.train_ranking` in a fresh process with --strategy mirrored, the same
+    # settings as the default-strategy run; on a machine without GPUs MirroredStrategy mirrors
+    # over the CPU alone (one replica).
+    default_dir, default = softmax_run
+    args = [sys.executable, "-m", "pipelines.train_ranking", "--loss", "softmax",
+            "--dataset", "synthetic-tiny", "--strategy", "mirrored",
+            "--set", f"run_dir={tmp_path / 'runs'}", "--set", f"export_dir={tmp_path / 'saved'}"]
+    for s in SMALL + [HARD]:
+        args += ["--set", s]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Export:" in proc.stdout
+    mirrored = json.loads((tmp_path / "runs" / "synthetic-tiny-softmax" / "metrics.json")
+                          .read_text())
+    runs = {"default": default, "mirrored": mirrored}
+    for strategy, metrics in runs.items():
+        assert metrics["strategy"] == strategy
+        assert metrics["workers"] == metrics["replicas"] == 1
+        assert metrics["epochs_done"] == 2
+        assert 0 < metrics["validation"]["ndcg_10"] <= 1
+    default_files = _files(default_dir)
     assert "runs/synthetic-tiny-softmax/training/checkpoints/checkpoint" in default_files
     assert "saved/ranking/1/saved_model.pb" in default_files
-    assert _files(tmp_path / "mirrored") == default_files
+    assert _files(tmp_path) == default_files
     assert runs["mirrored"]["n_train_lists"] == runs["default"]["n_train_lists"]

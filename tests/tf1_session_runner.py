@@ -4,14 +4,17 @@ session, each signature run by the tensor names its SignatureDef lists.
 Imports TensorFlow (and the TF Serving protos, to read warmup files) and nothing else, so a
 signature that only works when the package's own Python code is loaded fails here.
 
-Usage: python tf1_session_runner.py SPEC.json INPUTS.npz OUT.npz REPORT.json
+Usage: python tf1_session_runner.py OUT.npz REPORT.json < JOBS
 
-SPEC.json: {"exports": {key: version dir},
-            "cases": [{"id": ..., "export": key, "signature": name}, ...]}
+JOBS: one JSON line per export, {"export": key, "path": version dir,
+      "cases": [{"id": ..., "signature": name}, ...], "inputs": INPUTS.npz}, each run as soon
+      as its line arrives; the caller starts this process before it writes the exports, so
+      TensorFlow's import and the first exports' sessions overlap the writing of the others.
 INPUTS.npz: one array per case input, named "<case id>/<input name>".
 OUT.npz: one array per case output, named "<case id>/<output name>"; strings as str.
 REPORT.json: per export, each signature's input and output names and dtypes, the warmup
-records replayed (signature, batch size of every output), and which packages got imported.
+records replayed (signature, batch size of every output), and which packages got imported;
+written with OUT.npz at the end of the input.
 """
 import json
 import sys
@@ -59,36 +62,43 @@ def run(sess, signature_def, inputs: dict) -> dict:
     return sess.run(fetches, feed_dict=feeds)
 
 
-def main(spec_path: str, inputs_path: str, out_path: str, report_path: str) -> None:
-    spec = json.load(open(spec_path))
-    arrays = dict(np.load(inputs_path))
+def run_export(path: str, cases: list, arrays: dict, outputs: dict) -> dict:
+    """Runs `cases` (ids and signature names) on the export at `path` in a TF1 session, adding
+    their outputs to `outputs`, then replays its warmup records; returns its report."""
+    warmup = warmup_requests(path)
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+        report = {"signatures": {
+            name: {"inputs": {k: tf.as_dtype(v.dtype).name for k, v in sig.inputs.items()},
+                   "outputs": {k: tf.as_dtype(v.dtype).name for k, v in sig.outputs.items()}}
+            for name, sig in meta.signature_def.items() if name != INIT_OP_KEY}}
+        for case in cases:
+            inputs = {name.rsplit("/", 1)[1]: value for name, value in arrays.items()
+                      if name.rsplit("/", 1)[0] == case["id"]}
+            result = run(sess, meta.signature_def[case["signature"]], inputs)
+            for name, value in result.items():
+                outputs[f"{case['id']}/{name}"] = fetched_value(value)
+        # TF Serving replays these at load and refuses the model if one fails.
+        replayed = []
+        for request in warmup:
+            name = request.model_spec.signature_name or "serving_default"
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            result = run(sess, meta.signature_def[name], inputs)
+            replayed.append({"signature": name,
+                             "batch": len(next(iter(inputs.values()))),
+                             "output_batches": sorted({len(v) for v in result.values()})})
+        report["warmup"] = replayed
+    return report
+
+
+def main(out_path: str, report_path: str) -> None:
     outputs, report = {}, {}
-    for key, path in spec["exports"].items():
-        warmup = warmup_requests(path)
-        with tf.compat.v1.Session(graph=tf.Graph()) as sess:
-            meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
-            report[key] = {"signatures": {
-                name: {"inputs": {k: tf.as_dtype(v.dtype).name for k, v in sig.inputs.items()},
-                       "outputs": {k: tf.as_dtype(v.dtype).name for k, v in sig.outputs.items()}}
-                for name, sig in meta.signature_def.items() if name != INIT_OP_KEY}}
-            for case in spec["cases"]:
-                if case["export"] != key:
-                    continue
-                inputs = {name.rsplit("/", 1)[1]: value for name, value in arrays.items()
-                          if name.rsplit("/", 1)[0] == case["id"]}
-                result = run(sess, meta.signature_def[case["signature"]], inputs)
-                for name, value in result.items():
-                    outputs[f"{case['id']}/{name}"] = fetched_value(value)
-            # TF Serving replays these at load and refuses the model if one fails.
-            replayed = []
-            for request in warmup:
-                name = request.model_spec.signature_name or "serving_default"
-                inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-                result = run(sess, meta.signature_def[name], inputs)
-                replayed.append({"signature": name,
-                                 "batch": len(next(iter(inputs.values()))),
-                                 "output_batches": sorted({len(v) for v in result.values()})})
-            report[key]["warmup"] = replayed
+    for line in sys.stdin:
+        if line.strip():
+            job = json.loads(line)
+            with np.load(job["inputs"]) as data:
+                arrays = {name: data[name] for name in data.files}
+            report[job["export"]] = run_export(job["path"], job["cases"], arrays, outputs)
     np.savez(out_path, **outputs)
     report["imported"] = {name: name in sys.modules for name in ("scann", "recommenders_tf")}
     json.dump(report, open(report_path, "w"))
@@ -97,4 +107,4 @@ def main(spec_path: str, inputs_path: str, out_path: str, report_path: str) -> N
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:3])
