@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-import numpy as np
 
 from recommenders_tf import cli
 
@@ -59,11 +58,10 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
     import recommenders_tf  # noqa: F401
     from pipelines import benchmark, run_all
     from recommenders_tf.data import load_dataset, temporal_split
-    from recommenders_tf.data.schema import ITEM_ID, USER_ID
     from recommenders_tf.evaluation.report import (render_benchmarks_md, round_metrics,
                                                    write_results)
     from recommenders_tf.runs import default_run_dir
-    from recommenders_tf.serving.latency import measure_latency
+    from recommenders_tf.serving.latency import measure_latency, recommend_requests
 
     data = load_dataset(config.dataset)
     out_dir = Path(config.out_dir or default_run_dir("bench_cascade", data.name))
@@ -147,24 +145,19 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
                "lambda = 1 is the full cascade itself."]))
 
     # Latency: users of the test part with their train histories, every train item excluded.
-    rng = np.random.default_rng(config.seed)
-    users = np.asarray(sorted(split.test[USER_ID].astype(str).unique()), dtype=object)
-    users = users[np.sort(rng.permutation(len(users))[:config.latency_users])]
-    hist = cascade.histories_for(users).astype(str)
-    seen = split.train.groupby(split.train[USER_ID].astype(str))[ITEM_ID].agg(
-        lambda s: list(dict.fromkeys(s.astype(str))))
-    width = max(len(seen.get(u, [])) for u in users)
-    exclude = [(seen.get(u, []) + [""] * width)[:width] for u in users]
+    users, hist, exclude = recommend_requests(split.train, split.test, cascade.histories_for,
+                                              config.latency_users, config.seed)
+    width = len(exclude[0])
     latency_rows = []
     for key, facts in metrics["exports"].items():
-        lat = measure_latency(Path(facts["path"]), list(users), hist.tolist(), exclude)
+        lat = measure_latency(Path(facts["path"]), users, hist, exclude)
         latency_rows.append({"model": key.replace("cascade_", "recommender "), "kind": "project",
                              "metrics": round_metrics({k: lat[k] for k in (
                                  "latency_p50_ms", "latency_p99_ms")}),
                              "notes": f"{lat['requests']} single-user requests after one "
                                       f"warm-up call ({lat['first_call_ms']:.0f} ms); "
                                       f"load {lat['load_seconds']:.1f} s; history "
-                                      f"{hist.shape[1]} ids, {width} exclusion ids per request"})
+                                      f"{len(hist[0])} ids, {width} exclusion ids per request"})
         print(f"  {key}: p50 {lat['latency_p50_ms']:.1f} ms, p99 {lat['latency_p99_ms']:.1f} ms",
               flush=True)
     if latency_rows:

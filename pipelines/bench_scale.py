@@ -63,10 +63,9 @@ def run_size(config: BenchScaleConfig, size: str) -> Path:
     """One size in this process; returns its results file."""
     import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
     from pipelines import benchmark, run_all
-    from recommenders_tf.data.schema import ITEM_ID, USER_ID
     from recommenders_tf.evaluation.report import round_metrics, write_results
     from recommenders_tf.resources import StageMeter
-    from recommenders_tf.serving.latency import measure_latency
+    from recommenders_tf.serving.latency import measure_latency, recommend_requests
 
     dataset = f"synthetic-{size}"
     out = Path(config.out_dir) / size
@@ -114,16 +113,11 @@ def run_size(config: BenchScaleConfig, size: str) -> Path:
                                      **{k: row["metrics"][k] for k in ("ndcg@10", "recall@10")}},
                          "notes": "fit (validation-tuned) and P1 evaluation"})
 
-    rng = np.random.default_rng(config.seed)
-    users = np.asarray(sorted(split.test[USER_ID].astype(str).unique()), dtype=object)
-    users = users[np.sort(rng.permutation(len(users))[:config.latency_users])]
-    hist = cascade.histories_for(users).astype(str)
-    seen = split.train.groupby(split.train[USER_ID].astype(str))[ITEM_ID].agg(
-        lambda s: list(dict.fromkeys(s.astype(str))))
-    width = max(len(seen.get(u, [])) for u in users)
-    exclude = [(seen.get(u, []) + [""] * width)[:width] for u in users]
+    users, hist, exclude = recommend_requests(split.train, split.test, cascade.histories_for,
+                                              config.latency_users, config.seed)
+    width = len(exclude[0])
     for key, facts in metrics["exports"].items():
-        lat = measure_latency(Path(facts["path"]), list(users), hist.tolist(), exclude)
+        lat = measure_latency(Path(facts["path"]), users, hist, exclude)
         size_mb = sum(f.stat().st_size for f in Path(facts["path"]).rglob("*")
                       if f.is_file()) / 2 ** 20
         rows.append({"model": key.replace("cascade_", "recommender "), "kind": "latency",

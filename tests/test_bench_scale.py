@@ -60,3 +60,21 @@ def test_growth_exponents_plot_and_tables(tmp_path):
 def test_unknown_size_is_refused():
     with pytest.raises(ValueError, match="sizes must be among"):
         bench_scale.main(bench_scale.BenchScaleConfig(sizes=("5m",)))
+
+
+def test_latency_requests_are_seeded_test_users_with_their_train_items_excluded():
+    import numpy as np
+    import pandas as pd
+
+    from recommenders_tf.serving.latency import recommend_requests
+
+    train = pd.DataFrame({"user_id": ["a", "a", "b", "c", "a"], "item_id": [1, 2, 3, 4, 1]})
+    test = pd.DataFrame({"user_id": ["a", "b", "d"], "item_id": [5, 6, 7]})
+    histories = lambda users: np.array([[f"h_{u}"] for u in users], dtype=object)  # noqa: E731
+    users, hist, exclude = recommend_requests(train, test, histories, users=10, seed=0)
+    assert users == ["a", "b", "d"]  # every test user when the sample is larger, sorted
+    assert hist == [["h_a"], ["h_b"], ["h_d"]]
+    assert exclude == [["1", "2"], ["3", ""], ["", ""]]  # train items, repeats once, "" padded
+    two = recommend_requests(train, test, histories, users=2, seed=0)[0]
+    assert len(two) == 2 and set(two) <= {"a", "b", "d"}
+    assert two == recommend_requests(train, test, histories, users=2, seed=0)[0]

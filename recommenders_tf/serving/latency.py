@@ -11,9 +11,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Tuple
 
-from recommenders_tf.serving.contract import METADATA_FILE, WITH_EXCLUSIONS
+import numpy as np
+import pandas as pd
+
+from recommenders_tf.data.schema import ITEM_ID, USER_ID
+from recommenders_tf.serving.contract import METADATA_FILE, PAD, WITH_EXCLUSIONS
 
 _LATENCY_SCRIPT = textwrap.dedent("""
     import json, sys, time
@@ -60,3 +64,19 @@ def measure_latency(path: Path, users: List[str], histories: List[List[str]],
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+
+
+def recommend_requests(train: pd.DataFrame, test: pd.DataFrame,
+                       histories_for: Callable[[np.ndarray], np.ndarray], users: int, seed: int
+                       ) -> Tuple[List[str], List[List[str]], List[List[str]]]:
+    """The requests `pipelines.recommend` sends for a seeded sample of `users` test users:
+    (user ids, their histories from `histories_for`, every train item of theirs excluded,
+    padded to one width)."""
+    rng = np.random.default_rng(seed)
+    ids = np.asarray(sorted(test[USER_ID].astype(str).unique()), dtype=object)
+    ids = ids[np.sort(rng.permutation(len(ids))[:users])]
+    seen = train.groupby(train[USER_ID].astype(str))[ITEM_ID].agg(
+        lambda s: list(dict.fromkeys(s.astype(str))))
+    width = max(len(seen.get(u, [])) for u in ids)
+    exclude = [(seen.get(u, []) + [PAD] * width)[:width] for u in ids]
+    return list(ids), histories_for(ids).astype(str).tolist(), exclude
