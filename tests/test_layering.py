@@ -2,7 +2,8 @@
 
 Layers, bottom to top (a module may import its own layer and any layer below it):
 
-    base        recommenders_tf itself, config, compat, runs, resources: utilities every layer
+    base        recommenders_tf itself, config, compat, runs, resources, savedmodel: utilities
+                every layer
                 uses;
                 serving.contract, the names and constants exports and clients agree on
     data        loading, schema, splits
@@ -35,7 +36,8 @@ RANKS = {
 # Modules whose layer is not the name of the subpackage they sit in.
 MODULE_LAYERS = {
     PACKAGE: "base", f"{PACKAGE}.config": "base", f"{PACKAGE}.compat": "base",
-    f"{PACKAGE}.runs": "base", f"{PACKAGE}.resources": "base", f"{PACKAGE}.cli": "cli",
+    f"{PACKAGE}.runs": "base", f"{PACKAGE}.resources": "base",
+    f"{PACKAGE}.savedmodel": "base", f"{PACKAGE}.cli": "cli",
     # Only names and constants (it imports nothing of the package), read by data, features and
     # index for the padding id and the query inputs, so it is base wherever its file sits.
     f"{PACKAGE}.serving.contract": "base",

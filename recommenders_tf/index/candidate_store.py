@@ -32,6 +32,7 @@ import numpy as np
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
+from recommenders_tf import savedmodel
 from recommenders_tf.index.scann_index import (
     check_embeddings,
     check_unique_ids,
@@ -205,8 +206,8 @@ def save_tower(tower: Any, path: str | os.PathLike,
     load it back (`load_tower` uses plain `tf.saved_model.load`)."""
     path = Path(path)
     module = _TowerModule(tower, feature_spec)
-    tf.saved_model.save(module, str(path),
-                        signatures={SERVING_DEFAULT: module.embed.get_concrete_function()})
+    savedmodel.save(module, str(path),
+                    signatures={SERVING_DEFAULT: module.embed.get_concrete_function()})
     return path
 
 

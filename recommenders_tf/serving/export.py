@@ -64,6 +64,7 @@ import numpy as np
 import recommenders_tf
 import tensorflow as tf
 
+from recommenders_tf import savedmodel
 from recommenders_tf.features.id_lists import compact_right
 from recommenders_tf.features.vocab import Vocabulary
 from recommenders_tf.index.candidate_store import QUERY_FEATURE_SPEC
@@ -433,7 +434,7 @@ def save_export(module: tf.Module, signatures: Mapping[str, Any],
     assets_source = model_dir / (tmp.name + "-assets")
     try:
         metadata["assets"] = attach_vocabulary_assets(module, assets_source, extra_vocabularies)
-        tf.saved_model.save(module, str(tmp), signatures=dict(signatures), options=options)
+        savedmodel.save(module, str(tmp), signatures=signatures, options=options)
         summaries = check_signatures(tmp)
         lost = sorted(set(signatures) - set(summaries))
         if lost:
