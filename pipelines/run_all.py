@@ -69,6 +69,9 @@ class RunAllConfig:
       retune_targets: tuning targets tried in turn while the held-out recall falls short;
         empty: the target, halfway to 1, then 1.
       diversity_lambdas: lambda grid of the MMR / DPP trade-off curves.
+      max_eval_users: test users the P1 metrics and curves are computed on, a seeded sample
+        once there are more (0: all); the run records the sample size. Running the cascade
+        scores the whole catalogue per user, so this caps the evaluation's users x catalogue.
       seed: split seed.
       strategy: tf.distribute strategy of the cascade's retrieval training: "default",
         "mirrored" (every local GPU) or "multi_worker" (the machines of TF_CONFIG); ranking
@@ -89,6 +92,7 @@ class RunAllConfig:
     retune_targets: Tuple[float, ...] = ()
     diversity_lambdas: Tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6,
                                             0.5)
+    max_eval_users: int = 20000
     seed: int = 0
     strategy: str = "default"
 
@@ -99,6 +103,9 @@ class RunAllConfig:
         bad = sorted(set(self.exports) - set(EXPORT_KINDS))
         if bad:
             raise ValueError(f"exports must be a subset of {EXPORT_KINDS}, got {bad}")
+        if not isinstance(self.max_eval_users, int) or self.max_eval_users < 0:
+            raise ValueError(f"max_eval_users must be 0 (all) or a positive integer, got "
+                             f"{self.max_eval_users!r}")
         for lam in self.diversity_lambdas:
             if not 0.0 <= float(lam) <= 1.0:
                 raise ValueError(f"diversity_lambdas must be in [0, 1], got {lam}")
@@ -264,7 +271,7 @@ def _run(config: RunAllConfig, strategy, data, run_dir: Path, out: Path, export_
     chief, temporary folders on the other workers."""
     from recommenders_tf.cascade.evaluate import diversity_curve, stage_metrics
     from recommenders_tf.cascade.fit import fit_cascade
-    from recommenders_tf.data import temporal_split
+    from recommenders_tf.data import sample_users, temporal_split
     from recommenders_tf.data.schema import USER_ID
     from recommenders_tf.evaluation.protocol import TopKEvaluator, genre_features
     from recommenders_tf.config import dataset_retrieval_overrides
@@ -295,13 +302,16 @@ def _run(config: RunAllConfig, strategy, data, run_dir: Path, out: Path, export_
     features = genre_features(data.items) if data.items is not None and "genres" in \
         data.items.columns else None
     with meter.stage("evaluation") as row:
-        evaluator = TopKEvaluator(split.train, split.test, ks=(10, 50),
-                                  item_features=features)
+        test_users = split.test[USER_ID].astype(str)
+        eval_users, eval_sample = sample_users(test_users, config.max_eval_users, config.seed)
+        test = split.test[test_users.isin(eval_users).to_numpy()]
+        evaluator = TopKEvaluator(split.train, test, ks=(10, 50), item_features=features)
         start = time.perf_counter()
         stages = cascade.run(evaluator.user_ids)
         run_seconds = time.perf_counter() - start
         rows = stage_metrics(stages, evaluator)
         row["users"] = len(evaluator.user_ids)
+        row["users_of"] = eval_sample["of"]
     curves = {}
     if cascade.diversity_vectors is not None:
         with meter.stage("diversity curves", lambdas=len(config.diversity_lambdas)):
@@ -309,7 +319,7 @@ def _run(config: RunAllConfig, strategy, data, run_dir: Path, out: Path, export_
                 curves[method] = diversity_curve(cascade, stages, evaluator, method,
                                                  config.diversity_lambdas)
     tradeoffs = {m: best_tradeoff(c, rows["final"]) for m, c in curves.items()}
-    plots = _plots(out, stages, split.test, curves, rows) if curves else {}
+    plots = _plots(out, stages, test, curves, rows) if curves else {}
 
     # Every worker exports (the others into a folder they drop): saving reads the retrieval
     # towers' variables, which may be an all-reduce that needs all of them.
@@ -338,10 +348,15 @@ def _run(config: RunAllConfig, strategy, data, run_dir: Path, out: Path, export_
                             "workers": num_workers(strategy),
                             "replicas": int(strategy.num_replicas_in_sync)},
                "evaluate_seconds": round(run_seconds, 2),
+               "evaluation_users": eval_sample,
                "seconds": round(time.perf_counter() - t0, 1),
                # Wall time and peak resident memory of each stage, in run order.
                "cost": meter.rows}
     summary = summary_lines(data.name, rows, tradeoffs, exports, cascade.report)
+    if eval_sample["sampled"] < eval_sample["of"]:
+        summary.append(f"- P1 metrics on a sample of {eval_sample['sampled']} of "
+                       f"{eval_sample['of']} test users (seed {eval_sample['seed']}; "
+                       f"max_eval_users)")
     summary.append(f"- strategy {config.strategy}: {STRATEGY_SCOPE} (ranking and re-ranking "
                    f"on the default strategy); {metrics['training']['workers']} worker(s)")
     summary.append("- seconds per stage: " + ", ".join(
@@ -418,6 +433,12 @@ def summary_lines(dataset: str, rows, tradeoffs, exports, report) -> List[str]:
     lines.append(f"- fit {report.get('fit_seconds')} s; re-ranker held-out NDCG@10 "
                  f"{report.get('reranking', {}).get('held_out_ndcg_10')} vs ranker order "
                  f"{report.get('reranking', {}).get('held_out_ndcg_10_ranker_order')}")
+    # Samples that bound a stage's cost are stated wherever its figures are.
+    for what, sample in (("ranker lists", report.get("ranking_lists", {}).get("users_sample")),
+                         ("re-ranker (cross-fitted) lists", report.get("rerank_lists_sample"))):
+        if sample and sample["sampled"] < sample["of"]:
+            lines.append(f"- {what} from a sample of {sample['sampled']} of {sample['of']} "
+                         f"(seed {sample['seed']})")
     return lines
 
 

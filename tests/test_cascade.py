@@ -39,7 +39,9 @@ TINY = CascadeConfig(
                           learning_rate=0.01, batch_size=16, epochs=6, patience=2, verbose=0),
     reranker=RerankerConfig(num_layers=1, model_dim=8, ff_dim=16, max_list_size=20,
                             epochs=3, patience=1, verbose=0),
-    neighbors=10, cross_fit_folds=2)
+    # Both caps bind on synthetic-tiny's 108 validation users, so the fixture's fit runs the
+    # sampled path that bounds these stages at scale.
+    neighbors=10, cross_fit_folds=2, max_ranker_users=90, max_rerank_lists=60)
 
 
 def _topic_text(data):
@@ -97,6 +99,25 @@ def test_cascade_learns_beyond_popularity(fitted):
     report = cascade.report
     assert report["ranking_fits"]["ranking"]["lists"] > 0
     assert report["reranking"]["lists"] > 0
+
+
+def test_ranker_and_cross_fitting_lists_are_seeded_samples_that_are_reported(fitted):
+    _, split, cascade, _, _, _ = fitted
+    report = cascade.report
+    users = report["ranking_lists"]["users_sample"]
+    assert users == {"sampled": 90, "of": 108, "seed": 0}
+    assert report["ranking_lists"]["users"] == 90
+    crossed = report["rerank_lists_sample"]
+    fits = report["ranking_fits"]
+    served = fits["ranking"]["lists"] + fits["ranking"]["held_out"]
+    # the serving ranker sees every sampled user's list with a positive, the cross-fitting a
+    # sample of those lists: each fold ranker trains on the other fold's share of it
+    assert crossed["of"] == served and crossed["sampled"] == 60 < served
+    assert sum(fits[f"ranking_fold{f}"]["lists"] + fits[f"ranking_fold{f}"]["held_out"]
+               for f in range(2)) == 60
+    # the re-ranker learns from the 60 cross-fitted lists' out-of-fold scores
+    assert report["reranking"]["lists"] + report["reranking"]["held_out"] == 60
+    assert sum(len(p["mask"]) for p in cascade.rerank_training) == 60
 
 
 def test_mmr_raises_diversity_monotonically_at_the_extremes(fitted):

@@ -9,7 +9,7 @@ import pytest
 
 from recommenders_tf.data import schema
 from recommenders_tf.data.splits import (BUCKETS, Split, canonical_csv, cold_item_split,
-                                         frame_sha256, random_split, rating_split,
+                                         frame_sha256, random_split, rating_split, sample_users,
                                          sparsity_buckets, split_for_protocol, temporal_split,
                                          validation_split)
 
@@ -178,3 +178,18 @@ def test_temporal_split_handles_a_million_rows_in_seconds():
     elapsed = time.perf_counter() - start
     assert len(split.train) + len(split.test) == n
     assert elapsed < 15, f"P1 split of 1M rows took {elapsed:.1f}s"
+
+
+def test_sample_users_is_seeded_capped_ordered_and_reported():
+    users = [f"u{i}" for i in range(50)] * 2  # repeated ids count once
+    kept, info = sample_users(users, 10, seed=3)
+    assert info == {"sampled": 10, "of": 50, "seed": 3}
+    assert len(set(kept)) == 10 and set(kept) <= set(users)
+    # first-seen order of the input, and the same sample for the same seed
+    assert list(kept) == sorted(kept, key=lambda u: int(u[1:]))
+    assert list(sample_users(users, 10, seed=3)[0]) == list(kept)
+    assert list(sample_users(users, 10, seed=4)[0]) != list(kept)
+    # no cap, or a cap the data does not reach: everyone, unsampled
+    for cap in (0, 50, 80):
+        everyone, info = sample_users(users, cap, seed=3)
+        assert list(everyone) == users[:50] and info["sampled"] == info["of"] == 50

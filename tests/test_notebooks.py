@@ -129,5 +129,10 @@ def test_end_to_end_notebook_runs_on_tiny_data(tmp_path, monkeypatch):
                         "ranker training", "re-ranker training", "evaluation",
                         "diversity curves", "export"], measured
     assert all(row["seconds"] > 0 and row["peak_rss_mb"] > 100 for row in metrics["cost"])
+    # The notebook caps the evaluation at 100 of synthetic-tiny's 119 test users: the metrics
+    # and the stage lists cover that seeded sample, and the summary says so.
+    assert metrics["evaluation_users"] == {"sampled": 100, "of": 119, "seed": 0}
+    assert next(r for r in metrics["cost"] if r["stage"] == "evaluation")["users"] == 100
+    assert "P1 metrics on a sample of 100 of 119 test users" in printed
     assert not list(END_TO_END.parent.glob("runs")), "the notebook wrote into the repository"
 

@@ -48,6 +48,13 @@ class CascadeConfig:
         to correct rankers weaker than the one that serves (synthetic: held-out +9% over the
         ranker order, test -1%), with 5 the gap narrowed.
       held_out_share: share of each stage's lists held out for early stopping.
+      max_ranker_users: validation users whose retrieval lists train the ranker, a seeded
+        sample once there are more (0: all). Retrieving, scoring and training on these lists
+        costs users x (catalogue + list length); the cap keeps that constant as the data grows.
+      max_rerank_lists: ranker lists that are cross-fitted for the re-ranker, a seeded sample
+        of the ranker's lists once there are more (0: all). The `cross_fit_folds` fold rankers
+        train on this sample (each without its fold), so cross-fitting costs folds x this cap;
+        the serving ranker still trains on all `max_ranker_users` lists.
       diversity: "none", "mmr" or "dpp", applied to the re-ranked list before the rules.
       diversity_lambda: relevance weight of MMR/DPP (1 = pure relevance).
       rules: business rules applied last (seen items, duplicates, per-category caps).
@@ -68,6 +75,8 @@ class CascadeConfig:
     rerank_user: str = "none"
     cross_fit_folds: int = 5
     held_out_share: float = 0.1
+    max_ranker_users: int = 20000
+    max_rerank_lists: int = 10000
     diversity: str = "none"
     diversity_lambda: float = 1.0
     rules: BusinessRules = dataclasses.field(default_factory=BusinessRules)
@@ -89,6 +98,11 @@ class CascadeConfig:
         if not 0.0 < self.held_out_share < 0.5:
             raise ValueError(f"CascadeConfig.held_out_share must be in (0, 0.5), got "
                              f"{self.held_out_share!r}")
+        for name in ("max_ranker_users", "max_rerank_lists"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0 or 0 < value < self.cross_fit_folds:
+                raise ValueError(f"CascadeConfig.{name} must be 0 (no cap) or an integer >= "
+                                 f"cross_fit_folds ({self.cross_fit_folds}), got {value!r}")
         if not 0.0 < self.trend_share <= 1.0:
             raise ValueError(f"CascadeConfig.trend_share must be in (0, 1], got "
                              f"{self.trend_share!r}")

@@ -50,7 +50,7 @@ from recommenders_tf.cascade.stages import (Cascade, StageLists, excluded_items,
                                             item_counts, run_batched)
 from recommenders_tf.data.datasets import PAD
 from recommenders_tf.data.schema import GENRES, ITEM_ID, USER_ID
-from recommenders_tf.data.splits import frame_sha256, validation_split
+from recommenders_tf.data.splits import frame_sha256, sample_users, validation_split
 from recommenders_tf.evaluation.protocol import TopKEvaluator
 from recommenders_tf.features.item_vectors import ItemVectors
 from recommenders_tf.models.candidate_features import (RETRIEVAL_SCORE, CandidateContext,
@@ -132,7 +132,8 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
                            "seconds": round(time.perf_counter() - start, 2),
                            "examples_per_second": retrieval.examples_per_second}
 
-    vusers = np.unique(val.test[USER_ID].astype(str).to_numpy()).astype(object)
+    all_vusers = np.unique(val.test[USER_ID].astype(str).to_numpy()).astype(object)
+    vusers, sampled = sample_users(all_vusers, cfg.max_ranker_users, cfg.seed)
     # The lists the ranker and the re-ranker learn from come from the cascade's own graph
     # (with the early retrieval model and each fold's ranker): trained on what it serves.
     early_index = build_index("bruteforce", None, catalog, early.candidate_embeddings(catalog),
@@ -157,7 +158,7 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
     lists = scoring_lists(vusers, cids, val.train, cfg.ranking.history_len, relevant=val.test)
     lists = lists.with_extra(**{RETRIEVAL_SCORE: cscores})
     positives = (lists.label > 0).sum(1)
-    report["ranking_lists"] = {"users": int(len(vusers)),
+    report["ranking_lists"] = {"users": int(len(vusers)), "users_sample": sampled,
                                "with_positive_in_candidates": int((positives > 0).sum()),
                                "candidate_recall": float(positives.sum() / max(
                                    val.test.drop_duplicates([USER_ID, ITEM_ID]).shape[0], 1))}
@@ -190,19 +191,27 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
             "examples_per_second": result.examples_per_second}
         return model
 
+    # Cross-fitting runs on a sample of the lists: its cost is folds x lists, the serving
+    # ranker's only lists.
+    crossed_users, crossed = sample_users(lists.user_id, cfg.max_rerank_lists, cfg.seed + 1)
+    crossed_lists = lists.subset(np.flatnonzero(np.isin(lists.user_id, crossed_users)))
+    report["rerank_lists_sample"] = crossed
     log(f"[cascade] 2/3 ranking: {cfg.ranking.loss} over the top {cfg.retrieval_k}, "
-        f"{len(lists)} lists, {cfg.cross_fit_folds}-fold cross-fitting for the re-ranker")
+        f"{len(lists)} lists ({sampled['sampled']} of {sampled['of']} validation users), "
+        f"{cfg.cross_fit_folds}-fold cross-fitting over {len(crossed_lists)} of them for the "
+        f"re-ranker")
     start = time.perf_counter()
-    folds = _user_folds(lists.user_id, cfg.cross_fit_folds, cfg.seed)
+    folds = _user_folds(crossed_lists.user_id, cfg.cross_fit_folds, cfg.seed)
     row_of = {u: r for r, u in enumerate(vusers)}
     oof: List[Dict[str, np.ndarray]] = []
     with maybe_stage(meter, "ranker training", lists=len(lists),
-                     fits=cfg.cross_fit_folds + 1):
+                     cross_fitted_lists=len(crossed_lists), fits=cfg.cross_fit_folds + 1):
         for f in range(cfg.cross_fit_folds):
-            model = fit_ranker(lists.subset(np.flatnonzero(folds != f)), f"ranking_fold{f}")
-            oof.append(out_of_fold_inputs(stage_graph(model),
-                                          lists.subset(np.flatnonzero(folds == f)),
-                                          vhist[[row_of[u] for u in lists.user_id[folds == f]]]))
+            held = folds == f
+            model = fit_ranker(crossed_lists.subset(np.flatnonzero(~held)), f"ranking_fold{f}")
+            oof.append(out_of_fold_inputs(
+                stage_graph(model), crossed_lists.subset(np.flatnonzero(held)),
+                vhist[[row_of[u] for u in crossed_lists.user_id[held]]]))
         ranker = fit_ranker(lists, "ranking")
     report["ranking_seconds"] = round(time.perf_counter() - start, 2)
 

@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -234,6 +234,22 @@ def split_boundaries(interactions: pd.DataFrame, train: pd.DataFrame) -> pd.Seri
     held = held[held > 0].reset_index()
     return (held.groupby(schema.USER_ID)[schema.TIMESTAMP].min().astype("int64")
             .rename("boundary"))
+
+
+def sample_users(users: Iterable[str], max_users: int, seed: int = 0
+                 ) -> Tuple[np.ndarray, Dict[str, int]]:
+    """A seeded sample of at most `max_users` distinct users, in their first-seen order.
+
+    Stages whose cost would grow with users x catalogue (ranker lists, cross-fitting,
+    evaluation) run on such a sample once the data outgrows it; the returned report
+    ({"sampled": n, "of": total, "seed": seed}) goes into the run record so a figure computed
+    on a sample is never mistaken for one over every user. `max_users` <= 0 keeps everyone.
+    """
+    unique = pd.unique(pd.Series(list(users), dtype=object)).astype(object)
+    if max_users <= 0 or len(unique) <= max_users:
+        return unique, {"sampled": int(len(unique)), "of": int(len(unique)), "seed": seed}
+    keep = np.sort(np.random.default_rng(seed).choice(len(unique), max_users, replace=False))
+    return unique[keep], {"sampled": int(max_users), "of": int(len(unique)), "seed": seed}
 
 
 def sparsity_buckets(train: pd.DataFrame, users: Optional[Iterable[str]] = None) -> pd.Series:
