@@ -38,8 +38,7 @@ import numpy as np
 
 from recommenders_tf import cli
 from recommenders_tf.cascade.config import CascadeConfig
-from recommenders_tf.config import ConfigError
-from recommenders_tf.models.distribute import STRATEGIES
+from recommenders_tf.models.distribute import STRATEGIES, SYNCHRONOUS_STRATEGIES, check_strategy
 
 EXPORT_KINDS = ("scann", "bruteforce")
 STRATEGY_SCOPE = "strategy applies to retrieval training"
@@ -97,9 +96,8 @@ class RunAllConfig:
     strategy: str = "default"
 
     def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, "
-                              f"got {self.strategy!r}")
+        # The cascade's fits run on every worker in step; parameter servers are not wired in.
+        check_strategy(self.strategy, SYNCHRONOUS_STRATEGIES, "pipelines.run_all")
         bad = sorted(set(self.exports) - set(EXPORT_KINDS))
         if bad:
             raise ValueError(f"exports must be a subset of {EXPORT_KINDS}, got {bad}")

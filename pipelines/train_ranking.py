@@ -44,10 +44,10 @@ from typing import Any, Dict, Optional
 
 from recommenders_tf import cli
 from recommenders_tf.cascade.ranking_lists import RankingDataConfig, build_training_lists
-from recommenders_tf.config import ConfigError
 from recommenders_tf.data import load_dataset, split_for_protocol
 from recommenders_tf.data.schema import ITEM_ID
-from recommenders_tf.models.distribute import (STRATEGIES, make_strategy, num_workers,
+from recommenders_tf.models.distribute import (STRATEGIES, SYNCHRONOUS_STRATEGIES,
+                                               check_strategy, make_strategy, num_workers,
                                                writable_dir)
 from recommenders_tf.runs import claim_run_dir, record_run
 
@@ -84,9 +84,9 @@ class TrainRankingConfig:
     strategy: str = "default"
 
     def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, "
-                              f"got {self.strategy!r}")
+        # The ranking loop (hard-negative lists, per-epoch ranking validation, export) runs on
+        # every worker in step; it has no coordinator-only path for parameter servers yet.
+        check_strategy(self.strategy, SYNCHRONOUS_STRATEGIES, "pipelines.train_ranking")
         from recommenders_tf.config import from_dict
         from recommenders_tf.models.ranking import RankingConfig
 

@@ -34,6 +34,19 @@ command: they resume from the chief's checkpoints (and, inside an interrupted `f
 `BackupAndRestore` state under `selection/backup` or `final/backup`). `--strategy mirrored`
 uses every local GPU of one machine.
 
+Parameter servers (`--strategy parameter_server`, asynchronous training with
+ParameterServerStrategy, for embedding tables larger than one machine): TF_CONFIG names one
+`chief` (the coordinator), the `worker`s and the `ps` tasks, and every task runs the same
+command with its own TF_CONFIG. A worker or ps task serves the coordinator until it is killed;
+the coordinator trains, evaluates and writes the run folder and the export alone. Variables of
+at least twice `ps_min_shard_bytes` (the user and item embedding tables) are split over the ps
+tasks; `metrics.json` lists them under `training.sharded_variables` with the device of each
+shard. `retrieval.batch_size` is the batch of one step (each step runs on one worker). The
+towers are scored and exported from a copy on the coordinator, so the export is the same as
+one machine's. See `recommenders_tf.models.distribute` for a five-process example on one
+machine; stop the servers once the coordinator has finished, and restart only the coordinator
+(same command) to resume an interrupted run.
+
 Run directory (default `runs/train_retrieval/<dataset name>`):
 
     config.yaml             resolved TrainRetrievalConfig
@@ -84,16 +97,17 @@ from recommenders_tf.evaluation.peers import MostPopular
 from recommenders_tf.evaluation.protocol import TopKEvaluator, genre_features
 from recommenders_tf.features.vocab import save_vocabularies
 from recommenders_tf.index.candidate_store import CandidateStore
-from recommenders_tf.models.distribute import (STRATEGIES, make_strategy, num_workers,
-                                               writable_dir)
+from recommenders_tf.models.distribute import (PS_MIN_SHARD_BYTES, STRATEGIES, check_strategy,
+                                               make_strategy, num_workers, writable_dir)
 from recommenders_tf.models.recommender import (FINAL_DIR, SELECTION_DIR, TwoTowerConfig,
                                                 TwoTowerRecommender)
 from recommenders_tf.runs import claim_run_dir, default_run_dir, record_run
 
 HEADLINE = ("ndcg@10", "recall@10", "recall@50", "hr@10", "mrr@10", "coverage@10")
 # Fields that may change between a run and its resumption without invalidating checkpoints
-# (TensorFlow checkpoints do not depend on the strategy that wrote them).
-_RESUMABLE_FIELDS = {"retrieval.verbose", "strategy"}
+# (TensorFlow checkpoints do not depend on the strategy that wrote them, nor on how a variable
+# was sharded over parameter servers: each shard is saved as a slice of the whole variable).
+_RESUMABLE_FIELDS = {"retrieval.verbose", "strategy", "ps_min_shard_bytes"}
 
 
 @dataclasses.dataclass
@@ -109,8 +123,12 @@ class TrainRetrievalConfig:
       seed: seed of the split and validation slice (the model seed is `retrieval.seed`).
       run_dir: artifact folder; default `runs/train_retrieval/<dataset name>`.
       recall_curve_max_k: the Recall@K curve covers K = 1..this.
-      strategy: "default" (one device), "mirrored" (every local GPU) or "multi_worker"
-        (the machines of TF_CONFIG); see the module docstring.
+      strategy: "default" (one device), "mirrored" (every local GPU), "multi_worker"
+        (the machines of TF_CONFIG) or "parameter_server" (a coordinator, workers and
+        parameter servers of TF_CONFIG); see the module docstring.
+      ps_min_shard_bytes: under "parameter_server", the smallest shard of a variable split
+        over the parameter servers (variables under twice this stay whole; the default is
+        TensorFlow's, 256 KiB).
     """
 
     dataset: str = "ml-100k"
@@ -120,11 +138,13 @@ class TrainRetrievalConfig:
     run_dir: Optional[str] = None
     recall_curve_max_k: int = 100
     strategy: str = "default"
+    ps_min_shard_bytes: int = PS_MIN_SHARD_BYTES
 
     def validate(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, "
-                              f"got {self.strategy!r}")
+        check_strategy(self.strategy, STRATEGIES, "pipelines.train_retrieval")
+        if not isinstance(self.ps_min_shard_bytes, int) or self.ps_min_shard_bytes < 1:
+            raise ConfigError("ps_min_shard_bytes must be a positive integer, got "
+                              f"{self.ps_min_shard_bytes!r}")
         if self.recall_curve_max_k < 1:
             raise ValueError(f"recall_curve_max_k must be >= 1, got {self.recall_curve_max_k}")
         if self.text_vectors is not None and not Path(self.text_vectors).is_dir():
@@ -221,7 +241,8 @@ def main(config: TrainRetrievalConfig) -> Dict[str, Any]:
     """Runs the step; returns the metrics written to metrics.json plus the output paths."""
     config.validate()
     # First: a multi-worker strategy has to configure the runtime before any TensorFlow op.
-    strategy = make_strategy(config.strategy)
+    # Under parameter servers a worker or ps task serves the coordinator here until killed.
+    strategy = make_strategy(config.strategy, min_shard_bytes=config.ps_min_shard_bytes)
     data = load_dataset(config.dataset)
     run_dir = Path(config.run_dir or default_run_dir("train_retrieval", data.name))
     with writable_dir(str(run_dir), strategy) as out:
@@ -297,7 +318,9 @@ def _run(config: TrainRetrievalConfig, strategy: tf.distribute.Strategy, data, r
                      "fit_seconds_this_run": round(recommender.fit_seconds, 2),
                      "examples_per_second": recommender.examples_per_second,
                      "strategy": config.strategy, "workers": num_workers(strategy),
-                     "replicas": int(strategy.num_replicas_in_sync)},
+                     "replicas": int(strategy.num_replicas_in_sync),
+                     **({"sharded_variables": recommender.variable_shards}
+                        if recommender.variable_shards else {})},
         "notes": recommender.notes,
         "split": {part: info["rows"] for part, info in manifest["parts"].items()},
         "validation_split": {"train rows": len(val.train), "validation rows": len(val.test)},
@@ -321,7 +344,8 @@ def parse_args(argv=None) -> TrainRetrievalConfig:
     parser = cli.config_parser(__doc__.splitlines()[0], TrainRetrievalConfig, dataset=True)
     parser.add_argument("--run-dir", help="artifact folder (resumed when it exists)")
     parser.add_argument("--strategy", choices=STRATEGIES,
-                        help="tf.distribute strategy (multi_worker reads TF_CONFIG)")
+                        help="tf.distribute strategy (multi_worker and parameter_server read "
+                             "TF_CONFIG)")
     return cli.parse_config(TrainRetrievalConfig, parser, argv, fields=("run_dir", "strategy"))
 
 

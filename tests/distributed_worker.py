@@ -16,6 +16,10 @@ Afterwards the worker saves what the test compares in OUT.npz: the final query t
 `main` returned, or the fit's epochs). Each process keeps to one intra-op thread, so two
 workers and a reference run share two cores without starving the collective ops of each other.
 
+With `--strategy parameter_server` the same first form runs every task of a parameter-server
+cluster: the coordinator (`chief`) trains and saves OUT.npz, a `worker` or `ps` task serves it
+inside `main` until it is killed (it writes nothing).
+
 The tests start the workers with `start_worker`: a fork of a server process that has imported
 TensorFlow and the pipelines once (`PRELOAD`) but never started the TensorFlow runtime, so
 every worker begins with a runtime of its own, as a fresh `python` would, without paying the
@@ -24,7 +28,9 @@ import again (several seconds a process). Importing this module has no other sid
 import json
 import os
 import sys
+import threading
 import time
+from typing import Optional
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,9 +158,32 @@ def dispatch(out: str, args) -> None:
                  f"       {sys.argv[0]} OUT.npz --fit WORK_DIR EPOCHS [MARKER]")
 
 
-def forked_worker(out: str, args, tf_config: dict, log_path: str) -> None:
+def _exit_with(owner: int) -> None:
+    """Ends this process once process `owner` (the test that started it) is gone, from a
+    daemon thread.
+
+    A parameter-server task serves until it is killed, so a test killed before its cleanup
+    would leave it running; the fork server does not end it either (every fork holds the
+    pipe whose closing would stop the server).
+    """
+    def watch():
+        while True:
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            time.sleep(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-owner").start()
+
+
+def forked_worker(out: str, args, tf_config: dict, log_path: str,
+                  owner: Optional[int] = None) -> None:
     """A worker in a fork of the preloading server: `dispatch` with this TF_CONFIG, both
-    output streams (Python's and TensorFlow's C++ logs) in `log_path`."""
+    output streams (Python's and TensorFlow's C++ logs) in `log_path`; it ends with process
+    `owner` when one is given."""
+    if owner is not None:
+        _exit_with(owner)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -173,7 +202,7 @@ def forked_worker(out: str, args, tf_config: dict, log_path: str) -> None:
 
 def start_worker(out, args, tf_config: dict, log_path):
     """Starts `forked_worker` as a fork of the preloading server (started on first use);
-    returns its `multiprocessing` Process."""
+    returns its `multiprocessing` Process, which ends by itself if this process dies."""
     import multiprocessing
 
     context = multiprocessing.get_context("forkserver")
@@ -181,7 +210,7 @@ def start_worker(out, args, tf_config: dict, log_path):
     context.set_forkserver_preload(PRELOAD)
     process = context.Process(target=forked_worker, name=f"worker:{log_path}",
                               args=(str(out), [str(a) for a in args], tf_config,
-                                    str(log_path)))
+                                    str(log_path), os.getpid()))
     process.start()
     return process
 

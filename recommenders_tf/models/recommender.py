@@ -72,7 +72,8 @@ from recommenders_tf.data.schema import GENRES, ITEM_ID, TIMESTAMP, USER_ID, che
 from recommenders_tf.features.item_vectors import ItemVectors
 from recommenders_tf.features.retrieval_inputs import ItemFeatureTable, retrieval_dataset
 from recommenders_tf.features.vocab import Vocabulary, build_vocabularies
-from recommenders_tf.models.distribute import is_chief
+from recommenders_tf.models.distribute import (copy_variables, is_chief, uses_parameter_servers,
+                                               variable_shards)
 from recommenders_tf.models.retrieval import RetrievalConfig, build_retrieval_model
 from recommenders_tf.models.towers import title_tokens
 from recommenders_tf.models.training import FitResult, ValidationMetrics, fit_model
@@ -227,7 +228,8 @@ class TwoTowerRecommender:
         chief writes into it, all of them resume from it.
       score_batch_size: users / items per tower call when scoring.
       strategy: tf.distribute strategy the models are built and trained under (default: the
-        current one); `batch_size` is then the global batch over all replicas.
+        current one); `batch_size` is then the global batch over all replicas (under a
+        ParameterServerStrategy, whose steps are asynchronous, the batch of each step).
       validation_evaluator: builds the evaluator of `fit`'s epoch choice, called as
         `validation_evaluator(train, validation, ks=(10, 50), candidate_items=...)` and
         returning an object with `item_ids` and `evaluate(score_fn).metrics` (e.g.
@@ -235,7 +237,11 @@ class TwoTowerRecommender:
         validation.
 
     Attributes (after fit):
-      query_tower, candidate_tower, model: the final trained parts.
+      query_tower, candidate_tower, model: the final trained parts (under a
+        ParameterServerStrategy, a copy on this machine of the model trained there).
+      variable_shards: under a ParameterServerStrategy, {variable name: device of each shard}
+        of the final model's variables split over the parameter servers (the embedding
+        tables); {} otherwise.
       vocabularies: {"user_id", "item_id"[, "genre"][, "title_token"]} -> Vocabulary of the
         final model's training data.
       best_epoch: epochs chosen on validation (None without validation).
@@ -290,6 +296,7 @@ class TwoTowerRecommender:
         self.epochs_this_session = {SELECTION_DIR: 0, FINAL_DIR: 0}
         self._fitted: Optional[_Fitted] = None
         self._candidate_cache = None
+        self.variable_shards: Dict[str, List[str]] = {}
 
     @classmethod
     def for_dataset(cls, data, item_ids: Optional[Iterable[str]] = None, seed: int = 0,
@@ -468,13 +475,14 @@ class TwoTowerRecommender:
         self.item_features.check_covers(train_items, "train")
         return vocabs
 
-    def _build(self, vocabs: Dict[str, Vocabulary]):
+    def _build(self, vocabs: Dict[str, Vocabulary],
+               strategy: Optional[tf.distribute.Strategy] = None):
         def tokens_or_none(name):
             # An empty vocabulary (no item has a genre) means the branch has nothing to learn.
             return vocabs[name].tokens if name in vocabs and len(vocabs[name]) else None
 
         tv = self.item_features.text_vectors
-        with self.strategy.scope():
+        with (strategy or self.strategy).scope():
             return build_retrieval_model(
                 self.config, vocabs[USER_ID], vocabs[ITEM_ID], vocabs[ITEM_ID].counts,
                 genre_vocab=tokens_or_none("genre"), title_vocab=tokens_or_none("title_token"),
@@ -581,6 +589,20 @@ class TwoTowerRecommender:
                                      monitor="example_loss")
         result = fit_model(model, train_ds, None, config, str(run_dir), strategy=self.strategy,
                            examples_per_epoch=len(data))
+        if uses_parameter_servers(self.strategy):
+            batch = next(iter(train_ds.take(1)))
+            # A resumed run that trained nothing has not created every variable yet (they take
+            # their checkpointed values as they are created, on the parameter servers).
+            with self.strategy.scope():
+                model(batch, training=False)
+            self.variable_shards = variable_shards(model)
+            # Scored and exported as a copy on the coordinator: a tower traced over sharded
+            # variables does not survive a SavedModel round trip (see `copy_variables`), and
+            # scoring no longer fetches every table from the parameter servers per batch.
+            local = self._build(vocabs, tf.distribute.get_strategy())
+            local(batch, training=False)
+            copy_variables(model, local)
+            model = local
         self._candidate_cache = None
         self.epochs_this_session[FINAL_DIR] = result.epochs_done - result.initial_epoch
         self.epochs_trained = result.epochs_done

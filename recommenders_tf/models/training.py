@@ -17,6 +17,18 @@ private temp folder, see `recommenders_tf.models.distribute`), and a
 `tf.keras.callbacks.BackupAndRestore` under `run_dir/backup` lets a cluster whose workers were
 restarted mid-`fit` continue from the last finished epoch.
 
+Under a `ParameterServerStrategy` only the coordinator calls `fit_model` (the workers and
+parameter servers serve it): it writes `run_dir` itself and resumes from its epoch checkpoints,
+with no BackupAndRestore. Keras then needs an endless input and `steps_per_epoch`: each worker
+reads its own copy of `train_ds`, repeated and in an order of its own (see
+`_parameter_server_input`), and an epoch is one pass of `train_ds` in steps, spread over the
+workers as they become free. Keras does not evaluate `val_ds` there (its inexact evaluation
+fails on a finite validation set, and its exact one refuses models that track metrics of their
+own, as the TFRS models do): validation values come from `metric_callbacks`, which the
+coordinator runs; a `monitor` on a Keras validation value is reported missing. The epoch's
+train metrics are those the last scheduled step returned (Keras warns that it cannot read them
+otherwise), close to the epoch means since the metrics accumulate on the parameter servers.
+
 Epoch selection on anything Keras does not compute itself (e.g. a validation ranking metric):
 a `ValidationMetrics` callback passed as `metric_callbacks` adds the values to the epoch's logs
 before early stopping reads them, so `config.monitor="val_ndcg@10"` with
@@ -25,7 +37,8 @@ are in the history (and resume with it).
 
 Run directory layout:
   checkpoints/        latest epochs (model + optimizer + loop state), best/ (best weights)
-  backup/             multi-worker only: BackupAndRestore state of an unfinished `fit` call
+  backup/             multi-worker only (not under parameter servers): BackupAndRestore state
+                      of an unfinished `fit` call
   tensorboard/        TensorBoard event files
   history.json        per-epoch metrics, including epochs from interrupted sessions
   training_curves.png one panel per metric, train vs validation
@@ -38,15 +51,19 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
 from recommenders_tf.config import write_json
-from recommenders_tf.models.distribute import barrier, num_workers, writable_dir
+from recommenders_tf.models.distribute import (barrier, num_workers, uses_parameter_servers,
+                                               writable_dir)
 
 BACKUP_DIR = "backup"
+# tf.data's ExternalStatePolicy.FAIL: a dataset that reads a resource of the coordinator (a
+# lookup table in a map) cannot be rebuilt on a worker, and must say so.
+_FAIL_ON_EXTERNAL_STATE = 2
 
 _OPTIMIZERS = {
     "adam": tf.keras.optimizers.Adam,
@@ -310,6 +327,48 @@ def plot_history(history: Dict[str, List[float]], path: str) -> str:
     return path
 
 
+def _parameter_server_input(dataset: tf.data.Dataset, verbose: int
+                            ) -> Tuple[tf.keras.utils.experimental.DatasetCreator, Dict[str, int]]:
+    """(`fit` input, `fit` options) that train on `dataset` under a ParameterServerStrategy.
+
+    There each worker iterates a copy of the input of its own and the coordinator sends steps
+    to whichever worker is free, so the input repeats forever and `steps_per_epoch` (one pass
+    of `dataset` in batches, as on one machine) marks the epochs. The copies are rebuilt on
+    the workers from the dataset's serialized graph: the coordinator's dataset lives in its own
+    runtime, which the workers cannot read. Each worker's shuffle holds one pass of batches,
+    the size of the in-memory inputs here (a file-based input would shuffle its files instead).
+    """
+    steps = int(dataset.cardinality())
+    if steps < 0:  # unknown (a filter) or infinite: count one pass
+        steps = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+    if steps < 1:
+        raise ValueError("fit_model: the training dataset is empty")
+    spec = dataset.element_spec
+    graph = tf.raw_ops.DatasetToGraphV2(
+        input_dataset=tf.data.experimental.to_variant(dataset),
+        external_state_policy=_FAIL_ON_EXTERNAL_STATE, strip_device_assignment=True)
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        rebuilt = tf.data.experimental.from_variant(
+            tf.raw_ops.DatasetFromGraph(graph_def=graph), spec)
+        # A no-op under ParameterServerStrategy (one input pipeline per worker), which is why
+        # the copies are desynchronised below; kept so a sharding context is never ignored.
+        rebuilt = rebuilt.shard(context.num_input_pipelines, context.input_pipeline_id)
+        # The coordinator traces this function once and every worker runs that trace. The
+        # models set a global seed, which fixes the seed of an "unseeded" shuffle in the trace,
+        # so every worker would read the batches in the same order and, with two workers,
+        # train each batch twice per epoch and half of them not at all. Without a seed in the
+        # traced graph the shuffle draws fresh seeds on each worker (set_seed here changes only
+        # the graph being traced, never the process' global seed).
+        if not tf.executing_eagerly():
+            tf.random.set_seed(None)
+        return rebuilt.repeat().shuffle(steps)
+
+    return (tf.keras.utils.experimental.DatasetCreator(dataset_fn),
+            # verbose=1 (a progress bar) is refused under parameter servers; 2 is one line.
+            {"steps_per_epoch": steps, "verbose": 2 if verbose == 1 else verbose})
+
+
 def fit_model(model: tf.keras.Model, train_ds: tf.data.Dataset,
               val_ds: Optional[tf.data.Dataset], config: TrainingConfig, run_dir: str,
               strategy: Optional[tf.distribute.Strategy] = None,
@@ -348,6 +407,7 @@ def _fit(model, train_ds, val_ds, config: TrainingConfig, run_dir: str, out: str
     folder on the chief, a private temp folder on the other workers)."""
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     history_path = os.path.join(out, "history.json")
+    parameter_servers = uses_parameter_servers(strategy)
     with strategy.scope():
         if getattr(model, "optimizer", None) is None:
             model.compile(optimizer=make_optimizer(config))
@@ -382,11 +442,22 @@ def _fit(model, train_ds, val_ds, config: TrainingConfig, run_dir: str, out: str
     keeper = _CheckpointAndEarlyStop(config, state, manager, best_manager, val_ds is not None,
                                      history, history_path)
     timer = _Throughput()
+    fit_input, fit_val, fit_options = train_ds, val_ds, {"verbose": config.verbose}
+    if parameter_servers:
+        fit_input, fit_options = _parameter_server_input(train_ds, config.verbose)
+        # Keras cannot evaluate it there: each worker reads a whole copy of a finite
+        # validation set, the first to run out ends the evaluation with an OutOfRangeError,
+        # and exact evaluation (`pss_evaluation_shards`) refuses models that track metrics of
+        # their own, as the TFRS models do. Validation values come from `metric_callbacks`,
+        # which run on the coordinator.
+        fit_val = None
     # Saved before the keeper's checkpoint at each epoch end, so after a crash between the two
     # the backup (which Keras restores last, in on_train_begin) is never older than the
-    # weights fit_model restored above.
+    # weights fit_model restored above. Under parameter servers only the coordinator runs the
+    # program, the keeper's epoch checkpoints are its backup, and the cluster coordinator
+    # reschedules the steps of a worker that fails.
     backup = []
-    if num_workers(strategy) > 1:
+    if num_workers(strategy) > 1 and not parameter_servers:
         backup = [tf.keras.callbacks.BackupAndRestore(os.path.join(run_dir, BACKUP_DIR))]
         if not model.built:
             # BackupAndRestore restores into existing variables only; a subclassed model
@@ -398,12 +469,12 @@ def _fit(model, train_ds, val_ds, config: TrainingConfig, run_dir: str, out: str
     exhausted = bool(config.patience) and int(state.wait.numpy()) >= config.patience
     if initial_epoch < config.epochs and not exhausted:
         model.fit(
-            train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
-            verbose=config.verbose,
+            fit_input, validation_data=fit_val, epochs=config.epochs, initial_epoch=initial_epoch,
             callbacks=[*backup, timer, *metric_callbacks, keeper,
                        tf.keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"),
                                                       write_graph=False, profile_batch=0),
-                       *callbacks])
+                       *callbacks],
+            **fit_options)
         # The next fit_model on this run_dir restores the chief's newest checkpoint on every
         # worker; none may read it before the chief has finished writing it.
         barrier(strategy)
