@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 
 from recommenders_tf import cli
 from recommenders_tf.data import (items_for_train, load_dataset, split_for_protocol,
@@ -66,6 +67,7 @@ class BenchTextConfig:
       cache_dir: text-vector cache.
       embed_dir: parent of the per-dataset `pipelines.embed_items` outputs.
       results_dir, benchmarks_md, run_dir: outputs.
+      plot_dir: where the P4 per-bucket bar plots go (`p4-<dataset>.png`).
     """
 
     p3_datasets: Tuple[str, ...] = ("synthetic", "ml-100k")
@@ -80,6 +82,7 @@ class BenchTextConfig:
     embed_dir: str = "runs/embed_items"
     results_dir: str = "benchmarks/results"
     benchmarks_md: str = "BENCHMARKS.md"
+    plot_dir: str = "benchmarks"
     run_dir: str = "runs/bench_text"
 
     def validate(self) -> None:
@@ -200,6 +203,35 @@ def run_p4(config: BenchTextConfig, spec: str) -> Dict[str, Any]:
             "notes": [_encoding_note(embed_metrics)]}
 
 
+def plot_buckets(rows: List[Dict[str, Any]], path: Path, dataset: str,
+                 metric: str = "ndcg@10") -> Path:
+    """Grouped bars of `metric` per sparsity bucket (x) and model (one colour each), the
+    P4 rows of `run_p4`; the bucket's user count under its label."""
+    from matplotlib.figure import Figure
+
+    buckets = list(dict.fromkeys(r["bucket"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    value = {(r["model"], r["bucket"]): r["metrics"][metric] for r in rows}
+    users = {r["bucket"]: r["n_users"] for r in rows}
+    fig = Figure(figsize=(max(6.0, 1.4 * len(buckets)), 4))
+    ax = fig.subplots()
+    width = 0.8 / max(len(models), 1)
+    for j, model in enumerate(models):
+        xs = [b + (j - (len(models) - 1) / 2) * width for b in range(len(buckets))]
+        ys = [value.get((model, bucket), np.nan) for bucket in buckets]
+        ax.bar(xs, ys, width=width, label=model)
+    ax.set_xticks(range(len(buckets)))
+    ax.set_xticklabels([f"{b}\n({users[b]} users)" for b in buckets])
+    ax.set_xlabel("train interactions of the test user")
+    ax.set_ylabel(f"{metric} (P4 test)")
+    ax.set_title(f"P4 sparsity buckets: {dataset}")
+    ax.legend(fontsize=8)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.2, top=0.9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path
+
+
 def _encoding_note(m: Dict[str, Any]) -> str:
     first = m.get("first_run")
     text = (f"Item text encoded by {m['model']} ({m['dim']}-d): {m['items']} items; this run "
@@ -239,6 +271,10 @@ def main(config: BenchTextConfig) -> Dict[str, Any]:
             if name in first_runs:
                 out["notes"] = [_encoding_note({**_last_embed(config, name),
                                                 "first_run": first_runs[name]})]
+            if protocol == "P4":
+                plot = plot_buckets(out["rows"], Path(config.plot_dir) / f"p4-{slug(name)}.png",
+                                    name)
+                out["notes"] = [*out["notes"], f"Per-bucket bars: `{plot}`."]
             path = write_results(Path(config.results_dir), protocol=protocol, dataset=name,
                                  seed=config.seed, command=command, rows=out["rows"],
                                  split=out["split"], notes=out["notes"])

@@ -109,8 +109,10 @@ class RunAllConfig:
                 raise ValueError(f"diversity_lambdas must be in [0, 1], got {lam}")
 
 
-def text_vectors_for(dataset: str, out_dir: Path, cache_dir: str, log=print):
-    """The dataset's item text vectors through `pipelines.embed_items` (cached), or None."""
+def text_vectors_for(dataset: str, out_dir: Path, cache_dir: str, log=print, cost=None):
+    """The dataset's item text vectors through `pipelines.embed_items` (cached), or None.
+
+    `cost` (a StageMeter row) receives the texts encoded and their rate through the model."""
     from pipelines import embed_items
     from recommenders_tf.features.item_vectors import ItemVectors
 
@@ -118,8 +120,12 @@ def text_vectors_for(dataset: str, out_dir: Path, cache_dir: str, log=print):
     result = embed_items.main(embed_items.EmbedItemsConfig(
         dataset=dataset, out_dir=str(out_dir), cache_dir=cache_dir, split_protocol="P1",
         progress=False))
-    log(f"[run_all] item text vectors: {result['metrics']['items']} items, "
-        f"{result['metrics']['cache_hits']} from cache")
+    m = result["metrics"]
+    log(f"[run_all] item text vectors: {m['items']} items, {m['cache_hits']} from cache")
+    if cost is not None:
+        cost["encoded"] = int(m["items"] - m["cache_hits"])
+        if m.get("encoded_per_second"):
+            cost["texts_per_second"] = float(m["encoded_per_second"])
     return ItemVectors.load(result["item_vectors"])
 
 
@@ -290,8 +296,9 @@ def _run(config: RunAllConfig, strategy, data, run_dir: Path, out: Path, export_
           f"rows; strategy {config.strategy} ({STRATEGY_SCOPE})", flush=True)
     text = None
     if config.use_text and data.items is not None and "text" in data.items.columns:
-        with meter.stage("text vectors", items=len(data.items)):
-            text = text_vectors_for(config.dataset, out / "embed_items", config.text_cache)
+        with meter.stage("text vectors", items=len(data.items)) as row:
+            text = text_vectors_for(config.dataset, out / "embed_items", config.text_cache,
+                                    cost=row)
     cascade = fit_cascade(split.train, cascade_cfg,
                           _cascade_dir(run_dir, out, cascade_cfg, split.train),
                           items=data.items, users=data.users, text_vectors=text,

@@ -22,7 +22,7 @@ def test_bench_text_writes_p3_and_p4(tmp_path):
         models=("two-tower-text", "dmf-hybrid"), max_epochs=1,
         cache_dir=str(tmp_path / "cache"), embed_dir=str(tmp_path / "embed"),
         results_dir=str(tmp_path / "results"), benchmarks_md=str(tmp_path / "BENCHMARKS.md"),
-        run_dir=str(tmp_path / "runs"))
+        run_dir=str(tmp_path / "runs"), plot_dir=str(tmp_path / "plots"))
     bench_text.main(config)
 
     p3 = json.loads((tmp_path / "results" / "synthetic-tiny-P3.json").read_text())
@@ -46,7 +46,31 @@ def test_bench_text_writes_p3_and_p4(tmp_path):
         assert {"ndcg@10", "recall@10"} == set(rows[0]["metrics"])
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "synthetic-tiny" in md and "two-tower-text" in md and "cache hits" in md
+    plot = tmp_path / "plots" / "p4-synthetic-tiny.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(plot) in md
 
     # The second embedding of the same texts comes entirely from the cache.
     _, metrics = bench_text.item_vectors_for(config, "synthetic-tiny")
     assert metrics["cache_misses"] == 0 and metrics["cache_hits"] == metrics["items"]
+
+
+def test_p4_bucket_plot_draws_one_bar_per_model_and_bucket(tmp_path, monkeypatch):
+    drawn = []
+    from matplotlib.axes import Axes
+
+    original = Axes.bar
+
+    def spy(self, xs, ys, **kwargs):
+        drawn.append((kwargs["label"], list(ys)))
+        return original(self, xs, ys, **kwargs)
+
+    monkeypatch.setattr(Axes, "bar", spy)
+    rows = [{"model": m, "bucket": b, "n_users": n, "metrics": {"ndcg@10": v}}
+            for m, vals in (("text", (0.3, 0.2, 0.25)), ("id", (0.1, 0.2, 0.15)))
+            for (b, n), v in zip((("1-20", 5), ("21-50", 7), ("all", 12)), vals)]
+    rows = [r for r in rows if not (r["model"] == "id" and r["bucket"] == "21-50")]
+    path = bench_text.plot_buckets(rows, tmp_path / "p4.png", "tiny")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert drawn[0] == ("text", [0.3, 0.2, 0.25])
+    # a model without a bucket's row leaves a gap there, never a zero bar
+    assert drawn[1][0] == "id" and drawn[1][1][0] == 0.1 and drawn[1][1][1] != drawn[1][1][1]
