@@ -34,6 +34,14 @@ command: they resume from the chief's checkpoints (and, inside an interrupted `f
 `BackupAndRestore` state under `selection/backup` or `final/backup`). `--strategy mirrored`
 uses every local GPU of one machine.
 
+Input from files (`--set retrieval.input_shards=N`, N >= the number of workers): the
+selection and final fits write their training examples as N TFRecord files under
+`<run-dir>/selection/examples/` and `<run-dir>/final/examples/` (the chief writes, a
+folder already holding the same examples is reused) and train from them; under
+`multi_worker` each worker reads only its own files. `metrics.json` records
+`training.input_shards` and the examples of each file per phase
+(`training.examples_per_shard`). 0 (the default) keeps the in-memory input.
+
 Parameter servers (`--strategy parameter_server`, asynchronous training with
 ParameterServerStrategy, for embedding tables larger than one machine): TF_CONFIG names one
 `chief` (the coordinator), the `worker`s and the `ps` tasks, and every task runs the same
@@ -64,7 +72,9 @@ Run directory (default `runs/train_retrieval/<dataset name>`):
                             embedding_dim, history_len, text vector store path
     selection/ final/       checkpoints, TensorBoard logs, per-phase history.json and curves
                             of the epoch-selection and final fits (`selection/selection.json`
-                            holds validation NDCG/recall per epoch)
+                            holds validation NDCG/recall per epoch; `examples/` the
+                            TFRecord files and manifest.json of the training examples when
+                            `retrieval.input_shards` > 0)
     history.json            {"selection": per-epoch records, "final": Keras history}
     training_curves.png     losses per epoch and validation NDCG@10 / Recall@50 per epoch
     recall_at_k.json/.png   test Recall@K for K = 1..recall_curve_max_k, model and most-popular
@@ -107,7 +117,10 @@ HEADLINE = ("ndcg@10", "recall@10", "recall@50", "hr@10", "mrr@10", "coverage@10
 # Fields that may change between a run and its resumption without invalidating checkpoints
 # (TensorFlow checkpoints do not depend on the strategy that wrote them, nor on how a variable
 # was sharded over parameter servers: each shard is saved as a slice of the whole variable).
-_RESUMABLE_FIELDS = {"retrieval.verbose", "strategy", "ps_min_shard_bytes"}
+# The same holds for `retrieval.input_shards`: it changes where the examples are read from,
+# not what the checkpoints hold.
+_RESUMABLE_FIELDS = {"retrieval.verbose", "strategy", "ps_min_shard_bytes",
+                     "retrieval.input_shards"}
 
 
 @dataclasses.dataclass
@@ -319,6 +332,9 @@ def _run(config: TrainRetrievalConfig, strategy: tf.distribute.Strategy, data, r
                      "examples_per_second": recommender.examples_per_second,
                      "strategy": config.strategy, "workers": num_workers(strategy),
                      "replicas": int(strategy.num_replicas_in_sync),
+                     "input_shards": int(resolved.retrieval.input_shards),
+                     **({"examples_per_shard": dict(recommender.input_shards)}
+                        if recommender.input_shards else {}),
                      **({"sharded_variables": recommender.variable_shards}
                         if recommender.variable_shards else {})},
         "notes": recommender.notes,

@@ -11,6 +11,11 @@ The first two forms pass the flags through the pipeline's own `parse_args` (so
 checkpoints in WORK_DIR); with MARKER it writes `MARKER.<task index>` after the first epoch's
 backup and checkpoint are saved and then waits to be killed.
 
+With `retrieval.input_shards` > 0 the first form also records what this worker's input
+pipeline read from the example files (`results["read"]`: per phase, its input pipeline and
+the examples it parsed as "user_id|item_id|history" strings), so a test can check that each
+worker read only its own files.
+
 Afterwards the worker saves what the test compares in OUT.npz: the final query tower's weights
 (the whole ranking model's with `--ranking`; `weight_<i>` arrays) and a JSON `results` (what
 `main` returned, or the fit's epochs). Each process keeps to one intra-op thread, so two
@@ -63,10 +68,47 @@ class _KeptRecommender(train_retrieval.TwoTowerRecommender):
         return super().fit(*args, **kwargs)
 
 
+_read = {}
+
+
+def _record_reads(read_example_shards):
+    """`read_example_shards` whose per-worker datasets note every example they parse."""
+    def reading(folder, *args, input_context=None, **kwargs):
+        ds = read_example_shards(folder, *args, input_context=input_context, **kwargs)
+        if input_context is None:
+            return ds
+        phase = os.path.basename(os.path.dirname(os.fspath(folder)))
+        entry = _read.setdefault(phase, {"pipeline": input_context.input_pipeline_id,
+                                         "pipelines": input_context.num_input_pipelines,
+                                         "examples": set()})
+
+        def note(users, items, histories):
+            for user, item, history in zip(users.numpy(), items.numpy(), histories.numpy()):
+                entry["examples"].add("|".join(v.decode() for v in (user, item, *history)))
+            return True
+
+        def with_note(batch):
+            done = tf.py_function(note, [batch["user_id"], batch["item_id"],
+                                         batch["history"]], tf.bool)
+            with tf.control_dependencies([done]):
+                return {k: tf.identity(v) for k, v in batch.items()}
+
+        return ds.map(with_note)
+
+    return reading
+
+
 def run(out: str, argv) -> None:
+    from recommenders_tf.models import recommender as recommender_module
+
     config = train_retrieval.parse_args(argv)
     train_retrieval.TwoTowerRecommender = _KeptRecommender
+    recommender_module.read_example_shards = _record_reads(
+        recommender_module.read_example_shards)
     results = train_retrieval.main(config)
+    if _read:
+        results["read"] = {phase: {**entry, "examples": sorted(entry["examples"])}
+                           for phase, entry in _read.items()}
     _save(out, results, _fitted[-1].query_tower.get_weights())
 
 

@@ -177,6 +177,58 @@ def test_two_workers_train_the_same_model_as_one(tmp_path, fork_server):
     assert not [p for p in run_dir.glob("*/backup/**/*") if p.is_file()]
 
 
+def _file_examples(path):
+    """The examples of one TFRecord file as "user_id|item_id|history" strings, parsed here
+    with `tf.train.Example` (independently of `read_example_shards`)."""
+    out = set()
+    for record in tf.data.TFRecordDataset(str(path)):
+        feature = tf.train.Example.FromString(record.numpy()).features.feature
+        values = [feature[name].bytes_list.value for name in ("user_id", "item_id", "history")]
+        out.add("|".join(v.decode() for v in (values[0][0], values[1][0], *values[2])))
+    return out
+
+
+@pytest.mark.slow
+def test_two_workers_read_only_their_own_example_files(tmp_path, fork_server):
+    ports = _free_ports(2)
+    run_dir = tmp_path / "multi"
+    flags = FLAGS + ["--set", "retrieval.input_shards=2", "--strategy", "multi_worker",
+                     "--run-dir", str(run_dir)]
+    procs = {f"worker{i}": _Worker(tmp_path / f"worker{i}.npz", flags,
+                                  {"cluster": _cluster(ports),
+                                   "task": {"type": "worker", "index": i}})
+             for i in range(2)}
+    _finish(procs)
+
+    results = [_load(tmp_path / f"worker{i}.npz") for i in range(2)]
+    (chief, chief_weights), (other, other_weights) = results
+    for mine, theirs in zip(chief_weights, other_weights):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+    assert chief["training"]["input_shards"] == 2
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["training"]["examples_per_shard"] == chief["training"]["examples_per_shard"]
+    assert set(saved["training"]["examples_per_shard"]) == {"selection", "final"}
+
+    for phase, counts in saved["training"]["examples_per_shard"].items():
+        folder = run_dir / phase / "examples"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["examples_per_shard"] == counts
+        files = [_file_examples(folder / entry["name"]) for entry in manifest["files"]]
+        assert [len(f) for f in files] == counts and not files[0] & files[1]
+        for index, (result, _) in enumerate(results):
+            read = result["read"][phase]
+            assert (read["pipeline"], read["pipelines"]) == (index, 2)
+            mine = set(read["examples"])
+            # Everything this worker parsed came from its own file, none from the other's;
+            # over the epochs (a shuffled, repeated stream) it read nearly all of its file.
+            assert mine <= files[index]
+            assert len(mine) >= 0.9 * len(files[index])
+    print(f"P1 NDCG@10, two workers reading two files: {chief['test']['ndcg@10']:.4f} "
+          f"(most-popular {chief['most_popular_test']['ndcg@10']:.4f})")
+    assert chief["test"]["ndcg@10"] > chief["most_popular_test"]["ndcg@10"] + 0.03
+    assert not list(run_dir.rglob("workertemp_*"))
+
+
 def test_strategy_names_and_tf_config(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     default = make_strategy("default")

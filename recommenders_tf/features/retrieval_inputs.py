@@ -3,16 +3,37 @@
 - `ItemFeatureTable`: the candidate tower's raw features of any item id (genres, title, text
   vector), filled with empty values for items it does not know, so a cold item still gets a
   valid feature dict.
+- `example_features`: those examples as arrays (what both of the next two are built from).
 - `retrieval_dataset`: one training example per interaction (query features + the positive
   item's candidate features), batched for `fit_model`.
+- `write_example_shards` / `read_example_shards`: the same examples as N TFRecord files
+  (`tf.train.Example`) and a `tf.data` reader that shards them by FILE over the input
+  pipelines of a `tf.distribute.InputContext`, so each worker of a cluster reads only its own
+  files instead of building every example in memory and keeping a share of each batch.
+
+Shard folder layout (`write_example_shards`):
+  examples-00000-of-00004.tfrecord ...   example i of the rows goes to file i % N
+  manifest.json   {"format", "num_shards", "num_examples", "examples_per_shard",
+                   "feature_spec" {name: {"dtype", "shape"}}, "content_sha256" (of the
+                   examples and the spec), "files" [{"name", "examples", "sha256"}]}
+The manifest is written last, so a folder without one is incomplete. A folder whose manifest
+names other content, another shard count or a file whose bytes changed is rewritten; a
+matching one is reused as is (checking it reads every file once, to hash it).
 
 Example:
   >>> table = ItemFeatureTable(data.items, use_genres=True, use_titles=False)
   >>> ds = retrieval_dataset(train, None, 50, table, batch_size=512, shuffle=True, seed=0)
+  >>> manifest = write_example_shards(train, None, 50, table, "work/examples", num_shards=4)
+  >>> ds = read_example_shards("work/examples", batch_size=512, shuffle=True, seed=0,
+  ...                          input_context=context)   # this pipeline's files only
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -20,6 +41,7 @@ import pandas as pd
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
+from recommenders_tf.config import write_json
 from recommenders_tf.data.datasets import previous_items, shard_by_data
 from recommenders_tf.data.schema import GENRES, ITEM_ID, TITLE, USER_ID, check_frame
 from recommenders_tf.features.item_vectors import ItemVectors
@@ -96,6 +118,26 @@ class ItemFeatureTable:
                              "re-run pipelines.embed_items on this dataset")
 
 
+def example_features(interactions: pd.DataFrame, context: Optional[pd.DataFrame],
+                     history_len: int, item_features: ItemFeatureTable) -> Dict[str, np.ndarray]:
+    """The training examples of `retrieval_dataset` as arrays, one row per interaction.
+
+    Returns:
+      {feature name: array}: `user_id`, the candidate features of `item_features.names`
+      (object strings; `item_text_vector` float32 [N, D]) and, when `history_len` > 0,
+      `history` (object [N, history_len], "" padding) and `history_mask` (bool).
+    """
+    frame = interactions if context is None else pd.concat([context, interactions],
+                                                           ignore_index=True)
+    features = item_features(interactions[ITEM_ID].to_numpy())
+    features[USER_ID] = interactions[USER_ID].astype(str).to_numpy(dtype=object)
+    if history_len > 0:
+        history, mask = previous_items(frame, history_len)
+        features["history"] = history[len(frame) - len(interactions):]
+        features["history_mask"] = mask[len(frame) - len(interactions):]
+    return features
+
+
 def retrieval_dataset(interactions: pd.DataFrame, context: Optional[pd.DataFrame],
                       history_len: int, item_features: ItemFeatureTable, batch_size: int,
                       shuffle: bool, seed: int) -> tf.data.Dataset:
@@ -112,15 +154,230 @@ def retrieval_dataset(interactions: pd.DataFrame, context: Optional[pd.DataFrame
       item_features: the candidate features of the positive items.
       batch_size, shuffle, seed: batching, and a seeded shuffle reshuffled every epoch.
     """
-    frame = interactions if context is None else pd.concat([context, interactions],
-                                                           ignore_index=True)
-    features = item_features(interactions[ITEM_ID].to_numpy())
-    features[USER_ID] = interactions[USER_ID].astype(str).to_numpy(dtype=object)
-    if history_len > 0:
-        history, mask = previous_items(frame, history_len)
-        features["history"] = history[len(frame) - len(interactions):]
-        features["history_mask"] = mask[len(frame) - len(interactions):]
+    features = example_features(interactions, context, history_len, item_features)
     ds = tf.data.Dataset.from_tensor_slices(features)
     if shuffle:
         ds = ds.shuffle(max(1, len(interactions)), seed=seed, reshuffle_each_iteration=True)
     return shard_by_data(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+MANIFEST = "manifest.json"
+SHARD_FORMAT = 1
+_SHARD_NAME = "examples-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def _feature_spec(features: Dict[str, np.ndarray]) -> Dict[str, Dict[str, Any]]:
+    spec = {}
+    for name in sorted(features):
+        values = np.asarray(features[name])
+        if values.dtype == object or values.dtype.kind in "US":
+            dtype = "string"
+        elif values.dtype == bool:
+            dtype = "bool"
+        elif values.dtype.kind in "iu":
+            dtype = "int64"
+        elif values.dtype.kind == "f":
+            dtype = "float32"
+        else:
+            raise TypeError(f"write_example_shards: feature {name!r} has dtype {values.dtype}, "
+                            "which a tf.train.Example cannot hold")
+        spec[name] = {"dtype": dtype, "shape": list(values.shape[1:])}
+    return spec
+
+
+def _content_sha256(features: Dict[str, np.ndarray], spec: Dict[str, Any],
+                    num_shards: int) -> str:
+    digest = hashlib.sha256(json.dumps({"format": SHARD_FORMAT, "num_shards": num_shards,
+                                        "spec": spec}, sort_keys=True).encode())
+    for name in sorted(features):
+        values = np.asarray(features[name])
+        digest.update(name.encode() + b"\0" + str(values.shape).encode())
+        if spec[name]["dtype"] == "string":
+            # Lengths as well as bytes: no choice of separator could tell ["a\0", ""] from
+            # ["a", "\0"] otherwise.
+            encoded = [str(v).encode() for v in values.ravel()]
+            digest.update(np.asarray([len(e) for e in encoded], np.int64).tobytes())
+            digest.update(b"".join(encoded))
+        else:
+            digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _to_example(features: Dict[str, np.ndarray], spec: Dict[str, Any], row: int) -> bytes:
+    out = {}
+    for name, info in spec.items():
+        value = np.asarray(features[name][row]).ravel()
+        if info["dtype"] == "string":
+            out[name] = tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[str(v).encode() for v in value]))
+        elif info["dtype"] == "float32":
+            out[name] = tf.train.Feature(float_list=tf.train.FloatList(value=value.tolist()))
+        else:  # bool and int64 both travel as int64
+            out[name] = tf.train.Feature(int64_list=tf.train.Int64List(
+                value=value.astype(np.int64).tolist()))
+    return tf.train.Example(features=tf.train.Features(feature=out)).SerializeToString()
+
+
+def read_manifest(folder: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+    """The manifest of a shard folder, or None when there is none (or it is unreadable)."""
+    path = Path(folder) / MANIFEST
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _reusable(folder: Path, manifest: Optional[Dict[str, Any]], content: str,
+              num_shards: int) -> bool:
+    if (not manifest or manifest.get("format") != SHARD_FORMAT
+            or manifest.get("content_sha256") != content
+            or manifest.get("num_shards") != num_shards):
+        return False
+    for entry in manifest.get("files", []):
+        path = folder / entry["name"]
+        if not path.is_file() or _file_sha256(path) != entry["sha256"]:
+            return False
+    return len(manifest.get("files", [])) == num_shards
+
+
+def write_example_shards(interactions: pd.DataFrame, context: Optional[pd.DataFrame],
+                         history_len: int, item_features: ItemFeatureTable,
+                         folder: Union[str, os.PathLike], num_shards: int) -> Dict[str, Any]:
+    """Writes the examples `retrieval_dataset` would build as `num_shards` TFRecord files.
+
+    Row i of `interactions` goes to shard i % num_shards, so the shards differ by at most one
+    example. Each file is written under a temporary name and renamed into place, the manifest
+    last; a folder that already holds these examples (same content hash, shard count and file
+    hashes) is reused, any other content in it is replaced.
+
+    Args:
+      interactions, context, history_len, item_features: as for `retrieval_dataset`.
+      folder: the shard folder (created). Under a multi-worker strategy only one process (the
+        chief) may write it, and the others read it once it has finished.
+      num_shards: number of files (>= 1); at least the number of input pipelines (workers)
+        that will read them.
+
+    Returns:
+      The manifest (see the module docstring).
+    """
+    if not isinstance(num_shards, int) or num_shards < 1:
+        raise ValueError(f"write_example_shards: num_shards must be a positive integer, "
+                         f"got {num_shards!r}")
+    folder = Path(folder)
+    features = example_features(interactions, context, history_len, item_features)
+    spec = _feature_spec(features)
+    content = _content_sha256(features, spec, num_shards)
+    manifest = read_manifest(folder)
+    if _reusable(folder, manifest, content, num_shards):
+        return manifest
+    folder.mkdir(parents=True, exist_ok=True)
+    # The manifest goes first: a rewrite interrupted midway must not look complete.
+    (folder / MANIFEST).unlink(missing_ok=True)
+    for old in [*folder.glob("examples-*.tfrecord"), *folder.glob(".examples-*.tmp")]:
+        old.unlink()
+    n = len(interactions)
+    files = []
+    for index in range(num_shards):
+        name = _SHARD_NAME.format(index=index, count=num_shards)
+        tmp = folder / f".{name}.tmp"
+        rows = range(index, n, num_shards)
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for row in rows:
+                writer.write(_to_example(features, spec, row))
+        os.replace(tmp, folder / name)
+        files.append({"name": name, "examples": len(rows),
+                      "sha256": _file_sha256(folder / name)})
+    manifest = {"format": SHARD_FORMAT, "num_shards": num_shards, "num_examples": n,
+                "examples_per_shard": [f["examples"] for f in files], "feature_spec": spec,
+                "content_sha256": content, "files": files}
+    write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def _parse_spec(spec: Dict[str, Any]) -> Dict[str, tf.io.FixedLenFeature]:
+    stored = {"string": tf.string, "float32": tf.float32, "int64": tf.int64, "bool": tf.int64}
+    return {name: tf.io.FixedLenFeature(info["shape"], stored[info["dtype"]])
+            for name, info in spec.items()}
+
+
+def read_example_shards(folder: Union[str, os.PathLike], batch_size: int, shuffle: bool,
+                        seed: int, input_context: Optional[tf.distribute.InputContext] = None,
+                        shuffle_buffer: int = 100_000, repeat: bool = False) -> tf.data.Dataset:
+    """Batches of the examples `write_example_shards` wrote, read file by file.
+
+    With `input_context`, pipeline `input_pipeline_id` of `num_input_pipelines` keeps the
+    files at positions id, id + num_input_pipelines, ... of the manifest's list (the shard is
+    taken on the file names, before anything is read, so the pipelines' examples are
+    disjoint and together are all of them), and `batch_size` is the global batch:
+    each batch has `input_context.get_per_replica_batch_size(batch_size)` examples. Without
+    it, every file is read and batches have `batch_size` examples.
+
+    The features have the dtypes and shapes of `retrieval_dataset`'s (`history_mask` bool).
+
+    Args:
+      folder: a folder written by `write_example_shards`.
+      batch_size: global batch size.
+      shuffle: shuffle the file order and the examples (seeded, reshuffled every epoch).
+      seed: shuffle seed.
+      input_context: the `tf.distribute.InputContext` of
+        `strategy.distribute_datasets_from_function` (or a Keras `DatasetCreator`), or None.
+      shuffle_buffer: most examples the shuffle holds (fewer when this pipeline has fewer):
+        the shuffle is exact up to this size, and a file-interleaved window beyond it.
+      repeat: read the files over and over (a new file order each pass), for training with
+        `steps_per_epoch`; batches then run across the passes' boundaries.
+
+    Raises:
+      ValueError: no manifest in `folder`, or fewer files than input pipelines (some
+        pipeline would read nothing).
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise ValueError(f"read_example_shards: {folder} has no readable {MANIFEST}; write "
+                         "it with write_example_shards")
+    names = [entry["name"] for entry in manifest["files"]]
+    counts = [int(entry["examples"]) for entry in manifest["files"]]
+    pipelines, pipeline = 1, 0
+    if input_context is not None:
+        pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
+    if len(names) < pipelines:
+        raise ValueError(f"read_example_shards: {folder} holds {len(names)} example file(s) "
+                         f"for {pipelines} input pipelines; write at least {pipelines} "
+                         "shards (one per worker) so every worker has files to read")
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    mine = list(range(pipeline, len(names), pipelines))
+    files = tf.data.Dataset.from_tensor_slices([str(folder / name) for name in names])
+    files = files.shard(pipelines, pipeline)
+    if shuffle:
+        files = files.shuffle(len(mine), seed=seed, reshuffle_each_iteration=True)
+    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=len(mine), block_length=1,
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if repeat:
+        ds = ds.repeat()
+    if shuffle:
+        buffer = max(1, min(shuffle_buffer, sum(counts[i] for i in mine)))
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    spec = manifest["feature_spec"]
+    parse = _parse_spec(spec)
+    bools = [name for name, info in spec.items() if info["dtype"] == "bool"]
+
+    def decode(serialized):
+        parsed = tf.io.parse_example(serialized, parse)
+        for name in bools:
+            parsed[name] = tf.cast(parsed[name], tf.bool)
+        return parsed
+
+    # Parsed per batch: one vectorised parse_example instead of one call per example.
+    return ds.batch(batch_size).map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE)

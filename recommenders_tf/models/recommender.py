@@ -33,6 +33,16 @@ product. Users unknown to the model get the OOV user embedding and an empty hist
 always scored by the candidate tower (with content features an unseen item still gets a
 meaningful embedding).
 
+Input from files (`TwoTowerConfig.input_shards` = N > 0): each phase writes its training
+examples as N TFRecord files under `<work_dir>/<phase>/examples/` (`write_example_shards`;
+the chief writes them, a folder holding the same examples is reused) and trains from them
+(`read_example_shards`). Under a multi-worker strategy the input is a Keras `DatasetCreator`,
+so each worker reads only the files of its input pipeline (files w, w + W, ... for worker w
+of W) in per-replica batches, repeated, with `steps_per_epoch` = ceil(examples / batch_size);
+on one machine it reads every file. N must be at least the number of workers. Validation
+examples stay in memory (they are small and read by the chief's callbacks). Not available
+under a ParameterServerStrategy yet (its workers all get input pipeline 0).
+
 Cold items are an option of the candidate tower (`TowerConfig.zero_oov_item_id`, on by default
 here, and `item_id_dropout`): an item id the vocabulary does not know contributes a zero vector
 instead of the untrained OOV-bucket embedding, so a new item is represented by its content
@@ -70,10 +80,12 @@ from recommenders_tf.config import write_json
 from recommenders_tf.data.datasets import PAD, user_history
 from recommenders_tf.data.schema import GENRES, ITEM_ID, TIMESTAMP, USER_ID, check_frame
 from recommenders_tf.features.item_vectors import ItemVectors
-from recommenders_tf.features.retrieval_inputs import ItemFeatureTable, retrieval_dataset
+from recommenders_tf.features.retrieval_inputs import (ItemFeatureTable, read_example_shards,
+                                                       read_manifest, retrieval_dataset,
+                                                       write_example_shards)
 from recommenders_tf.features.vocab import Vocabulary, build_vocabularies
-from recommenders_tf.models.distribute import (copy_variables, is_chief, uses_parameter_servers,
-                                               variable_shards)
+from recommenders_tf.models.distribute import (barrier, copy_variables, is_chief, num_workers,
+                                               uses_parameter_servers, variable_shards)
 from recommenders_tf.models.retrieval import RetrievalConfig, build_retrieval_model
 from recommenders_tf.models.towers import title_tokens
 from recommenders_tf.models.training import FitResult, ValidationMetrics, fit_model
@@ -81,6 +93,7 @@ from recommenders_tf.models.training import FitResult, ValidationMetrics, fit_mo
 SELECTION_DIR = "selection"
 FINAL_DIR = "final"
 SELECTION_FILE = "selection.json"
+EXAMPLES_DIR = "examples"
 # Every selection epoch records all three; `select_metric` says which one chooses.
 SELECT_METRICS = ("ndcg@10", "recall@10", "recall@50")
 EXCLUDE_SEEN = "seen"
@@ -104,6 +117,10 @@ class TwoTowerConfig(RetrievalConfig):
         ignored when item text vectors are given.
       select_metric: validation metric ("ndcg@10", "recall@10" or "recall@50") that the
         epoch selection maximises.
+      input_shards: 0 trains from in-memory examples (each worker of a cluster builds them
+        all and keeps its share of every batch); N > 0 writes them as N TFRecord files per
+        phase and each worker reads only its own files (see the module docstring). N must be
+        at least the number of workers.
     """
 
     embedding_dim: int = 64
@@ -127,9 +144,13 @@ class TwoTowerConfig(RetrievalConfig):
     use_titles: bool = False
     select_metric: str = "ndcg@10"
     zero_oov_item_id: bool = True
+    input_shards: int = 0
 
     def __post_init__(self):
         super().__post_init__()
+        if not isinstance(self.input_shards, int) or self.input_shards < 0:
+            raise ValueError("TwoTowerConfig.input_shards must be an integer >= 0 (0: "
+                             f"in-memory input), got {self.input_shards!r}")
         if self.select_metric not in SELECT_METRICS:
             raise ValueError(f"TwoTowerConfig.select_metric must be one of {SELECT_METRICS}, "
                              f"got {self.select_metric!r}")
@@ -247,6 +268,8 @@ class TwoTowerRecommender:
       best_epoch: epochs chosen on validation (None without validation).
       selection: per-epoch validation metrics of the selection phase.
       phase_results: {"selection", "final"} -> the `FitResult` of each phase that ran.
+      input_shards: {"selection", "final"} -> examples per file of the phase's training
+        input, when `config.input_shards` > 0 ({} otherwise).
       epochs_this_session: {"selection": n, "final": m} epochs trained by the last `fit` call
         (0 and 0 when it found both phases finished in `work_dir`).
       fit_seconds, examples_per_second, notes, epochs_trained.
@@ -297,6 +320,7 @@ class TwoTowerRecommender:
         self._fitted: Optional[_Fitted] = None
         self._candidate_cache = None
         self.variable_shards: Dict[str, List[str]] = {}
+        self.input_shards: Dict[str, List[int]] = {}
 
     @classmethod
     def for_dataset(cls, data, item_ids: Optional[Iterable[str]] = None, seed: int = 0,
@@ -488,15 +512,43 @@ class TwoTowerRecommender:
                 genre_vocab=tokens_or_none("genre"), title_vocab=tokens_or_none("title_token"),
                 text_vector_dim=None if tv is None else tv.dim)
 
-    def _datasets(self, train, validation):
+    def _datasets(self, train, validation, run_dir: Optional[Path] = None):
+        """(train dataset, validation dataset or None, `fit_model` keyword arguments)."""
         cfg = self.config
-        train_ds = retrieval_dataset(train, None, cfg.history_len, self.item_features,
-                                     cfg.batch_size, shuffle=True, seed=cfg.seed)
+        fit_kwargs: Dict[str, Any] = {"examples_per_epoch": len(train)}
+        if cfg.input_shards > 0:
+            train_ds, fit_kwargs = self._sharded_input(train, run_dir)
+        else:
+            train_ds = retrieval_dataset(train, None, cfg.history_len, self.item_features,
+                                         cfg.batch_size, shuffle=True, seed=cfg.seed)
         val_ds = None
         if validation is not None:
             val_ds = retrieval_dataset(validation, train, cfg.history_len, self.item_features,
                                        cfg.batch_size, shuffle=False, seed=cfg.seed)
-        return train_ds, val_ds
+        return train_ds, val_ds, fit_kwargs
+
+    def _sharded_input(self, train: pd.DataFrame, run_dir: Path):
+        """The phase's training examples as files under `run_dir/examples`, read back."""
+        cfg = self.config
+        folder = run_dir / EXAMPLES_DIR
+        if is_chief(self.strategy):
+            write_example_shards(train, None, cfg.history_len, self.item_features, folder,
+                                 cfg.input_shards)
+        # The other workers read the chief's files: none may open them half-written.
+        barrier(self.strategy)
+        manifest = read_manifest(folder)
+        if manifest is None or manifest["num_examples"] != len(train):
+            raise ValueError(f"TwoTowerRecommender: the chief's example files in {folder} "
+                             f"are missing or hold other data; under a multi-worker strategy "
+                             "give every worker the same (shared) work_dir")
+        self.input_shards[run_dir.name] = list(manifest["examples_per_shard"])
+        train_ds = read_example_shards(folder, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        fit_kwargs: Dict[str, Any] = {"examples_per_epoch": int(manifest["num_examples"])}
+        if num_workers(self.strategy) > 1:
+            fit_kwargs["input_fn"] = lambda context: read_example_shards(
+                folder, cfg.batch_size, shuffle=True, seed=cfg.seed, input_context=context,
+                repeat=True)
+        return train_ds, fit_kwargs
 
     def _histories(self, interactions: pd.DataFrame) -> Dict[str, np.ndarray]:
         if self.config.history_len < 1:
@@ -511,7 +563,7 @@ class TwoTowerRecommender:
         vocabs = self._vocabularies(train)
         model = self._build(vocabs)
         fitted = _Fitted(model, vocabs, self._histories(train), None)
-        train_ds, val_ds = self._datasets(train, validation)
+        train_ds, val_ds, fit_kwargs = self._datasets(train, validation, run_dir)
         evaluator = self.validation_evaluator(train, validation, ks=(10, 50),
                                               candidate_items=candidates)
         ranking = ValidationMetrics(
@@ -521,7 +573,7 @@ class TwoTowerRecommender:
         config = dataclasses.replace(cfg, monitor="val_" + cfg.select_metric,
                                      monitor_mode="max", restore_best=False)
         result = fit_model(model, train_ds, val_ds, config, str(run_dir), strategy=self.strategy,
-                           examples_per_epoch=len(train), metric_callbacks=[ranking])
+                           metric_callbacks=[ranking], **fit_kwargs)
         self.phase_results[SELECTION_DIR] = result
         self.epochs_this_session[SELECTION_DIR] = result.epochs_done - result.initial_epoch
         self.selection = _selection_records(result.history)
@@ -555,9 +607,14 @@ class TwoTowerRecommender:
                                  "validation_evaluator= (e.g. TopKEvaluator from "
                                  "recommenders_tf.evaluation.protocol); or fit without "
                                  "validation")
+        if self.config.input_shards > 0 and uses_parameter_servers(self.strategy):
+            raise ValueError("TwoTowerRecommender: input_shards > 0 is not supported under a "
+                             "ParameterServerStrategy yet (its workers all read input "
+                             "pipeline 0); use input_shards=0 there")
         start = time.perf_counter()
         self.selection, self.best_epoch = [], None
         self.phase_results = {}
+        self.input_shards = {}
         self.epochs_this_session = {SELECTION_DIR: 0, FINAL_DIR: 0}
         temp = None
         work = self.work_dir
@@ -584,11 +641,11 @@ class TwoTowerRecommender:
     def _fit_final(self, data: pd.DataFrame, epochs: int, run_dir: Path) -> _Fitted:
         vocabs = self._vocabularies(data)
         model = self._build(vocabs)
-        train_ds, _ = self._datasets(data, None)
+        train_ds, _, fit_kwargs = self._datasets(data, None, run_dir)
         config = dataclasses.replace(self.config, epochs=epochs, patience=0, restore_best=False,
                                      monitor="example_loss")
         result = fit_model(model, train_ds, None, config, str(run_dir), strategy=self.strategy,
-                           examples_per_epoch=len(data))
+                           **fit_kwargs)
         if uses_parameter_servers(self.strategy):
             batch = next(iter(train_ds.take(1)))
             # A resumed run that trained nothing has not created every variable yet (they take

@@ -29,6 +29,13 @@ coordinator runs; a `monitor` on a Keras validation value is reported missing. T
 train metrics are those the last scheduled step returned (Keras warns that it cannot read them
 otherwise), close to the epoch means since the metrics accumulate on the parameter servers.
 
+Per-worker input (`input_fn`): under a multi-worker strategy (not parameter servers) a
+function of a `tf.distribute.InputContext` that returns this worker's batched, endless
+input (e.g. `read_example_shards(..., input_context=context, repeat=True)`, which reads only
+the worker's own files) replaces `train_ds` in Keras `fit`, through a `DatasetCreator`, with
+`steps_per_epoch` = ceil(examples_per_epoch / config.batch_size): every worker then runs the
+same number of steps whatever the sizes of its files. `train_ds` still builds the variables.
+
 Epoch selection on anything Keras does not compute itself (e.g. a validation ranking metric):
 a `ValidationMetrics` callback passed as `metric_callbacks` adds the values to the epoch's logs
 before early stopping reads them, so `config.monitor="val_ndcg@10"` with
@@ -400,7 +407,9 @@ def fit_model(model: tf.keras.Model, train_ds: tf.data.Dataset,
               strategy: Optional[tf.distribute.Strategy] = None,
               callbacks: Sequence[tf.keras.callbacks.Callback] = (),
               examples_per_epoch: Optional[int] = None,
-              metric_callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> FitResult:
+              metric_callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+              input_fn: Optional[Callable[[tf.distribute.InputContext], tf.data.Dataset]]
+              = None) -> FitResult:
     """Trains `model` for `config.epochs` epochs in total, resuming from `run_dir` if possible.
 
     Args:
@@ -417,6 +426,9 @@ def fit_model(model: tf.keras.Model, train_ds: tf.data.Dataset,
       metric_callbacks: callbacks that add metrics to the epoch's logs (`ValidationMetrics`);
         they run before checkpointing and early stopping, so `config.monitor` may name what
         they log, and after the throughput clock has stopped.
+      input_fn: under a multi-worker strategy, each worker's own endless batched input
+        (global `config.batch_size` split per replica by the function); see the module
+        docstring. Ignored on one worker and under parameter servers.
 
     Returns:
       FitResult. The model holds the best epoch's weights if `config.restore_best`.
@@ -424,11 +436,12 @@ def fit_model(model: tf.keras.Model, train_ds: tf.data.Dataset,
     strategy = strategy or tf.distribute.get_strategy()
     with writable_dir(run_dir, strategy) as out:
         return _fit(model, train_ds, val_ds, config, run_dir, out, strategy, callbacks,
-                    examples_per_epoch, metric_callbacks)
+                    examples_per_epoch, metric_callbacks, input_fn)
 
 
 def _fit(model, train_ds, val_ds, config: TrainingConfig, run_dir: str, out: str, strategy,
-         callbacks, examples_per_epoch: Optional[int], metric_callbacks=()) -> FitResult:
+         callbacks, examples_per_epoch: Optional[int], metric_callbacks=(),
+         input_fn=None) -> FitResult:
     """`fit_model` reading its resume state from `run_dir` and writing into `out` (the same
     folder on the chief, a private temp folder on the other workers)."""
     ckpt_dir = os.path.join(run_dir, "checkpoints")
@@ -478,6 +491,10 @@ def _fit(model, train_ds, val_ds, config: TrainingConfig, run_dir: str, out: str
         # their own, as the TFRS models do. Validation values come from `metric_callbacks`,
         # which run on the coordinator.
         fit_val = None
+    elif input_fn is not None and num_workers(strategy) > 1:
+        fit_input = tf.keras.utils.experimental.DatasetCreator(input_fn)
+        fit_options["steps_per_epoch"] = max(1, math.ceil(examples_per_epoch
+                                                          / config.batch_size))
     # Saved before the keeper's checkpoint at each epoch end, so after a crash between the two
     # the backup (which Keras restores last, in on_train_begin) is never older than the
     # weights fit_model restored above. Under parameter servers only the coordinator runs the
