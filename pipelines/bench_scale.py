@@ -180,8 +180,11 @@ def plot_growth(payloads: List[Dict[str, Any]], path: Path) -> Path:
     sizes = sorted(payloads, key=lambda p: p["interactions"])
     n = [p["interactions"] for p in sizes]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    stages = [r["model"] for r in sizes[-1]["rows"] if r["kind"] in ("stage", "peer")]
-    for stage in dict.fromkeys(stages):
+    kinds = {r["model"]: r["kind"] for r in sizes[-1]["rows"] if r["kind"] in ("stage", "peer")}
+    # More series than a default colour cycle: tab20 keeps each one distinct, peers dashed.
+    colours = plt.get_cmap("tab20")
+    for j, stage in enumerate(kinds):
+        style = {"color": colours(j % 20), "ls": "--" if kinds[stage] == "peer" else "-"}
         for ax, key in zip(axes, ("seconds", "peak_rss_mb")):
             xs, ys = [], []
             for x, p in zip(n, sizes):
@@ -190,7 +193,8 @@ def plot_growth(payloads: List[Dict[str, Any]], path: Path) -> Path:
                 if r is not None:
                     xs.append(x)
                     ys.append(max(r["metrics"][key], 1e-2))
-            ax.plot(xs, ys, marker="o", label=stage)
+            ax.plot(xs, ys, marker="o", label=stage if kinds[stage] == "stage"
+                    else f"{stage} (peer)", **style)
     if len(n) > 1:
         # Reference: a stage on this line grows exactly linearly in interactions.
         ref = np.array([n[0], n[-1]], float)
