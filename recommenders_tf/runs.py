@@ -56,6 +56,16 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def _default_settings(config: Any) -> Dict[str, Any]:
+    """The flattened settings of a default-constructed config of the same type ({} if the
+    type has required arguments)."""
+    try:
+        default = type(config)()
+    except Exception:  # noqa: BLE001  (any constructor that needs arguments)
+        return {}
+    return _flatten(json.loads(json.dumps(to_dict(default), default=str)))
+
+
 def claim_run_dir(run_dir: str | Path, config: Any, *,
                   data: Optional[Mapping[str, str]] = None, ignore: Iterable[str] = (),
                   what: str = "run", claim_file: str = CLAIM_FILE,
@@ -94,8 +104,13 @@ def claim_run_dir(run_dir: str | Path, config: Any, *,
         held = json.loads(held_path.read_text(encoding="utf-8"))
         skip = set(ignore)
         old, new = _flatten(held.get("config") or {}), _flatten(claim["config"])
+        # A setting added to the config after the folder was claimed, left at its default,
+        # is what the earlier code did: not a change of config (a re-run after an upgrade
+        # resumes instead of being refused).
+        defaults = _default_settings(config)
         changed = sorted(k for k in set(old) | set(new)
-                         if k not in skip and old.get(k) != new.get(k))
+                         if k not in skip and old.get(k) != new.get(k)
+                         and not (k not in old and k in defaults and new.get(k) == defaults[k]))
         if changed:
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
             raise ConfigError(f"{run_dir} holds a {what} with another config ({diffs}; "

@@ -47,6 +47,29 @@ def test_claim_accepts_the_same_run_and_refuses_another(tmp_path):
                   ignore={"inner.verbose"})
 
 
+@dataclasses.dataclass
+class NewerInner(Inner):
+    steps: int = 1  # a setting added after a folder was claimed
+
+
+@dataclasses.dataclass
+class NewerSettings(Settings):
+    inner: NewerInner = dataclasses.field(default_factory=NewerInner)
+    workers: int = 1
+
+
+def test_a_setting_added_since_the_claim_counts_only_when_moved_off_its_default(tmp_path):
+    claim_run_dir(tmp_path, Settings(), data={"train": "abc"})
+    # The upgraded code at its defaults is the run the folder holds: it resumes.
+    claim_run_dir(tmp_path, NewerSettings(), data={"train": "abc"})
+    claim_run_dir(tmp_path / "b", Settings(), data={"train": "abc"})
+    with pytest.raises(ConfigError, match=r"inner.steps: None -> 4"):
+        claim_run_dir(tmp_path / "b", NewerSettings(inner=NewerInner(steps=4)),
+                      data={"train": "abc"})
+    with pytest.raises(ConfigError, match=r"workers: None -> 2"):
+        claim_run_dir(tmp_path / "b", NewerSettings(workers=2), data={"train": "abc"})
+
+
 def test_claim_written_elsewhere_is_checked_against_the_run_dir(tmp_path):
     shared, own = tmp_path / "shared", tmp_path / "worker"
     claim_run_dir(shared, Settings())
