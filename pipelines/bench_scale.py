@@ -15,11 +15,20 @@ process. Results go to `benchmarks/results/scale-<size>.json`; the growth of eve
 (the slope of log seconds and log memory against log interactions) to
 `benchmarks/results/scale-growth.json` with a log-log plot `benchmarks/scale.png`, and all
 of them into BENCHMARKS.md.
+
+  python -m pipelines.bench_scale --set sizes=[] --set workers_datasets=[synthetic-100k]
+
+adds the P5-scale-workers rows: `pipelines.train_retrieval` on one worker and on two
+MultiWorkerMirroredStrategy worker processes of this machine (`run_workers`), wall time,
+examples per second and P1 quality of each.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +54,10 @@ class BenchScaleConfig:
       use_text: item text vectors from the pretrained LM (as `run_all`).
       results_dir, benchmarks_md, plot: where results JSON, tables and the plot go.
       out_dir: run folders (`<out_dir>/<size>`), default runs/bench_scale.
+      workers_datasets: datasets on which `pipelines.train_retrieval` is also run on one
+        worker and on two MultiWorkerMirroredStrategy workers (two local processes), for the
+        P5-scale-workers rows (e.g. [synthetic-100k]); empty: none.
+      workers_flags: extra flags of those train_retrieval runs (both worker counts).
     """
 
     sizes: Tuple[str, ...] = SIZES
@@ -57,6 +70,8 @@ class BenchScaleConfig:
     benchmarks_md: str = "BENCHMARKS.md"
     plot: str = "benchmarks/scale.png"
     out_dir: str = "runs/bench_scale"
+    workers_datasets: Tuple[str, ...] = ()
+    workers_flags: Tuple[str, ...] = ()
 
 
 def run_size(config: BenchScaleConfig, size: str) -> Path:
@@ -140,6 +155,76 @@ def run_size(config: BenchScaleConfig, size: str) -> Path:
     named = Path(config.results_dir) / f"scale-{size}.json"
     payload_path.replace(named)
     return named
+
+
+def _free_ports(n: int) -> List[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def run_workers(config: BenchScaleConfig, dataset: str, timeout: float = 4 * 3600) -> Path:
+    """`pipelines.train_retrieval` (epoch selection, refit, P1 test) on one worker and on two
+    MultiWorkerMirroredStrategy workers on this machine; returns the results file.
+
+    Both runs use the same global batch (`retrieval.batch_size`; two workers take half each),
+    so the rows show what the all-reduce costs and that the quality holds, not a speed-up:
+    two workers on the same cores share them."""
+    from recommenders_tf.evaluation.report import round_metrics, write_results
+
+    base = Path(config.out_dir) / "workers" / dataset
+    rows: List[Dict[str, Any]] = []
+    for n in (1, 2):
+        run_dir = base / f"{n}-worker"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh measurement, not a resumed run
+        args = [sys.executable, "-m", "pipelines.train_retrieval", "--dataset", dataset,
+                "--run-dir", str(run_dir), "--strategy",
+                "default" if n == 1 else "multi_worker", *config.workers_flags]
+        envs = [dict(os.environ)]
+        if n > 1:
+            hosts = [f"127.0.0.1:{p}" for p in _free_ports(n)]
+            envs = [dict(os.environ, TF_CONFIG=json.dumps(
+                {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}))
+                for i in range(n)]
+        print(f"[bench_scale] {dataset}: train_retrieval on {n} worker(s)", flush=True)
+        start = time.perf_counter()
+        procs = [subprocess.Popen(args, env=env) for env in envs]
+        try:
+            codes = [p.wait(timeout=timeout) for p in procs]
+        finally:
+            for p in procs:  # one failed worker leaves the other waiting on its all-reduce
+                if p.poll() is None:
+                    p.kill()
+        seconds = time.perf_counter() - start
+        if any(codes):
+            raise RuntimeError(f"train_retrieval on {n} worker(s) failed (exit codes {codes})")
+        m = json.loads((run_dir / "metrics.json").read_text())
+        rows.append({"model": f"retrieval training, {n} worker{'s' if n > 1 else ''}",
+                     "kind": "workers",
+                     "metrics": round_metrics({
+                         "seconds": seconds,
+                         "examples_per_second": m["training"]["examples_per_second"] or 0.0,
+                         "ndcg@10": m["test"]["ndcg@10"], "recall@10": m["test"]["recall@10"]}),
+                     "notes": f"epochs chosen {m['validation']['best_epoch']} of "
+                              f"{m['validation']['epochs_tried']} tried; workers "
+                              f"{m['training']['workers']}; wall seconds of the whole command"})
+    one, two = rows[0]["metrics"], rows[1]["metrics"]
+    notes = [f"Two workers took {two['seconds'] / one['seconds']:.2f}x the wall time of one "
+             f"and trained at {two['examples_per_second'] / max(one['examples_per_second'], 1):.2f}"
+             f"x its examples per second (same global batch, same 2 cores: the difference is "
+             f"the all-reduce and the second process), P1 NDCG@10 {two['ndcg@10']:.4f} vs "
+             f"{one['ndcg@10']:.4f}."]
+    path = write_results(Path(config.results_dir), protocol="P5-scale-workers", dataset=dataset,
+                         seed=config.seed, command="python -m pipelines.bench_scale --set "
+                         f"sizes=[] --set workers_datasets=[{dataset}]", rows=rows,
+                         columns=["seconds", "examples_per_second", "ndcg@10", "recall@10"],
+                         notes=notes)
+    return path
 
 
 def growth(payloads: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -252,6 +337,8 @@ def main(config: BenchScaleConfig) -> Dict[str, Any]:
         if proc.returncode != 0:
             raise RuntimeError(f"bench_scale at {size} failed (exit {proc.returncode})")
         files.append(results_dir / f"scale-{size}.json")
+    for dataset in config.workers_datasets:
+        files.append(run_workers(config, dataset))
     payloads = _load(results_dir)
     out: Dict[str, Any] = {"results_files": [str(f) for f in files]}
     if len(payloads) >= 2:

@@ -78,3 +78,26 @@ def test_latency_requests_are_seeded_test_users_with_their_train_items_excluded(
     two = recommend_requests(train, test, histories, users=2, seed=0)[0]
     assert len(two) == 2 and set(two) <= {"a", "b", "d"}
     assert two == recommend_requests(train, test, histories, users=2, seed=0)[0]
+
+
+@pytest.mark.slow
+def test_workers_rows_train_the_same_model_on_one_and_two_worker_processes(tmp_path):
+    """The P5-scale-workers rows from real runs: train_retrieval on one worker, then on two
+    MultiWorkerMirroredStrategy processes, on tiny data."""
+    tiny = str(bench_scale.Path(__file__).resolve().parents[1] / "configs"
+               / "retrieval_synthetic_tiny.yaml")
+    config = bench_scale.BenchScaleConfig(
+        sizes=(), results_dir=str(tmp_path / "results"), out_dir=str(tmp_path / "runs"),
+        workers_flags=("--config", tiny, "--set", "retrieval.epochs=2",
+                       "--set", "recall_curve_max_k=10"))
+    path = bench_scale.run_workers(config, "synthetic-tiny", timeout=240)
+    payload = json.loads(path.read_text())
+    assert payload["protocol"] == "P5-scale-workers"
+    one, two = payload["rows"]
+    assert one["model"].endswith("1 worker") and "workers 1" in one["notes"]
+    assert two["model"].endswith("2 workers") and "workers 2" in two["notes"]
+    # Two workers split each global batch into two in-batch softmaxes: the same quality (the
+    # tolerance of the multi-worker tests), not the same numbers.
+    assert abs(one["metrics"]["ndcg@10"] - two["metrics"]["ndcg@10"]) <= 0.03
+    assert min(one["metrics"]["ndcg@10"], two["metrics"]["ndcg@10"]) > 0.2  # most-popular 0.18
+    assert "wall time of one" in payload["notes"][0]

@@ -34,6 +34,7 @@ PROTOCOL_TITLES = {
     "P5-exclusions": "P5 — cost of excluding W ids in recommend_with_exclusions",
     "P5-scale": "P5 — the whole cascade at one data size: time and memory per stage",
     "P5-scale-growth": "P5 — how each stage's time and memory grow with the data",
+    "P5-scale-workers": "P5 — retrieval training on one and on two workers (one machine)",
 }
 
 
