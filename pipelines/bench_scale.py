@@ -28,7 +28,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -157,16 +156,6 @@ def run_size(config: BenchScaleConfig, size: str) -> Path:
     return named
 
 
-def _free_ports(n: int) -> List[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
 
 def run_workers(config: BenchScaleConfig, dataset: str, timeout: float = 4 * 3600) -> Path:
     """`pipelines.train_retrieval` (epoch selection, refit, P1 test) on one worker and on two
@@ -176,6 +165,7 @@ def run_workers(config: BenchScaleConfig, dataset: str, timeout: float = 4 * 360
     so the rows show what the all-reduce costs and that the quality holds, not a speed-up:
     two workers on the same cores share them."""
     from recommenders_tf.evaluation.report import round_metrics, write_results
+    from recommenders_tf.models.distribute import local_ports
 
     base = Path(config.out_dir) / "workers" / dataset
     rows: List[Dict[str, Any]] = []
@@ -187,7 +177,7 @@ def run_workers(config: BenchScaleConfig, dataset: str, timeout: float = 4 * 360
                 "default" if n == 1 else "multi_worker", *config.workers_flags]
         envs = [dict(os.environ)]
         if n > 1:
-            hosts = [f"127.0.0.1:{p}" for p in _free_ports(n)]
+            hosts = [f"127.0.0.1:{p}" for p in local_ports(n)]
             envs = [dict(os.environ, TF_CONFIG=json.dumps(
                 {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}))
                 for i in range(n)]

@@ -10,7 +10,6 @@ export is then read back by a plain `python` process with no cluster
 (`tests/retrieval_export_check.py`).
 """
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +26,8 @@ from pipelines.run_all import RunAllConfig
 from pipelines.train_ranking import TrainRankingConfig
 from pipelines.train_retrieval import main, parse_args
 from recommenders_tf.config import ConfigError
-from recommenders_tf.models.distribute import (make_strategy, read_parameter_server_config,
+from recommenders_tf.models.distribute import (local_ports, make_strategy,
+                                               read_parameter_server_config,
                                                run_server_if_needed)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,16 +52,6 @@ K = 10
 # itself takes under a minute.
 TIMEOUT_SECONDS = 180
 
-
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +117,7 @@ def test_parameter_servers_shard_the_tables_and_export_what_one_machine_does(tmp
     run_dir = tmp_path / "ps_run"
     flags = FLAGS + ["--strategy", "parameter_server",
                      "--set", f"ps_min_shard_bytes={SHARD_BYTES}", "--run-dir", str(run_dir)]
-    cluster = _cluster(_free_ports(5))
+    cluster = _cluster(local_ports(5))
     procs, errors = {}, []
 
     def start():

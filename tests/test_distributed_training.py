@@ -9,7 +9,6 @@ meanwhile.
 """
 import dataclasses
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -23,8 +22,8 @@ import tensorflow as tf
 import distributed_worker
 from pipelines.train_retrieval import main, parse_args
 from recommenders_tf.config import ConfigError
-from recommenders_tf.models.distribute import (is_chief, make_strategy, num_workers,
-                                               read_tf_config, writable_dir)
+from recommenders_tf.models.distribute import (is_chief, local_ports, make_strategy,
+                                               num_workers, read_tf_config, writable_dir)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_YAML = REPO / "configs" / "retrieval_synthetic_tiny.yaml"
@@ -37,16 +36,6 @@ FLAGS = ["--config", str(TINY_YAML), "--set", "retrieval.epochs=2",
 NDCG_TOLERANCE = 0.03
 TIMEOUT_SECONDS = 240
 
-
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +106,7 @@ def _load(path):
 
 @pytest.mark.slow
 def test_two_workers_train_the_same_model_as_one(tmp_path, fork_server):
-    ports = _free_ports(2)
+    ports = local_ports(2)
     procs, started = {}, []
 
     def start_workers():
@@ -190,7 +179,7 @@ def _file_examples(path):
 
 @pytest.mark.slow
 def test_two_workers_read_only_their_own_example_files(tmp_path, fork_server):
-    ports = _free_ports(2)
+    ports = local_ports(2)
     run_dir = tmp_path / "multi"
     flags = FLAGS + ["--set", "retrieval.input_shards=2", "--strategy", "multi_worker",
                      "--run-dir", str(run_dir)]
@@ -295,7 +284,7 @@ def _wait_for(paths, procs, timeout):
 @pytest.mark.slow
 def test_a_killed_worker_restarts_and_the_cluster_resumes_from_the_backup(tmp_path,
                                                                           fork_server):
-    ports = _free_ports(2)
+    ports = local_ports(2)
     work, marker, epochs = tmp_path / "work", tmp_path / "epoch1", 2
 
     def start(index, *extra):
@@ -346,7 +335,7 @@ RANKING_FLAGS = ["--loss", "softmax", "--dataset", "synthetic-tiny",
 
 @pytest.mark.slow
 def test_two_workers_train_one_ranking_model(tmp_path, fork_server):
-    ports = _free_ports(2)
+    ports = local_ports(2)
     flags = ["--ranking", *RANKING_FLAGS, "--strategy", "multi_worker",
              "--set", f"run_dir={tmp_path / 'runs'}", "--set", f"export_dir={tmp_path / 'saved'}"]
     procs = {f"worker{i}": _Worker(tmp_path / f"worker{i}.npz", flags,

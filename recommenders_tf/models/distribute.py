@@ -55,6 +55,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -249,6 +250,19 @@ def _cluster_resolver(strategy: tf.distribute.Strategy
         # TF_CONFIG, which says the same.
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     return resolver
+
+
+def local_ports(n: int) -> List[int]:
+    """`n` TCP ports free on 127.0.0.1 now, for a cluster of local processes (the tests and
+    the one-machine benchmarks); all are held open together so no two come out the same."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def task_of(strategy: Optional[tf.distribute.Strategy] = None) -> Tuple[Optional[str], int]:
