@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -130,6 +131,15 @@ def load_config(cls: Type[T], path: Optional[str] = None, overrides: Iterable[st
             node = node.setdefault(part, {})
         node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
     return from_dict(cls, data)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (model weights, example shards)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

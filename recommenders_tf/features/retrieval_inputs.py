@@ -41,7 +41,7 @@ import pandas as pd
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
-from recommenders_tf.config import write_json
+from recommenders_tf.config import file_sha256, write_json
 from recommenders_tf.data.datasets import previous_items, shard_by_data
 from recommenders_tf.data.schema import GENRES, ITEM_ID, TITLE, USER_ID, check_frame
 from recommenders_tf.features.item_vectors import ItemVectors
@@ -203,13 +203,6 @@ def _content_sha256(features: Dict[str, np.ndarray], spec: Dict[str, Any],
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _to_example(features: Dict[str, np.ndarray], spec: Dict[str, Any], row: int) -> bytes:
     out = {}
@@ -245,7 +238,7 @@ def _reusable(folder: Path, manifest: Optional[Dict[str, Any]], content: str,
         return False
     for entry in manifest.get("files", []):
         path = folder / entry["name"]
-        if not path.is_file() or _file_sha256(path) != entry["sha256"]:
+        if not path.is_file() or file_sha256(path) != entry["sha256"]:
             return False
     return len(manifest.get("files", [])) == num_shards
 
@@ -296,7 +289,7 @@ def write_example_shards(interactions: pd.DataFrame, context: Optional[pd.DataFr
                 writer.write(_to_example(features, spec, row))
         os.replace(tmp, folder / name)
         files.append({"name": name, "examples": len(rows),
-                      "sha256": _file_sha256(folder / name)})
+                      "sha256": file_sha256(folder / name)})
     manifest = {"format": SHARD_FORMAT, "num_shards": num_shards, "num_examples": n,
                 "examples_per_shard": [f["examples"] for f in files], "feature_spec": spec,
                 "content_sha256": content, "files": files}

@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from recommenders_tf.config import file_sha256
 from recommenders_tf.features.text_cache import CacheStats, TextCacheError, TextVectorCache, text_key
 
 logger = logging.getLogger(__name__)
@@ -222,13 +223,6 @@ def resolve_model(model: str | Path) -> ModelFiles:
                       pooling=pooling)
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 class SentenceEncoder:
     """Encodes texts into L2-normalised sentence vectors with a pretrained BERT model.
@@ -411,11 +405,11 @@ class SentenceEncoder:
         if self._fingerprint is None:
             parts = {
                 "name": self.name,
-                "config_sha256": _sha256_file(self.files.directory / "config.json"),
-                "vocab_sha256": _sha256_file(self.files.vocab),
-                "tokenizer_sha256": (_sha256_file(self.files.tokenizer_json)
+                "config_sha256": file_sha256(self.files.directory / "config.json"),
+                "vocab_sha256": file_sha256(self.files.vocab),
+                "tokenizer_sha256": (file_sha256(self.files.tokenizer_json)
                                      if self.files.tokenizer_json else None),
-                "weights_sha256": _sha256_file(self.files.weights),
+                "weights_sha256": file_sha256(self.files.weights),
                 "lowercase": self.files.lowercase,
                 "pooling": self.files.pooling,
                 "normalize": "l2",
