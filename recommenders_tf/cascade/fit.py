@@ -191,8 +191,8 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
             "examples_per_second": result.examples_per_second}
         return model
 
-    # Cross-fitting runs on a sample of the lists: its cost is folds x lists, the serving
-    # ranker's only lists.
+    # Cross-fitting runs on a sample of the lists (its cost is folds x lists); only the
+    # serving ranker trains on all of them.
     crossed_users, crossed = sample_users(lists.user_id, cfg.max_rerank_lists, cfg.seed + 1)
     crossed_lists = lists.subset(np.flatnonzero(np.isin(lists.user_id, crossed_users)))
     report["rerank_lists_sample"] = crossed
