@@ -113,19 +113,29 @@ def run_size(config: BenchScaleConfig, size: str) -> Path:
                                                for k in ("ndcg@10", "recall@10")})})
 
     meter = StageMeter()
+    # The peers are evaluated on run_all's test users: the same split and seed, and the cap of
+    # the run_all call above (its default), draw the same sample; the tuned peers' validation
+    # gets the same cap.
     for peer in config.peers:
         with meter.stage(peer):
-            peer_rows = benchmark.main(benchmark.BenchmarkConfig(
+            peer_result = benchmark.main(benchmark.BenchmarkConfig(
                 dataset=dataset, protocol="P1", models=(peer,), seed=config.seed,
                 results_dir=str(out / "peers"), benchmarks_md=str(out / "peers" / "B.md"),
-                run_dir=str(out / "peers")))["rows"]
+                run_dir=str(out / "peers"),
+                max_eval_users=run_all.RunAllConfig().max_eval_users))
+        peer_rows, peer_users = peer_result["rows"], peer_result["evaluation_users"]
+        ours = metrics["evaluation_users"]
+        users_note = (f"{peer_users['sampled']} of {peer_users['of']} test users (seed "
+                      f"{peer_users['seed']})" + (", the cascade's" if peer_users == ours else
+                                                  f"; the cascade on {ours['sampled']} of "
+                                                  f"{ours['of']}"))
         cost = meter.rows[-1]
         for row in peer_rows:
             rows.append({"model": row["model"], "kind": "peer",
                          "metrics": {"seconds": cost["seconds"],
                                      "peak_rss_mb": cost["peak_rss_mb"],
                                      **{k: row["metrics"][k] for k in ("ndcg@10", "recall@10")}},
-                         "notes": "fit (validation-tuned) and P1 evaluation"})
+                         "notes": f"fit (validation-tuned) and P1 evaluation on {users_note}"})
 
     users, hist, exclude = recommend_requests(split.train, split.test, cascade.histories_for,
                                               config.latency_users, config.seed)

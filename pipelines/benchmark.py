@@ -11,6 +11,12 @@ BENCHMARKS.md is re-rendered from all results files.
 
 Models are looked up by name in `recommenders_tf.evaluation.registry` (its "project" and
 "peer" entries of the protocol's task).
+
+  python -m pipelines.benchmark --dataset synthetic-10m --protocol P1 --set max_eval_users=20000
+
+evaluates (P1, P4) a seeded sample of the test users, the one `pipelines.run_all` draws with
+the same cap and seed, and scores each grid point of the tuned peers on at most as many
+validation users; the sample is recorded in the rows' notes and the results.
 """
 from __future__ import annotations
 
@@ -23,8 +29,10 @@ from typing import Any, Dict, List, Tuple
 
 from recommenders_tf import cli
 from recommenders_tf.config import dataset_retrieval_overrides
-from recommenders_tf.data import load_dataset, split_for_protocol, validation_split
-from recommenders_tf.data.schema import RATING
+from recommenders_tf.data import (load_dataset, sample_users, split_for_protocol,
+                                  validation_split)
+from recommenders_tf.data.schema import RATING, USER_ID
+from recommenders_tf.evaluation.peer_base import GridSearchPeer
 from recommenders_tf.evaluation.protocol import TopKEvaluator, evaluate_ratings, genre_features
 from recommenders_tf.evaluation.registry import available, get_spec
 from recommenders_tf.evaluation.report import (render_benchmarks_md, round_metrics,
@@ -34,13 +42,19 @@ from recommenders_tf.runs import make_run_dir, record_run
 
 def build_model(name: str, config: "BenchmarkConfig", data, item_ids=None):
     """The registry model `name` for this run: the run's seed and dataset as its context, plus
-    the two-tower's per-dataset settings from configs/ (the rest use their defaults)."""
+    the two-tower's per-dataset settings from configs/ (the rest use their defaults). The
+    grid-searched peers score each setting on at most `config.max_eval_users` validation users
+    (a sample seeded by the run's seed; 0: all)."""
     settings: Dict[str, Any] = {}
     if name == "two-tower":
         settings = dataset_retrieval_overrides(data.name)
         for key in ("seed", "verbose"):  # the benchmark's seed; no per-epoch logs in tables' runs
             settings.pop(key, None)
-    return get_spec(name).build(item_ids=item_ids, data=data, seed=config.seed, **settings)
+    model = get_spec(name).build(item_ids=item_ids, data=data, seed=config.seed, **settings)
+    if isinstance(model, GridSearchPeer):
+        model.max_validation_users = config.max_eval_users
+        model.validation_seed = config.seed
+    return model
 
 
 PROTOCOL_TASKS = {"P1": "topk", "P2": "rating", "P4": "topk"}
@@ -61,6 +75,11 @@ class BenchmarkConfig:
       results_dir: where `<dataset>-<protocol>.json` goes.
       benchmarks_md: the Markdown file re-rendered from all results.
       run_dir: parent of this run's folder (config, metrics, split manifest).
+      max_eval_users: test users P1 / P4 are evaluated on, a seeded sample once there are more
+        (0: all). The sample is `pipelines.run_all`'s (`sample_users` of the test users in row
+        order, the run's seed), so with the same cap both evaluate the same users. The
+        grid-searched peers also score each setting on at most this many validation users.
+        Rows and results record the sample size.
     """
 
     dataset: str = "ml-100k"
@@ -70,14 +89,43 @@ class BenchmarkConfig:
     results_dir: str = "benchmarks/results"
     benchmarks_md: str = "BENCHMARKS.md"
     run_dir: str = "runs/benchmark"
+    max_eval_users: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.max_eval_users, bool) or not isinstance(self.max_eval_users, int) \
+                or self.max_eval_users < 0:
+            raise ValueError(f"max_eval_users must be 0 (all) or a positive integer, got "
+                             f"{self.max_eval_users!r}")
 
 
-def _topk_rows(config, data, split, names) -> List[Dict[str, Any]]:
+def evaluation_test(test, max_users: int, seed: int):
+    """The test rows of the evaluated users and the sample's report ({"sampled", "of", "seed"}):
+    `sample_users` of the test users in row order, as `pipelines.run_all` draws them."""
+    test_users = test[USER_ID].astype(str)
+    eval_users, sample = sample_users(test_users, max_users, seed)
+    if sample["sampled"] < sample["of"]:
+        test = test[test_users.isin(eval_users).to_numpy()]
+    return test, sample
+
+
+def sample_note(sample: Dict[str, int]) -> str:
+    """"evaluated on 20000 of 35412 test users (seed 0)", or "" when every user was."""
+    if sample["sampled"] >= sample["of"]:
+        return ""
+    return (f"evaluated on {sample['sampled']} of {sample['of']} test users "
+            f"(seed {sample['seed']})")
+
+
+def _topk_rows(config, data, split, names) -> Tuple[List[Dict[str, Any]], Dict[str, int]]:
     val = validation_split(split.train, seed=config.seed, dataset=data.name)
     features = None
     if data.items is not None and "genres" in data.items.columns:
         features = genre_features(data.items)  # for intra-list diversity@10
-    evaluator = TopKEvaluator(split.train, split.test, ks=(10, 50), item_features=features)
+    test, sample = evaluation_test(split.test, config.max_eval_users, config.seed)
+    note = sample_note(sample)
+    if note:
+        print(f"[{config.protocol} {data.name}] {note}", flush=True)
+    evaluator = TopKEvaluator(split.train, test, ks=(10, 50), item_features=features)
     buckets = None
     if config.protocol == "P4":
         from recommenders_tf.data import sparsity_buckets
@@ -94,7 +142,7 @@ def _topk_rows(config, data, split, names) -> List[Dict[str, Any]]:
         seconds = time.perf_counter() - start
         result = evaluator.evaluate(lambda users: model.score(users, evaluator.item_ids),
                                     user_groups=buckets)
-        notes = getattr(model, "notes", "")
+        notes = "; ".join(n for n in (getattr(model, "notes", ""), note) if n)
         metrics = dict(result.metrics)
         if getattr(model, "examples_per_second", None):
             metrics["examples_per_second"] = float(model.examples_per_second)  # P5 throughput
@@ -108,10 +156,11 @@ def _topk_rows(config, data, split, names) -> List[Dict[str, Any]]:
                 rows.append({"model": name, "kind": kind, "bucket": label, "n_users": n,
                              "metrics": round_metrics({k: metrics[k]
                                                        for k in ("ndcg@10", "recall@10")}),
-                             "train_seconds": round(seconds, 2)})
+                             "train_seconds": round(seconds, 2),
+                             **({"notes": note} if note else {})})
         print(f"  {name}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
                                        if k in ("recall@10", "recall@50", "ndcg@10")), flush=True)
-    return rows
+    return rows, sample
 
 
 def _rating_rows(config, data, split, names) -> List[Dict[str, Any]]:
@@ -152,20 +201,27 @@ def main(config: BenchmarkConfig) -> Dict[str, Any]:
     print(f"Protocol {protocol}, dataset {data.name}, seed {config.seed}, models: {', '.join(names)}")
     print("Split: " + ", ".join(f"{k} {v['rows']} rows (sha256 {v['sha256'][:12]})"
                                 for k, v in manifest["parts"].items()))
+    sample = None
     if protocol == "P2":
         rows = _rating_rows(config, data, split, names)
     else:
-        rows = _topk_rows(config, data, split, names)
+        rows, sample = _topk_rows(config, data, split, names)
+    note = sample_note(sample) if sample else ""
     command = "python -m pipelines.benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
         if sys.argv and sys.argv[0].endswith("benchmark.py") else \
         f"python -m pipelines.benchmark --dataset {config.dataset} --protocol {protocol}"
     split_info = {k: v["rows"] for k, v in manifest["parts"].items()}
     split_info = {f"{k} rows": v for k, v in split_info.items()}
+    notes = [f"Metrics {note} (max_eval_users {config.max_eval_users}); tuned peers scored "
+             f"each setting on at most {config.max_eval_users} validation users."] if note else None
     path = write_results(Path(config.results_dir), protocol=protocol, dataset=data.name,
-                         seed=config.seed, command=command, rows=rows, split=split_info)
+                         seed=config.seed, command=command, rows=rows, split=split_info,
+                         notes=notes)
     render_benchmarks_md(Path(config.results_dir), Path(config.benchmarks_md))
     results = {"protocol": protocol, "dataset": data.name, "results_file": str(path), "rows": rows}
-    record_run(run_dir, config, results, [f"Results: {path}"])
+    if sample is not None:
+        results["evaluation_users"] = sample
+    record_run(run_dir, config, results, [f"Results: {path}"] + (notes or []))
     return results
 
 

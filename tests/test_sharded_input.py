@@ -18,6 +18,7 @@ from recommenders_tf.evaluation.peers import MostPopular
 from recommenders_tf.evaluation.protocol import TopKEvaluator
 from recommenders_tf.features.item_vectors import ItemVectors
 from recommenders_tf.features.retrieval_inputs import (MANIFEST, ItemFeatureTable,
+                                                       example_features,
                                                        read_example_shards, read_manifest,
                                                        retrieval_dataset, write_example_shards)
 from recommenders_tf.models.recommender import TwoTowerConfig, TwoTowerRecommender
@@ -95,6 +96,42 @@ def test_shards_hold_exactly_the_in_memory_examples(tmp_path):
     assert batch["history_mask"][row].numpy().tolist() == [True, True, True]
     assert batch["item_genres"][row].numpy() == b"C"
     np.testing.assert_allclose(batch["item_text_vector"][row].numpy(), [6 / 7, 7 / 7])
+
+
+def test_in_memory_batches_are_the_example_arrays_in_order_and_shuffles_permute_them():
+    """`retrieval_dataset` gathers every batch from compact tables; `example_features` (the
+    materialised examples) is its oracle, row for row."""
+    frame, earlier, items = tiny_frames()
+    table = feature_table(items)
+    oracle = example_features(frame, earlier, HISTORY, table)
+    ordered = retrieval_dataset(frame, earlier, HISTORY, table, batch_size=4, shuffle=False,
+                                seed=0)
+    got = {k: np.concatenate([b[k].numpy() for b in ordered]) for k in oracle}
+    assert sorted(got) == sorted(oracle)
+    for name, values in oracle.items():
+        if values.dtype == object:
+            values = values.astype(str).astype(bytes)
+        np.testing.assert_array_equal(got[name], values, err_msg=name)
+
+    shuffled = retrieval_dataset(frame, earlier, HISTORY, table, batch_size=4, shuffle=True,
+                                 seed=5)
+    passes = [[(u, i) for b in shuffled for u, i in zip(b["user_id"].numpy().tolist(),
+                                                        b["item_id"].numpy().tolist())]
+              for _ in range(3)]
+    expected = sorted(zip(got["user_id"].tolist(), got["item_id"].tolist()))
+    assert all(sorted(p) == expected for p in passes)  # every pass is a permutation
+    assert len({tuple(p) for p in passes}) == 3  # reshuffled at every pass
+    again = retrieval_dataset(frame, earlier, HISTORY, table, batch_size=4, shuffle=True,
+                              seed=5)
+    assert [(u, i) for b in again for u, i in zip(b["user_id"].numpy().tolist(),
+                                                  b["item_id"].numpy().tolist())] == passes[0]
+    # Shuffled examples keep their own features: the batch rows stay aligned.
+    by_pair = {(u, i): h for u, i, h in zip(got["user_id"].tolist(), got["item_id"].tolist(),
+                                            got["history"].tolist())}
+    for b in shuffled:
+        for u, i, h in zip(b["user_id"].numpy().tolist(), b["item_id"].numpy().tolist(),
+                           b["history"].numpy().tolist()):
+            assert by_pair[(u, i)] == h
 
 
 def test_two_input_pipelines_read_disjoint_files_that_cover_everything(tmp_path):

@@ -20,7 +20,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,47 @@ def _sorted_by_time(interactions: pd.DataFrame) -> pd.DataFrame:
     return interactions.iloc[order].reset_index(drop=True)
 
 
+class HistoryLayout(NamedTuple):
+    """Every row's history as two pointers into the rows sorted by (user, timestamp, item).
+
+    Row r's history is `sorted_items[run_start[r] - N : run_start[r]]`, keeping the positions
+    >= `user_start[r]` (left padding elsewhere). Three integers per row instead of N ids: what
+    lets a tf.data pipeline gather histories batch by batch (`retrieval_dataset`) at any size.
+
+    Fields:
+      item_ids: object [I], the distinct item ids (sorted); codes index it.
+      sorted_items: int32 [rows], item code of every row in (user, timestamp, item) order.
+      run_start: int64 [rows] (aligned with the input rows), sorted position of the first row
+        of the row's (user, timestamp) run: rows sharing the user's timestamp are neither past
+        nor future, so the history stops there.
+      user_start: int64 [rows], sorted position of the user's first row.
+    """
+
+    item_ids: np.ndarray
+    sorted_items: np.ndarray
+    run_start: np.ndarray
+    user_start: np.ndarray
+
+
+def history_layout(interactions: pd.DataFrame) -> HistoryLayout:
+    """The `HistoryLayout` of canonical interactions (any row order)."""
+    n = len(interactions)
+    users = pd.factorize(interactions[schema.USER_ID], sort=True)[0]
+    codes, item_ids = pd.factorize(interactions[schema.ITEM_ID], sort=True)
+    times = interactions[schema.TIMESTAMP].to_numpy()
+    order = np.lexsort((codes, times, users))
+    s_users, s_times = users[order], times[order]
+    index = np.arange(n, dtype=np.int64)
+    new_user = np.r_[True, s_users[1:] != s_users[:-1]] if n else np.zeros(0, bool)
+    user_start = np.maximum.accumulate(np.where(new_user, index, 0)) if n else index
+    new_run = new_user | (np.r_[True, s_times[1:] != s_times[:-1]] if n else new_user)
+    run_start = np.maximum.accumulate(np.where(new_run, index, 0)) if n else index
+    out_run, out_user = np.empty(n, np.int64), np.empty(n, np.int64)
+    out_run[order], out_user[order] = run_start, user_start
+    return HistoryLayout(np.asarray(item_ids, dtype=object), codes[order].astype(np.int32),
+                         out_run, out_user)
+
+
 def previous_items(interactions: pd.DataFrame, length: int):
     """For every row, the user's `length` most recent items with a strictly earlier timestamp.
 
@@ -53,33 +94,14 @@ def previous_items(interactions: pd.DataFrame, length: int):
     Returns:
       (history, mask) aligned with the rows of `interactions`: `history` an object array
       [rows, N] of item ids left-padded with "", most recent last; `mask` bool [rows, N].
+      N ids per row: for large data gather them from `history_layout` instead.
     """
-    n = len(interactions)
-    users = pd.factorize(interactions[schema.USER_ID], sort=True)[0]
-    items_codes = pd.factorize(interactions[schema.ITEM_ID], sort=True)[0]
-    times = interactions[schema.TIMESTAMP].to_numpy()
-    order = np.lexsort((items_codes, times, users))
-    s_users, s_times = users[order], times[order]
-    s_items = interactions[schema.ITEM_ID].to_numpy(dtype=object)[order]
-    index = np.arange(n)
-    new_user = np.r_[True, s_users[1:] != s_users[:-1]] if n else np.zeros(0, bool)
-    user_start = np.maximum.accumulate(np.where(new_user, index, 0)) if n else index
-    # Rows sharing the user's timestamp are neither past nor future: the history stops at the
-    # first row of the current (user, timestamp) run.
-    new_run = new_user | (np.r_[True, s_times[1:] != s_times[:-1]] if n else new_user)
-    run_start = np.maximum.accumulate(np.where(new_run, index, 0)) if n else index
-    history = np.full((n, length), PAD, dtype=object)
-    mask = np.zeros((n, length), dtype=bool)
-    for slot in range(length):
-        source = run_start - length + slot
-        valid = source >= user_start
-        history[valid, slot] = s_items[source[valid]]
-        mask[valid, slot] = True
-    out_history = np.empty_like(history)
-    out_mask = np.empty_like(mask)
-    out_history[order] = history
-    out_mask[order] = mask
-    return out_history, out_mask
+    layout = history_layout(interactions)
+    source = layout.run_start[:, None] - length + np.arange(length)[None, :]
+    mask = source >= layout.user_start[:, None]
+    ids = np.append(layout.item_ids, PAD).astype(object)
+    codes = np.where(mask, layout.sorted_items[np.maximum(source, 0)], len(layout.item_ids))
+    return ids[codes], mask
 
 
 def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:

@@ -5,6 +5,8 @@ popularity ranking and unseen items the lowest scores, and times `fit`. `GridSea
 the validation protocol of the tuned peers: every setting of a small grid is fitted on
 `train` and scored by NDCG@10 on `validation` with `TopKEvaluator`; the best one is refit on
 train + validation so the peer ends up seeing the same interactions as an untuned model.
+With `max_validation_users` set, each setting is scored on a seeded sample of the validation
+users (`recommenders_tf.data.splits.sample_users`), which bounds the search's users x catalogue.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from recommenders_tf.data.schema import ITEM_ID, USER_ID, check_frame
+from recommenders_tf.data.splits import sample_users
 from recommenders_tf.evaluation.protocol import TopKEvaluator
 
 __all__ = ["TopKPeer", "GridSearchPeer", "binary_matrix", "fmt_params"]
@@ -105,11 +108,19 @@ class GridSearchPeer(TopKPeer):
       grid: {param: values} searched on validation (every combination); default
         `default_grid`. An empty grid, or no validation, fits `params` as they are.
       **params: fixed values of the parameters that are not searched.
+
+    Attributes:
+      max_validation_users: validation users each setting is scored on, a seeded sample of
+        them once there are more (0: all). The refit still uses the whole validation slice.
+        `pipelines.benchmark` sets it (and `validation_seed`) from its `max_eval_users`.
+      validation_seed: seed of that sample.
     """
 
     default_params: Dict[str, float] = {}
     default_grid: Dict[str, Sequence[float]] = {}
     tunes_on_validation = True
+    max_validation_users: int = 0
+    validation_seed: int = 0
 
     def __init__(
         self,
@@ -145,7 +156,8 @@ class GridSearchPeer(TopKPeer):
             self.notes = _join(f"{fmt_params(self.chosen_params)} (defaults, no validation)",
                                self._setting_notes())
             return
-        evaluator = TopKEvaluator(train, validation, ks=(10,))
+        scored, sample = self._validation_sample(validation)
+        evaluator = TopKEvaluator(train, scored, ks=(10,))
         keys = sorted(self.grid)
         results: List[Tuple[float, Dict[str, float]]] = []
         for values in itertools.product(*(self.grid[k] for k in keys)):
@@ -164,8 +176,23 @@ class GridSearchPeer(TopKPeer):
             f"{fmt_params({k: best[k] for k in keys})} chosen on validation by ndcg@10="
             f"{best_ndcg:.4f} over {len(results)} settings of {fmt_params(self.grid)}; refit on "
             f"train+validation" + (f"; at the grid's edge: {', '.join(edges)}" if edges else ""),
+            f"validation scored on {sample['sampled']} of {sample['of']} users (seed "
+            f"{sample['seed']})" if sample["sampled"] < sample["of"] else "",
             self._setting_notes(),
         )
+
+    def _validation_sample(self, validation: pd.DataFrame) -> Tuple[pd.DataFrame, Dict]:
+        """The validation rows of the users the settings are scored on, and the sample's
+        report ({"sampled", "of", "seed"}): every user when `max_validation_users` is 0."""
+        cap = self.max_validation_users
+        if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 0:
+            raise ValueError(f"max_validation_users must be 0 (all) or a positive integer, "
+                             f"got {cap!r}")
+        users = validation[USER_ID].astype(str)
+        keep, sample = sample_users(users, int(cap), self.validation_seed)
+        if sample["sampled"] == sample["of"]:
+            return validation, sample
+        return validation[users.isin(keep).to_numpy()], sample
 
 
 def _is_numeric(values: Sequence) -> bool:

@@ -42,7 +42,7 @@ import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
 from recommenders_tf.config import file_sha256, write_json
-from recommenders_tf.data.datasets import previous_items, shard_by_data
+from recommenders_tf.data.datasets import PAD, history_layout, previous_items, shard_by_data
 from recommenders_tf.data.schema import GENRES, ITEM_ID, TITLE, USER_ID, check_frame
 from recommenders_tf.features.item_vectors import ItemVectors
 
@@ -146,6 +146,14 @@ def retrieval_dataset(interactions: pd.DataFrame, context: Optional[pd.DataFrame
     The validation rows' histories must include the user's train items, so histories are
     computed over the concatenation and only the rows of `interactions` are kept.
 
+    The batches are the examples of `example_features`, but built batch by batch: the
+    pipeline holds a few integers per row (user, item, two history pointers of
+    `history_layout`) and gathers ids, candidate features and histories from per-user,
+    per-item and sorted-row tables. Materialised, the histories alone are rows x N strings
+    (about 13 GB as a string tensor at 8M rows and N = 50) and the text vectors rows x D
+    floats. The shuffle is a fresh seeded permutation of the row numbers at every pass
+    (`stateless_shuffle` keyed by a per-iteration draw), not a buffer of examples.
+
     Args:
       interactions: the rows to turn into examples (canonical schema).
       context: earlier interactions the histories may also draw on (e.g. train for the
@@ -154,11 +162,51 @@ def retrieval_dataset(interactions: pd.DataFrame, context: Optional[pd.DataFrame
       item_features: the candidate features of the positive items.
       batch_size, shuffle, seed: batching, and a seeded shuffle reshuffled every epoch.
     """
-    features = example_features(interactions, context, history_len, item_features)
-    ds = tf.data.Dataset.from_tensor_slices(features)
+    n = len(interactions)
+    item_codes, item_ids = pd.factorize(interactions[ITEM_ID].astype(str), sort=True)
+    user_codes, user_ids = pd.factorize(interactions[USER_ID].astype(str), sort=True)
+    tables = {name: tf.constant(values) for name, values in
+              item_features(np.asarray(item_ids, dtype=object)).items()}
+    users = tf.constant(np.asarray(user_ids, dtype=object).astype(str))
+    rows_item = tf.constant(item_codes.astype(np.int32))
+    rows_user = tf.constant(user_codes.astype(np.int32))
+    if history_len > 0:
+        frame = interactions if context is None else pd.concat([context, interactions],
+                                                               ignore_index=True)
+        layout = history_layout(frame)
+        keep = slice(len(frame) - n, None)
+        # The last entry is the padding id, the code of every masked slot.
+        history_ids = tf.constant(np.append(layout.item_ids, PAD).astype(str))
+        pad_code = len(layout.item_ids)
+        sorted_items = tf.constant(layout.sorted_items)
+        run_start = tf.constant(layout.run_start[keep])
+        user_start = tf.constant(layout.user_start[keep])
+        offsets = tf.range(-history_len, 0, dtype=tf.int64)
+
+    def build(rows):
+        features = {name: tf.gather(table, tf.gather(rows_item, rows))
+                    for name, table in tables.items()}
+        features[USER_ID] = tf.gather(users, tf.gather(rows_user, rows))
+        if history_len > 0:
+            source = tf.gather(run_start, rows)[:, None] + offsets[None, :]
+            mask = source >= tf.gather(user_start, rows)[:, None]
+            codes = tf.where(mask, tf.gather(sorted_items, tf.maximum(source, 0)), pad_code)
+            features["history"] = tf.gather(history_ids, codes)
+            features["history_mask"] = mask
+        return features
+
     if shuffle:
-        ds = ds.shuffle(max(1, len(interactions)), seed=seed, reshuffle_each_iteration=True)
-    return shard_by_data(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        def permutation(draw):
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int64), seed=tf.stack([draw, tf.constant(seed, tf.int64)]))
+            return tf.data.Dataset.from_tensor_slices(order)
+
+        order = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+        order = order.flat_map(permutation)
+    else:
+        order = tf.data.Dataset.range(n)
+    ds = order.batch(batch_size).map(build, num_parallel_calls=tf.data.AUTOTUNE)
+    return shard_by_data(ds.prefetch(tf.data.AUTOTUNE))
 
 
 MANIFEST = "manifest.json"

@@ -72,8 +72,40 @@ BACKUP_DIR = "backup"
 # lookup table in a map) cannot be rebuilt on a worker, and must say so.
 _FAIL_ON_EXTERNAL_STATE = 2
 
+class LazyAdam(tf.keras.optimizers.Adam):
+    """Adam whose sparse updates (embedding rows) touch only the rows in the batch.
+
+    tf-keras Adam applies an `IndexedSlices` gradient by decaying both moments and moving
+    the variable over the WHOLE table at every step, so a step's cost grows with the
+    vocabulary: with 400K users and 200K items (2 x 38M floats of moments) that is most of
+    the step. Here the rows a batch touches get the usual Adam update and the others keep
+    their moments, as in TF Addons' `LazyAdam` (no longer installable beside TF 2.20).
+    Dense gradients get exactly `Adam`'s update. `apply_gradients` has summed duplicate
+    indices before `update_step` sees them.
+    """
+
+    def update_step(self, gradient, variable):
+        if not isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
+            return super().update_step(gradient, variable)
+        lr = tf.cast(self.learning_rate, variable.dtype)
+        step = tf.cast(self.iterations + 1, variable.dtype)
+        beta_1 = tf.cast(self.beta_1, variable.dtype)
+        beta_2 = tf.cast(self.beta_2, variable.dtype)
+        alpha = lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
+        key = self._index_dict[self._var_key(variable)]
+        m, v = self._momentums[key], self._velocities[key]
+        rows, grad = gradient.indices, gradient.values
+        m_rows = beta_1 * tf.gather(m, rows) + (1 - beta_1) * grad
+        v_rows = beta_2 * tf.gather(v, rows) + (1 - beta_2) * tf.square(grad)
+        m.scatter_update(tf.IndexedSlices(m_rows, rows))
+        v.scatter_update(tf.IndexedSlices(v_rows, rows))
+        variable.scatter_sub(tf.IndexedSlices(
+            alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
+
+
 _OPTIMIZERS = {
     "adam": tf.keras.optimizers.Adam,
+    "lazy_adam": LazyAdam,
     "adagrad": tf.keras.optimizers.Adagrad,
     "sgd": tf.keras.optimizers.SGD,
     "rmsprop": tf.keras.optimizers.RMSprop,
@@ -85,7 +117,9 @@ class TrainingConfig:
     """How to train.
 
     Args:
-      optimizer: one of "adam", "adagrad", "sgd", "rmsprop".
+      optimizer: one of "adam", "lazy_adam" (`LazyAdam`: embedding rows updated only when
+        a batch uses them, so a step costs the batch, not the vocabulary), "adagrad", "sgd",
+        "rmsprop".
       learning_rate: optimizer learning rate.
       epochs: total epochs of the run (a resumed run counts the ones already done).
       batch_size: examples per batch (used by whoever batches the datasets).
