@@ -10,6 +10,7 @@ import pytest
 import recommenders_tf  # noqa: F401
 import tensorflow as tf
 
+from recommenders_tf.data.splits import sample_users
 from recommenders_tf.evaluation.protocol import TopKEvaluator
 from recommenders_tf.features.item_vectors import ItemVectors
 from recommenders_tf.features.retrieval_inputs import ItemFeatureTable
@@ -111,6 +112,30 @@ def test_fit_chooses_epochs_on_validation_then_refits_on_train_and_validation(tm
                                        "final": rec.best_epoch}
     assert "chosen on validation by ndcg@10" in rec.notes
     assert rec.fit_seconds > 0 and rec.examples_per_second > 0
+
+
+def test_epoch_choice_ranks_for_a_seeded_sample_of_validation_users(tmp_path):
+    data = two_groups()
+    last = data.groupby("user_id").tail(1).index
+    train, validation = data.drop(index=last), data.loc[last]
+    seen = []
+
+    def evaluator(train, validation, **kwargs):
+        seen.append(sorted(validation["user_id"]))
+        return TopKEvaluator(train, validation, **kwargs)
+
+    rec = TwoTowerRecommender(tiny_config(epochs=1, max_validation_users=5), work_dir=tmp_path,
+                              validation_evaluator=evaluator).fit(train, validation)
+    expected, report = sample_users(validation["user_id"].astype(str), 5, 0)
+    assert seen == [sorted(expected)] and len(expected) == 5
+    assert rec.validation_users == report == {"sampled": 5, "of": 16, "seed": 0}
+    saved = json.loads((tmp_path / "selection" / "selection.json").read_text())
+    assert saved["validation_users"] == report
+    assert "ranking for 5 of 16 validation users" in rec.notes
+    # The refit still learns from every validation row.
+    assert set(rec.vocabularies["user_id"].tokens) == set(data.user_id)
+    with pytest.raises(ValueError, match="max_validation_users"):
+        tiny_config(max_validation_users=-1)
 
 
 def test_title_tokens_match_the_title_tower_standardisation():

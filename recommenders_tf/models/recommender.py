@@ -79,6 +79,7 @@ import tensorflow as tf
 from recommenders_tf.config import write_json
 from recommenders_tf.data.datasets import PAD, user_history
 from recommenders_tf.data.schema import GENRES, ITEM_ID, TIMESTAMP, USER_ID, check_frame
+from recommenders_tf.data.splits import sample_users
 from recommenders_tf.features.item_vectors import ItemVectors
 from recommenders_tf.features.retrieval_inputs import (ItemFeatureTable, read_example_shards,
                                                        read_manifest, retrieval_dataset,
@@ -117,6 +118,10 @@ class TwoTowerConfig(RetrievalConfig):
         ignored when item text vectors are given.
       select_metric: validation metric ("ndcg@10", "recall@10" or "recall@50") that the
         epoch selection maximises.
+      max_validation_users: validation users whose rankings choose the epoch, a seeded
+        sample (`sample_users`, seed `seed`) once there are more; every epoch ranks the whole
+        catalogue for each of them, which would otherwise cost users x catalogue per epoch.
+        0 ranks for all. The sample is recorded in selection.json and the notes.
       input_shards: 0 trains from in-memory examples (each worker of a cluster builds them
         all and keeps its share of every batch); N > 0 writes them as N TFRecord files per
         phase and each worker reads only its own files (see the module docstring). N must be
@@ -135,7 +140,10 @@ class TwoTowerConfig(RetrievalConfig):
     logq_correction: bool = True
     user_id_dropout: float = 0.0
     dropout: float = 0.0
-    optimizer: str = "adam"
+    # Adam's update restricted to the embedding rows in the batch: a step then costs the
+    # batch, not the vocabulary (with 600K ids, 21 ms instead of 203 ms per step); on the
+    # validation slices NDCG@10 0.2666 vs 0.2678 (ml-100k), 0.1750 vs 0.1741 (synthetic-100k).
+    optimizer: str = "lazy_adam"
     learning_rate: float = 3e-3
     batch_size: int = 512
     epochs: int = 20
@@ -145,9 +153,14 @@ class TwoTowerConfig(RetrievalConfig):
     select_metric: str = "ndcg@10"
     zero_oov_item_id: bool = True
     input_shards: int = 0
+    max_validation_users: int = 20000
 
     def __post_init__(self):
         super().__post_init__()
+        if not isinstance(self.max_validation_users, int) or isinstance(
+                self.max_validation_users, bool) or self.max_validation_users < 0:
+            raise ValueError("TwoTowerConfig.max_validation_users must be 0 (all) or a "
+                             f"positive integer, got {self.max_validation_users!r}")
         if not isinstance(self.input_shards, int) or self.input_shards < 0:
             raise ValueError("TwoTowerConfig.input_shards must be an integer >= 0 (0: "
                              f"in-memory input), got {self.input_shards!r}")
@@ -564,6 +577,10 @@ class TwoTowerRecommender:
         model = self._build(vocabs)
         fitted = _Fitted(model, vocabs, self._histories(train), None)
         train_ds, val_ds, fit_kwargs = self._datasets(train, validation, run_dir)
+        vusers = validation[USER_ID].astype(str)
+        ranked, self.validation_users = sample_users(vusers, cfg.max_validation_users, cfg.seed)
+        if self.validation_users["sampled"] < self.validation_users["of"]:
+            validation = validation[vusers.isin(ranked).to_numpy()]
         evaluator = self.validation_evaluator(train, validation, ks=(10, 50),
                                               candidate_items=candidates)
         ranking = ValidationMetrics(
@@ -583,7 +600,8 @@ class TwoTowerRecommender:
         # Every worker computes the same records from the same synchronised weights.
         if is_chief(self.strategy):
             write_json(run_dir / SELECTION_FILE, {"metric": cfg.select_metric,
-                                                  "best_epoch": best, "epochs": self.selection})
+                                                  "best_epoch": best, "epochs": self.selection,
+                                                  "validation_users": self.validation_users})
         return best
 
     def fit(self, train: pd.DataFrame, validation: Optional[pd.DataFrame] = None,
@@ -613,6 +631,7 @@ class TwoTowerRecommender:
                              "pipeline 0); use input_shards=0 there")
         start = time.perf_counter()
         self.selection, self.best_epoch = [], None
+        self.validation_users: Optional[Dict[str, int]] = None
         self.phase_results = {}
         self.input_shards = {}
         self.epochs_this_session = {SELECTION_DIR: 0, FINAL_DIR: 0}
@@ -688,7 +707,10 @@ class TwoTowerRecommender:
             best = self.selection[self.best_epoch - 1]
             parts.append(f"epochs={self.best_epoch} chosen on validation by "
                          f"{self.select_metric}={best[self.select_metric]:.4f} "
-                         f"(of {len(self.selection)} tried); refit on train+validation")
+                         f"(of {len(self.selection)} tried, ranking for "
+                         f"{self.validation_users['sampled']} of "
+                         f"{self.validation_users['of']} validation users); refit on "
+                         "train+validation")
         else:
             parts.append(f"epochs={self.epochs_trained} (no validation)")
         self.notes = "; ".join(parts)
