@@ -28,6 +28,26 @@ def test_item_neighbors_cosine_by_hand():
     np.testing.assert_allclose(sim[3], [0.0, 0.0])
 
 
+def test_item_neighbors_by_blocks_equal_the_whole_product():
+    rng = np.random.default_rng(0)
+    pairs = [(str(u), f"i{i}") for u, i in zip(rng.integers(0, 40, 400), rng.integers(0, 30, 400))]
+    inter = _frame(pairs)
+    catalog = [f"i{i}" for i in range(32)]  # two items nobody saw
+    whole = item_neighbors(inter, catalog, neighbors=5, block=len(catalog))
+    for block in (1, 7):
+        idx, sim = item_neighbors(inter, catalog, neighbors=5, block=block)
+        np.testing.assert_array_equal(idx, whole[0])
+        np.testing.assert_array_equal(sim, whole[1])
+    # Against a dense oracle: cosine of the binary columns, self excluded.
+    x = np.zeros((40, 32))
+    for u, i in pairs:
+        x[int(u), int(i[1:])] = 1
+    norms = np.sqrt(x.sum(0)) + 1e-9
+    cos = (x.T @ x) / np.outer(norms, norms)
+    np.fill_diagonal(cos, 0)
+    np.testing.assert_allclose(whole[1], -np.sort(-cos, axis=1)[:, :5], rtol=1e-5, atol=1e-6)
+
+
 def test_features_by_hand():
     ids = ["a", "b", "c"]
     text = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], np.float32)  # normalised inside

@@ -48,13 +48,15 @@ RETRIEVAL_SCORE = "retrieval_score"
 _EPS = 1e-6
 
 
-def item_neighbors(interactions: pd.DataFrame, item_ids: Sequence[str], neighbors: int = 50
-                   ) -> Tuple[np.ndarray, np.ndarray]:
+def item_neighbors(interactions: pd.DataFrame, item_ids: Sequence[str], neighbors: int = 50,
+                   block: int = 2048) -> Tuple[np.ndarray, np.ndarray]:
     """Top-`neighbors` item-item cosine similarities of binary user-item co-occurrence.
 
     Returns (positions [n, M] int32 into `item_ids`, -1 where fewer; similarities [n, M]
     float32). Items of `interactions` outside `item_ids` are ignored. Computed as a sparse
-    product, so the memory is that of the co-occurring pairs, not n^2.
+    product over blocks of `block` items, so the memory is that of one block's co-occurring
+    pairs, not of all of them (about users x items-per-user^2: 250M pairs at 10M
+    interactions) nor n^2.
     """
     import scipy.sparse as sp
 
@@ -71,19 +73,22 @@ def item_neighbors(interactions: pd.DataFrame, item_ids: Sequence[str], neighbor
         return out_idx, out_sim
     x = sp.csr_matrix((np.ones(len(cols), np.float32), (users, cols)),
                       shape=(users.max() + 1, n))
+    xt = x.T.tocsr()
     norms = np.sqrt(np.asarray(x.sum(0)).ravel()) + 1e-9
-    co = (x.T @ x).tocsr()
-    co.setdiag(0)
-    co.eliminate_zeros()
-    for row in range(n):
-        start, stop = co.indptr[row], co.indptr[row + 1]
-        if start == stop:
-            continue
-        cols_r = co.indices[start:stop]
-        sims = co.data[start:stop] / (norms[row] * norms[cols_r])
-        top = np.argsort(-sims, kind="stable")[:m]
-        out_idx[row, :len(top)] = cols_r[top]
-        out_sim[row, :len(top)] = sims[top]
+    for first in range(0, n, block):
+        co = (xt[first:first + block] @ x).tocsr()
+        for offset in range(co.shape[0]):
+            row = first + offset
+            start, stop = co.indptr[offset], co.indptr[offset + 1]
+            cols_r = co.indices[start:stop]
+            sims = co.data[start:stop] / (norms[row] * norms[cols_r])
+            other = cols_r != row
+            cols_r, sims = cols_r[other], sims[other]
+            if not len(cols_r):
+                continue
+            top = np.argsort(-sims, kind="stable")[:m]
+            out_idx[row, :len(top)] = cols_r[top]
+            out_sim[row, :len(top)] = sims[top]
     return out_idx, out_sim
 
 
