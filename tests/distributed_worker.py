@@ -3,7 +3,7 @@
 
     TF_CONFIG=... python tests/distributed_worker.py OUT.npz -- <train_retrieval flags>
     TF_CONFIG=... python tests/distributed_worker.py OUT.npz --ranking <train_ranking flags>
-    TF_CONFIG=... python tests/distributed_worker.py OUT.npz --fit WORK_DIR EPOCHS [MARKER]
+    TF_CONFIG=... python tests/distributed_worker.py OUT.npz --fit WORK_DIR EPOCHS [MARKER] [--shards N]
 
 The first two forms pass the flags through the pipeline's own `parse_args` (so
 `--strategy multi_worker` is read as a user would give it). The third trains one small
@@ -143,7 +143,7 @@ class _StopAfterFirstEpoch(tf.keras.callbacks.Callback):
             time.sleep(600)
 
 
-def fit(out: str, work_dir: str, epochs: int, marker=None) -> None:
+def fit(out: str, work_dir: str, epochs: int, marker=None, input_shards: int = 0) -> None:
     from recommenders_tf.data import load_dataset
     from recommenders_tf.models import recommender as recommender_module
     from recommenders_tf.models.distribute import make_strategy, task_of
@@ -164,7 +164,7 @@ def fit(out: str, work_dir: str, epochs: int, marker=None) -> None:
     config = recommender_module.TwoTowerConfig(
         embedding_dim=8, id_embedding_dim=8, history_len=3, history_pooling="mean",
         use_genres=False, learning_rate=0.01, batch_size=128, epochs=epochs, seed=0,
-        verbose=0)
+        verbose=0, input_shards=input_shards)
     rec = recommender_module.TwoTowerRecommender(config, items=data.items, work_dir=work_dir,
                                                  strategy=strategy)
     rec.fit(data.interactions)
@@ -189,7 +189,11 @@ def _one_intra_op_thread() -> None:
 def dispatch(out: str, args) -> None:
     """Runs one of the three forms of the module docstring; `args` follow OUT.npz there."""
     if len(args) >= 3 and args[0] == "--fit":
-        fit(out, args[1], int(args[2]), *args[3:4])
+        shards = 0
+        if "--shards" in args:
+            at = args.index("--shards")
+            shards, args = int(args[at + 1]), args[:at] + args[at + 2:]
+        fit(out, args[1], int(args[2]), *args[3:4], input_shards=shards)
     elif args[:1] == ["--"]:
         run(out, args[1:])
     elif args[:1] == ["--ranking"]:
@@ -197,7 +201,7 @@ def dispatch(out: str, args) -> None:
     else:
         sys.exit(f"usage: {sys.argv[0]} OUT.npz -- <pipelines.train_retrieval flags>\n"
                  f"       {sys.argv[0]} OUT.npz --ranking <pipelines.train_ranking flags>\n"
-                 f"       {sys.argv[0]} OUT.npz --fit WORK_DIR EPOCHS [MARKER]")
+                 f"       {sys.argv[0]} OUT.npz --fit WORK_DIR EPOCHS [MARKER] [--shards N]")
 
 
 def _exit_with(owner: int) -> None:

@@ -282,15 +282,18 @@ def _wait_for(paths, procs, timeout):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("input_shards", [0, 2], ids=["in-memory", "two-files"])
 def test_a_killed_worker_restarts_and_the_cluster_resumes_from_the_backup(tmp_path,
-                                                                          fork_server):
+                                                                          fork_server,
+                                                                          input_shards):
     ports = local_ports(2)
     work, marker, epochs = tmp_path / "work", tmp_path / "epoch1", 2
 
     def start(index, *extra):
         tf_config = {"cluster": _cluster(ports), "task": {"type": "worker", "index": index}}
         return _Worker(tmp_path / f"worker{index}.npz",
-                      ["--fit", str(work), str(epochs), *extra], tf_config)
+                      ["--fit", str(work), str(epochs), *extra,
+                       "--shards", str(input_shards)], tf_config)
 
     procs = {f"worker{i}": start(i, str(marker)) for i in range(2)}
     backup = work / "final" / "backup" / "chief" / "checkpoint"
@@ -311,6 +314,13 @@ def test_a_killed_worker_restarts_and_the_cluster_resumes_from_the_backup(tmp_pa
     for mine, theirs in zip(chief_weights, other_weights):
         np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
     assert not backup.exists()
+    if input_shards:
+        # The restarted chief found its files complete (the manifest matched) and the workers
+        # read them again: the same two files, not a second set.
+        manifest = json.loads((work / "final" / "examples" / "manifest.json").read_text())
+        assert manifest["num_shards"] == 2 and sum(manifest["examples_per_shard"]) > 0
+        assert sorted(p.name for p in (work / "final" / "examples").iterdir()) == sorted(
+            [e["name"] for e in manifest["files"]] + ["manifest.json"])
 
 
 def test_strategy_flag_and_config_field(tmp_path):
