@@ -300,6 +300,8 @@ def test_a_killed_worker_restarts_and_the_cluster_resumes_from_the_backup(tmp_pa
     _wait_for([backup] + [Path(f"{marker}.{i}") for i in range(2)], procs, TIMEOUT_SECONDS)
     # Worker 1 dies. The chief's collectives would fail on the next step (after its health
     # check notices), and a cluster manager restarts every failed worker; do both at once.
+    examples = work / "final" / "examples"
+    written = {f.name: f.stat().st_mtime_ns for f in examples.iterdir()} if input_shards else {}
     for name in ("worker1", "worker0"):
         procs[name].kill()
     assert backup.exists() and not (tmp_path / "worker0.npz").exists()
@@ -316,11 +318,12 @@ def test_a_killed_worker_restarts_and_the_cluster_resumes_from_the_backup(tmp_pa
     assert not backup.exists()
     if input_shards:
         # The restarted chief found its files complete (the manifest matched) and the workers
-        # read them again: the same two files, not a second set.
-        manifest = json.loads((work / "final" / "examples" / "manifest.json").read_text())
+        # read them again: the same two files, untouched since before the kill.
+        manifest = json.loads((examples / "manifest.json").read_text())
         assert manifest["num_shards"] == 2 and sum(manifest["examples_per_shard"]) > 0
-        assert sorted(p.name for p in (work / "final" / "examples").iterdir()) == sorted(
-            [e["name"] for e in manifest["files"]] + ["manifest.json"])
+        assert sorted(written) == sorted([e["name"] for e in manifest["files"]]
+                                         + ["manifest.json"])
+        assert {f.name: f.stat().st_mtime_ns for f in examples.iterdir()} == written
 
 
 def test_strategy_flag_and_config_field(tmp_path):
