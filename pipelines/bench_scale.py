@@ -160,7 +160,9 @@ def run_size(config: BenchScaleConfig, size: str) -> Path:
         notes=[f"{interactions} interactions; run_all {run_seconds:.0f} s in all, retrieval "
                f"training {report['retrieval']['examples_per_second']:.0f} examples/s. Stage "
                "rows: wall seconds and peak resident memory during that stage (the kernel's "
-               "high-water mark, reset at each stage's start)."])
+               "high-water mark, reset at each stage's start). The peers run after run_all in "
+               "the same process, which still holds the fitted cascade (its histories make "
+               "the latency requests): their peak includes that memory."])
     named = Path(config.results_dir) / f"scale-{size}.json"
     payload_path.replace(named)
     return named
