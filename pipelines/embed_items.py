@@ -20,10 +20,8 @@ texts encodes nothing.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -33,10 +31,9 @@ import recommenders_tf  # noqa: F401  (selects tf-keras before anything imports 
 from recommenders_tf import cli
 from recommenders_tf.data import items_for_train, load_dataset, split_for_protocol
 from recommenders_tf.data.schema import ITEM_ID, USER_ID
-from recommenders_tf.features.item_vectors import ItemVectors, check_item_ids, item_texts
+from recommenders_tf.features.item_encoding import encode_item_texts
 from recommenders_tf.features.profiles import WEIGHTINGS, build_user_profiles
-from recommenders_tf.features.text_cache import text_key
-from recommenders_tf.features.text_encoder import DEFAULT_MODEL, SentenceEncoder
+from recommenders_tf.features.text_encoder import DEFAULT_MODEL
 from recommenders_tf.runs import default_run_dir, record_run
 
 logger = logging.getLogger(__name__)
@@ -114,37 +111,14 @@ def main(config: EmbedItemsConfig) -> Dict[str, Any]:
                    "train_sha256": manifest["parts"]["train"]["sha256"]}
     # Tags users wrote are train information only: the text is that of this split's train.
     items = items_for_train(data, split.train)
-    ids = check_item_ids(items, source=f"{data.name} items")
-    texts = item_texts(items, config.text_fields)
-    empty = [str(i) for i, t in zip(ids, texts) if not t]
-    if empty:
-        logger.warning("%d items have empty text (e.g. %s); they get the vector of an empty "
-                       "text", len(empty), empty[:5])
-    without_text = sorted(set(data.interactions[ITEM_ID].astype(str)) - set(ids))
-
-    encoder = SentenceEncoder(config.model, config.max_length, config.batch_size,
-                              config.cache_dir)
-    # Load the model up front only when something is to be encoded, and time it apart, so
-    # the throughput below is encoding alone and a fully cached re-run never loads it.
-    cache = encoder.vector_cache()
-    cache.refresh()
-    load_seconds = 0.0
-    if any(text_key(t) not in cache for t in texts):
-        start = time.perf_counter()
-        encoder.load()
-        load_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    vectors = encoder.encode_cached(texts, progress=config.progress)
-    encode_seconds = time.perf_counter() - start
-    stats = encoder.last_stats
-
-    texts_sha = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
-    items_store = ItemVectors(
-        ids=ids, vectors=vectors, model=encoder.name, fingerprint=encoder.fingerprint,
-        text_fields=tuple(config.text_fields),
-        extra={"dataset": data.name, "dataset_spec": config.dataset,
-               "max_length": config.max_length, "texts_sha256": texts_sha,
-               "empty_texts": len(empty), "text_split": split_facts})
+    encoded = encode_item_texts(
+        items, model=config.model, max_length=config.max_length, batch_size=config.batch_size,
+        cache_dir=config.cache_dir, text_fields=config.text_fields, progress=config.progress,
+        source=f"{data.name} items",
+        extra={"dataset": data.name, "dataset_spec": config.dataset, "text_split": split_facts})
+    items_store, encoder, facts = encoded.vectors, encoded.encoder, encoded.facts
+    ids = items_store.ids
+    without_text = sorted(set(data.interactions[ITEM_ID].astype(str)) - set(map(str, ids)))
     items_path = items_store.save(out_dir / "item_vectors")
 
     profiles = build_user_profiles(split.train, items_store, users=_all_users(data),
@@ -158,19 +132,8 @@ def main(config: EmbedItemsConfig) -> Dict[str, Any]:
         "model": encoder.name,
         "fingerprint": encoder.fingerprint,
         "dim": encoder.dim,
-        "items": len(ids),
-        "empty_texts": len(empty),
+        **facts,
         "interaction_items_without_text": len(without_text),
-        "cache_hits": stats.hits,
-        "cache_misses": stats.misses,
-        "encoded": stats.encoded,
-        "model_load_seconds": round(load_seconds, 3),
-        "encode_seconds": round(encode_seconds, 3),
-        # Every item served (cache hits included) per second, and model throughput on the
-        # texts actually encoded (None when everything came from the cache).
-        "items_per_second": round(len(ids) / encode_seconds, 1) if encode_seconds > 0 else None,
-        "encoded_per_second": (round(stats.encoded / encode_seconds, 1)
-                               if stats.encoded and encode_seconds > 0 else None),
         "batch_size": config.batch_size,
         "max_length": config.max_length,
         "users": len(profiles.user_ids),
@@ -183,13 +146,16 @@ def main(config: EmbedItemsConfig) -> Dict[str, Any]:
         f"Dataset `{data.name}` (`{config.dataset}`), model `{encoder.name}` "
         f"({encoder.dim}-d, fingerprint {encoder.fingerprint[:12]}).",
         "",
-        f"- items encoded: {len(ids)} ({stats.hits} cache hits, {stats.misses} misses, "
-        f"{stats.encoded} distinct texts run through the model)",
-        f"- model load {load_seconds:.1f} s; encoding {encode_seconds:.2f} s "
+        f"- items encoded: {len(ids)} ({facts['cache_hits']} cache hits, "
+        f"{facts['cache_misses']} misses, {facts['encoded']} distinct texts run through the "
+        "model)",
+        f"- model load {facts['model_load_seconds']:.1f} s; encoding "
+        f"{facts['encode_seconds']:.2f} s "
         f"({metrics['items_per_second']} items/s, {metrics['encoded_per_second']} encoded/s)",
         f"- user profiles: {len(profiles.user_ids)} users from the {split.protocol} train split "
         f"({profiles.n_empty} without train items, zero vectors)",
-        f"- items in interactions without text: {len(without_text)}; empty texts: {len(empty)}",
+        f"- items in interactions without text: {len(without_text)}; empty texts: "
+        f"{facts['empty_texts']}",
     ]
     record_run(out_dir, resolved, metrics, summary)
     return {"out_dir": str(out_dir), "item_vectors": str(items_path),

@@ -13,7 +13,7 @@ and of the retrieval stage alone (`retrieval_scann`, `retrieval_bruteforce`), ea
 this process and called once; one summary table.
 
 The run folder (`runs/run_all/<dataset>/`) holds the resolved config, metrics.json,
-summary.md, the stage vocabularies, each stage's training run (checkpoints, TensorBoard,
+summary.md, the item text vectors (`item_vectors/`), the stage vocabularies, each stage's training run (checkpoints, TensorBoard,
 training curves), recall_at_k.png (Recall@K of each stage's list) and diversity_tradeoff.png.
 
 `--strategy default|mirrored|multi_worker` (see `pipelines.train_retrieval` and
@@ -65,6 +65,9 @@ class RunAllConfig:
       retrieval_export_k: results per query of the retrieval-alone exports.
       exclusion_width: exclusions their ScaNN absorbs in its approximate pass.
       target_recall: held-out recall@retrieval_export_k of that ScaNN against BruteForce.
+      max_index_query_users: train users whose query embeddings tune each ScaNN export and
+        measure its recall, a seeded sample once there are more (0: all); recorded in the
+        export metadata.
       retune_targets: tuning targets tried in turn while the held-out recall falls short;
         empty: the target, halfway to 1, then 1.
       diversity_lambdas: lambda grid of the MMR / DPP trade-off curves.
@@ -88,6 +91,7 @@ class RunAllConfig:
     retrieval_export_k: int = 10
     exclusion_width: int = 50
     target_recall: float = 0.95
+    max_index_query_users: int = 20000
     retune_targets: Tuple[float, ...] = ()
     diversity_lambdas: Tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6,
                                             0.5)
@@ -101,32 +105,40 @@ class RunAllConfig:
         bad = sorted(set(self.exports) - set(EXPORT_KINDS))
         if bad:
             raise ValueError(f"exports must be a subset of {EXPORT_KINDS}, got {bad}")
-        if not isinstance(self.max_eval_users, int) or self.max_eval_users < 0:
-            raise ValueError(f"max_eval_users must be 0 (all) or a positive integer, got "
-                             f"{self.max_eval_users!r}")
+        for name in ("max_eval_users", "max_index_query_users"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be 0 (all) or a positive integer, got "
+                                 f"{value!r}")
         for lam in self.diversity_lambdas:
             if not 0.0 <= float(lam) <= 1.0:
                 raise ValueError(f"diversity_lambdas must be in [0, 1], got {lam}")
 
 
-def text_vectors_for(dataset: str, out_dir: Path, cache_dir: str, log=print, cost=None):
-    """The dataset's item text vectors through `pipelines.embed_items` (cached), or None.
+def text_vectors_for(items, split, dataset_spec: str, out_dir: Path, cache_dir: str,
+                     log=print, cost=None):
+    """The item text vectors of `items` (the text the split's train part may read, from
+    `data.items_for_train`), encoded through the cache and saved in `out_dir/item_vectors`.
 
     `cost` (a StageMeter row) receives the texts encoded and their rate through the model."""
-    from pipelines import embed_items
-    from recommenders_tf.features.item_vectors import ItemVectors
+    from recommenders_tf.features.item_encoding import encode_item_texts
 
-    # The run trains on the P1 train part, so the item text may carry only the tags it allows.
-    result = embed_items.main(embed_items.EmbedItemsConfig(
-        dataset=dataset, out_dir=str(out_dir), cache_dir=cache_dir, split_protocol="P1",
-        progress=False))
-    m = result["metrics"]
-    log(f"[run_all] item text vectors: {m['items']} items, {m['cache_hits']} from cache")
+    manifest = split.manifest()["parts"]["train"]
+    encoded = encode_item_texts(
+        items, cache_dir=cache_dir, progress=False, source=f"{split.dataset} items",
+        extra={"dataset": split.dataset, "dataset_spec": dataset_spec,
+               "text_split": {"protocol": split.protocol, "seed": split.seed, "part": "train",
+                              "train_rows": manifest["rows"],
+                              "train_sha256": manifest["sha256"]}})
+    encoded.vectors.save(out_dir / "item_vectors")
+    facts = encoded.facts
+    log(f"[run_all] item text vectors: {facts['items']} items, {facts['cache_hits']} from "
+        "cache")
     if cost is not None:
-        cost["encoded"] = int(m["items"] - m["cache_hits"])
-        if m.get("encoded_per_second"):
-            cost["texts_per_second"] = float(m["encoded_per_second"])
-    return ItemVectors.load(result["item_vectors"])
+        cost["encoded"] = int(facts["encoded"])
+        if facts.get("encoded_per_second"):
+            cost["texts_per_second"] = float(facts["encoded_per_second"])
+    return encoded.vectors
 
 
 def recall_curve(ids: np.ndarray, users: np.ndarray, test, ks: Sequence[int]) -> List[float]:
@@ -225,7 +237,7 @@ def _verify_export(path: Path, users: np.ndarray, histories: np.ndarray) -> Dict
 def main(config: RunAllConfig) -> Dict[str, Any]:
     """Runs every step; returns the metrics, curves, exports and the run folder."""
     import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
-    from recommenders_tf.data import load_dataset
+    from recommenders_tf.data import items_for_train, load_dataset, temporal_split
     from recommenders_tf.models.distribute import make_strategy, writable_dir
     from recommenders_tf.resources import StageMeter
     from recommenders_tf.runs import default_run_dir
@@ -242,7 +254,26 @@ def main(config: RunAllConfig) -> Dict[str, Any]:
         out = Path(stack.enter_context(writable_dir(str(run_dir), strategy)))
         export_dir = (stack.enter_context(writable_dir(config.export_dir, strategy))
                       if config.exports else config.export_dir)
-        return _run(config, strategy, data, run_dir, out, export_dir, t0, meter)
+        with meter.stage("split"):
+            split = temporal_split(data.interactions, seed=config.seed, dataset=data.name)
+            split.write_manifest(out)
+            print(f"[run_all] {data.name}: P1 split, {len(split.train)} train / "
+                  f"{len(split.test)} test rows; strategy {config.strategy} "
+                  f"({STRATEGY_SCOPE})", flush=True)
+            # Tags users wrote are train information only; deciding which needs every
+            # interaction, so it is done before they are released.
+            text_items = (items_for_train(data, split.train) if config.use_text
+                          and data.items is not None and "text" in data.items.columns
+                          else None)
+        # From here on every stage reads the split's parts: the loaded frame would otherwise
+        # stay resident beside them through the run.
+        data = dataclasses.replace(data, interactions=data.interactions.iloc[:0])
+        text = None
+        if text_items is not None:
+            with meter.stage("text vectors", items=len(text_items)) as row:
+                text = text_vectors_for(text_items, split, config.dataset, out,
+                                        config.text_cache, cost=row)
+        return _run(config, strategy, data, split, text, run_dir, out, export_dir, t0, meter)
 
 
 def _cascade_dir(run_dir: Path, out: Path, config: CascadeConfig, train) -> Path:
@@ -269,13 +300,14 @@ def _cascade_dir(run_dir: Path, out: Path, config: CascadeConfig, train) -> Path
     return private
 
 
-def _run(config: RunAllConfig, strategy, data, run_dir: Path, out: Path, export_dir: str,
-         t0: float, meter) -> Dict[str, Any]:
-    """`main` writing into `out` and `export_dir`: `run_dir` and `config.export_dir` on the
-    chief, temporary folders on the other workers."""
+def _run(config: RunAllConfig, strategy, data, split, text, run_dir: Path, out: Path,
+         export_dir: str, t0: float, meter) -> Dict[str, Any]:
+    """`main` after the split and the item text vectors (`text`, or None), writing into `out`
+    and `export_dir`: `run_dir` and `config.export_dir` on the chief, temporary folders on the
+    other workers. `data` no longer holds the interactions; `split` does."""
     from recommenders_tf.cascade.evaluate import diversity_curve, stage_metrics
     from recommenders_tf.cascade.fit import fit_cascade
-    from recommenders_tf.data import sample_users, temporal_split
+    from recommenders_tf.data import sample_users
     from recommenders_tf.data.schema import USER_ID
     from recommenders_tf.evaluation.protocol import TopKEvaluator, genre_features
     from recommenders_tf.config import dataset_retrieval_overrides
@@ -289,16 +321,6 @@ def _run(config: RunAllConfig, strategy, data, run_dir: Path, out: Path, export_
                  if k not in ("seed", "verbose")}
         cascade_cfg = dataclasses.replace(cascade_cfg, retrieval=tuned)
     resolved = dataclasses.replace(config, out_dir=str(run_dir), cascade=cascade_cfg)
-    with meter.stage("split"):
-        split = temporal_split(data.interactions, seed=config.seed, dataset=data.name)
-        split.write_manifest(out)
-    print(f"[run_all] {data.name}: P1 split, {len(split.train)} train / {len(split.test)} test "
-          f"rows; strategy {config.strategy} ({STRATEGY_SCOPE})", flush=True)
-    text = None
-    if config.use_text and data.items is not None and "text" in data.items.columns:
-        with meter.stage("text vectors", items=len(data.items)) as row:
-            text = text_vectors_for(config.dataset, out / "embed_items", config.text_cache,
-                                    cost=row)
     cascade = fit_cascade(split.train, cascade_cfg,
                           _cascade_dir(run_dir, out, cascade_cfg, split.train),
                           items=data.items, users=data.users, text_vectors=text,
@@ -334,7 +356,8 @@ def _run(config: RunAllConfig, strategy, data, run_dir: Path, out: Path, export_
     with meter.stage("export", kinds=list(config.exports)):
         for kind in config.exports:
             path = export_cascade(cascade, export_dir, kind=kind,
-                                  metadata={"dataset": data.name, "run_dir": str(run_dir)})
+                                  metadata={"dataset": data.name, "run_dir": str(run_dir)},
+                                  max_query_users=config.max_index_query_users)
             exports[f"cascade_{kind}"] = _verify_export(path, sample, sample_hist)
             print(f"[run_all] exported and reloaded {path}", flush=True)
         if config.export_retrieval and config.exports:
@@ -377,7 +400,8 @@ def _export_retrieval(cascade, config: RunAllConfig, users, histories,
                       export_dir: Optional[str] = None) -> Dict[str, Any]:
     """The retrieval stage alone (query tower + BruteForce / ScaNN), built by the index policy
     of pipelines.build_index on the train users' query embeddings."""
-    from recommenders_tf.index import build_index, build_tuned_index, split_queries
+    from recommenders_tf.index import (build_index, build_tuned_index, index_query_users,
+                                       split_queries)
     from recommenders_tf.serving.export import export_retrieval
 
     rec = cascade.retrieval
@@ -385,15 +409,18 @@ def _export_retrieval(cascade, config: RunAllConfig, users, histories,
     k, width = config.retrieval_export_k, config.exclusion_width
     facts: Dict[str, Dict[str, Any]] = {}
     if "scann" in config.exports:
-        queries = rec.query_embeddings(rec.vocabularies["user_id"].tokens)
-        tune, held_out, note = split_queries(queries, seed=config.seed)
+        query_users, sample_note = index_query_users(rec.vocabularies["user_id"].tokens,
+                                                     config.max_index_query_users, config.seed)
+        tune, held_out, note = split_queries(rec.query_embeddings(query_users),
+                                             seed=config.seed)
         built = build_tuned_index(
             cascade.catalog, emb, tune, held_out, k=k, target_recall=config.target_recall,
             ladder=config.retune_targets or None,
             min_reordering_candidates=min(k + width, len(emb)), query_model=rec.query_tower,
             seed=config.seed, log=lambda message: print(f"[run_all] {message}", flush=True))
         indexes = {"scann": built.index, "bruteforce": built.exact}
-        facts["scann"] = {**built.report, "query_note": f"train users' queries; {note}"}
+        facts["scann"] = {**built.report,
+                          "query_note": f"train users' queries, {sample_note}: {note}"}
     else:
         indexes = {"bruteforce": build_index("bruteforce", rec.query_tower, cascade.catalog,
                                              emb, k=k)}

@@ -12,11 +12,19 @@ says which of the two it reports.
         ...
     meter.rows  # [{"stage": ..., "seconds": ..., "peak_rss_mb": ..., "examples": ...}]
 
+Each row also has the resident memory when the stage began and when it ended (`rss_start_mb`,
+`rss_end_mb`): a peak is what the stage added on top of what earlier stages left resident.
+At the end of a stage the C heap's free pages go back to the system (glibc `malloc_trim`):
+TensorFlow's CPU tensors are malloc'ed from many per-thread arenas, and what a stage freed
+would otherwise stay counted as resident, and raise every later stage's peak, until reused.
+
 Stages do not nest: a stage inside another would reset the outer one's peak.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import re
 import resource
 import sys
@@ -25,6 +33,20 @@ from typing import Any, Dict, Iterator, List, Optional
 
 _STATUS = "/proc/self/status"
 _CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def release_free_memory() -> bool:
+    """Returns the C heap's free pages to the system (glibc only); False where unavailable."""
+    name = ctypes.util.find_library("c")
+    if not sys.platform.startswith("linux") or not name:
+        return False
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
 
 
 def _status_kb(field: str) -> Optional[int]:
@@ -77,6 +99,7 @@ class StageMeter:
         an example count known only at the end) are stored with the row."""
         exact = reset_peak()
         row: Dict[str, Any] = {"stage": name, **facts}
+        start_rss = rss_mb()
         start = time.perf_counter()
         try:
             yield row
@@ -84,6 +107,11 @@ class StageMeter:
             row["seconds"] = round(time.perf_counter() - start, 3)
             row["peak_rss_mb"] = round(peak_rss_mb(), 1)
             row["peak_scope"] = "stage" if exact else "process"
+            release_free_memory()
+            end_rss = rss_mb()
+            if start_rss is not None and end_rss is not None:
+                row["rss_start_mb"] = round(start_rss, 1)
+                row["rss_end_mb"] = round(end_rss, 1)
             self.rows.append(row)
             if self.log is not None:
                 self.log(f"[meter] {name}: {row['seconds']:.1f} s, peak RSS "

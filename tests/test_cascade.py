@@ -410,3 +410,20 @@ def test_a_run_folder_of_another_fit_is_refused(fitted):
         fit_cascade(split.train, other, run_dir, log=lambda *_: None)
     with pytest.raises(ValueError, match="another train data"):
         fit_cascade(split.train.iloc[:-1], TINY, run_dir, log=lambda *_: None)
+
+
+def test_scann_of_an_export_is_tuned_on_a_stated_sample_of_users(fitted):
+    """The held-out recall is an exact catalogue search per query: its users are capped."""
+    from recommenders_tf.serving.cascade_export import build_cascade_index
+
+    _, split, cascade, _, _, _ = fitted
+    n_users = split.train[USER_ID].nunique()
+    assert n_users > 40
+    index, facts = build_cascade_index(cascade, "scann", cascade.config.retrieval_k,
+                                       log=lambda *_: None, max_query_users=40)
+    assert facts["tune_queries"] + facts["held_out_queries"] == 40
+    assert f"a sample of 40 of {n_users} users (seed {cascade.config.seed})" in facts["queries"]
+    _, every = build_cascade_index(cascade, "scann", cascade.config.retrieval_k,
+                                   log=lambda *_: None, max_query_users=0)
+    assert every["tune_queries"] + every["held_out_queries"] == n_users
+    assert f"all {n_users} users" in every["queries"]

@@ -227,3 +227,22 @@ def test_candidate_store_add_items_makes_new_item_retrievable(tmp_path, integer_
         add_items(grown, saved_tower, {"item_id": ["fresh", ids[5]]})
     with pytest.raises(ValueError, match="must be unique"):
         add_items(grown, saved_tower, {"item_id": ["twin", "twin"]})
+
+
+@pytest.mark.parametrize("kind", ["bruteforce", "scann"])
+def test_search_excluding_past_the_catalogue_pads_after_every_item(kind, integer_catalogue):
+    """A cascade whose retrieval k exceeds a small catalogue: every remaining item, in exact
+    order, then padding, instead of an error."""
+    ids, embeddings, queries = integer_catalogue
+    ids, embeddings, queries = ids[:30], embeddings[:30], queries[:4]
+    index = build_index(kind, None, ids, embeddings, k=30)
+    exclude = np.array([[ids[0], ids[5], ""], [""] * 3, [ids[7], "not-an-item", ""],
+                        [ids[1], ids[2], ids[3]]])
+    scores, found = index.search_excluding(tf.constant(queries), tf.constant(exclude), k=40)
+    found = found.numpy().astype(str)
+    for row, query in enumerate(queries):
+        expected = oracle_top_k(query[None], ids, embeddings, 40, exclude=exclude[row:row + 1]
+                                )[1][0]
+        assert list(found[row][:len(expected)]) == list(expected)
+        assert set(found[row][len(expected):]) == {""}
+        assert np.all(np.isneginf(scores.numpy()[row][len(expected):]))

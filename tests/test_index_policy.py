@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from recommenders_tf.index import (build_tuned_index, noise_queries, recall_at_k_vs_exact,
-                                   split_queries)
+from recommenders_tf.index import (build_tuned_index, index_query_users, noise_queries,
+                                   recall_at_k_vs_exact, split_queries)
 from recommenders_tf.index.policy import retune_ladder
 
 
@@ -32,6 +32,19 @@ def test_split_queries_holds_half_out_unless_too_few():
     few = np.ones((5, 2), np.float32)
     tune, held_out, note = split_queries(few)
     assert len(tune) == len(held_out) == 5 and "too few queries" in note
+
+
+def test_index_query_users_caps_with_a_seeded_stated_sample():
+    users = np.asarray([f"u{j}" for j in range(50)], dtype=object)
+    chosen, note = index_query_users(users, 20, seed=3)
+    assert len(chosen) == len(set(chosen)) == 20 and set(chosen) <= set(users)
+    assert note == "a sample of 20 of 50 users (seed 3)"
+    again, _ = index_query_users(users, 20, seed=3)
+    other, _ = index_query_users(users, 20, seed=4)
+    assert list(again) == list(chosen) and list(other) != list(chosen)
+    # Under the cap, or with the cap off, every user's query is used.
+    assert index_query_users(users, 50)[1] == index_query_users(users, 0)[1] == "all 50 users"
+    assert list(index_query_users(users, 0)[0]) == list(users)
 
 
 def test_noise_queries_are_seeded():

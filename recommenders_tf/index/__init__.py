@@ -23,6 +23,7 @@ from recommenders_tf.index.policy import (
     TunedIndex,
     build_tuned_index,
     noise_queries,
+    index_query_users,
     split_queries,
 )
 from recommenders_tf.index.scann_index import (
@@ -60,6 +61,7 @@ __all__ = [
     "noise_queries",
     "recall_at_k_vs_exact",
     "save_tower",
+    "index_query_users",
     "split_queries",
     "store_dirs",
     "tune_scann",

@@ -383,7 +383,13 @@ class RetrievalIndex:
         rows = tf.broadcast_to(tf.range(tf.shape(scores)[1], dtype=tf.int64)[None, :],
                                tf.shape(scores))
         scores = tf.where(_is_excluded(rows, ex), tf.constant(-np.inf, scores.dtype), scores)
-        v, positions = tf.math.top_k(scores, k=k)  # ties: lower row, i.e. id order
+        # ties: lower row, i.e. id order. A catalogue smaller than k fills what it has and
+        # pads the rest (-inf scores become PAD_ID below).
+        top = min(int(k), int(self.num_candidates))
+        v, positions = tf.math.top_k(scores, k=top)
+        if top < k:
+            v = tf.pad(v, [[0, 0], [0, k - top]], constant_values=-np.inf)
+            positions = tf.pad(positions, [[0, 0], [0, k - top]])
         i = tf.where(tf.math.is_inf(v) & (v < 0), tf.constant(PAD_ID),
                      tf.gather(self.rows.ids, positions))
         return (tf.tensor_scatter_nd_update(values, where, v),

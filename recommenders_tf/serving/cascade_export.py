@@ -39,7 +39,8 @@ import tensorflow as tf
 from recommenders_tf.cascade.graph import OUTPUTS
 from recommenders_tf.cascade.stages import Cascade, query_embeddings
 from recommenders_tf.data.schema import ITEM_ID, USER_ID
-from recommenders_tf.index.policy import build_tuned_index, split_queries
+from recommenders_tf.index.policy import (MAX_INDEX_QUERY_USERS, build_tuned_index,
+                                          index_query_users, split_queries)
 from recommenders_tf.index.scann_index import build_index
 from recommenders_tf.serving.contract import (EXCLUDE_INPUT, HISTORY, SERVING_DEFAULT,
                                               USER_ID as USER_INPUT, WITH_EXCLUSIONS,
@@ -51,20 +52,26 @@ DEFAULT_NAMES = {"scann": "recommender", "bruteforce": "recommender_bruteforce"}
 
 
 def build_cascade_index(cascade: Cascade, kind: str, search_width: int,
-                        target_recall: float = 0.95, log=print):
+                        target_recall: float = 0.95, log=print,
+                        max_query_users: int = MAX_INDEX_QUERY_USERS):
     """The retrieval index of an export: exact BruteForce, or ScaNN built by the package's one
     index policy (`index.policy.build_tuned_index`: tuned on half of the train users' real
     query embeddings, recall@retrieval_k against BruteForce measured on the other half,
-    re-tuned while short of `target_recall`)."""
+    re-tuned while short of `target_recall`). The users are a seeded sample of
+    `max_query_users` once there are more (<= 0: all of them)."""
     rec = cascade.retrieval
     catalog = cascade.catalog
     embeddings = rec.candidate_embeddings(catalog)
     if kind == "bruteforce":
         return build_index("bruteforce", None, catalog, embeddings, k=search_width), {}
-    users = np.unique(cascade.train[USER_ID].astype(str).to_numpy()).astype(object)
+    users, sample_note = index_query_users(
+        np.unique(cascade.train[USER_ID].astype(str).to_numpy()), max_query_users,
+        cascade.config.seed)
     tune, held_out, note = split_queries(query_embeddings(rec, users), seed=cascade.config.seed)
+    note = f"train users' queries, {sample_note}: {note}"
     tuned = build_tuned_index(catalog, embeddings, tune, held_out,
-                              k=cascade.config.retrieval_k, target_recall=target_recall,
+                              k=min(cascade.config.retrieval_k, len(catalog)),
+                              target_recall=target_recall,
                               min_reordering_candidates=search_width, index_k=search_width,
                               seed=cascade.config.seed, log=log)
     return tuned.index, {**tuned.report, "queries": note}
@@ -92,7 +99,7 @@ def cascade_warmup_requests(cascade: Cascade, n_users: int = 8) -> List[tuple]:
 def export_cascade(cascade: Cascade, base_dir="saved_models", kind: str = "scann",
                    name: Optional[str] = None, exclusion_budget: int = 100,
                    fallback_text_weight: float = 0.5, metadata: Optional[Mapping] = None,
-                   log=print) -> Path:
+                   log=print, max_query_users: int = MAX_INDEX_QUERY_USERS) -> Path:
     """Exports the whole cascade as the next integer version of `base_dir/<name>`.
 
     Args:
@@ -105,13 +112,16 @@ def export_cascade(cascade: Cascade, base_dir="saved_models", kind: str = "scann
         get an exact pass over the catalogue (BruteForce is exact at any width).
       fallback_text_weight: text-profile weight of the unknown-user fallback.
       metadata: extra facts for metadata.json.
+      max_query_users: train users whose queries tune the ScaNN index and measure its recall
+        (a seeded sample beyond this; <= 0: all).
     """
     if kind not in DEFAULT_NAMES:
         raise ValueError(f"kind must be one of {sorted(DEFAULT_NAMES)}, got {kind!r}")
     cfg = cascade.config
     n = len(cascade.catalog)
     width = n if kind == "bruteforce" else min(n, cfg.retrieval_k + int(exclusion_budget))
-    index, index_facts = build_cascade_index(cascade, kind, width, log=log)
+    index, index_facts = build_cascade_index(cascade, kind, width, log=log,
+                                             max_query_users=max_query_users)
     module = cascade.graph(index, fallback_text_weight)
     rec = cascade.retrieval
     meta = {
