@@ -16,14 +16,22 @@ The run folder (`runs/run_all/<dataset>/`) holds the resolved config, metrics.js
 summary.md, the item text vectors (`item_vectors/`), the stage vocabularies, each stage's training run (checkpoints, TensorBoard,
 training curves), recall_at_k.png (Recall@K of each stage's list) and diversity_tradeoff.png.
 
-`--strategy default|mirrored|multi_worker` (see `pipelines.train_retrieval` and
-`recommenders_tf.models.distribute`) applies to retrieval training, the two two-tower fits of
-the cascade; the ranking and re-ranking stages train on the default strategy, so under
-`multi_worker` each worker fits its own copy of them on the same lists. Every worker runs the
-whole command with `--out` and `--export-dir` on folders all of them see; only the chief
+`--strategy default|mirrored|multi_worker|parameter_server` (see `pipelines.train_retrieval`
+and `recommenders_tf.models.distribute`) applies to retrieval training, the two two-tower fits
+of the cascade, whose user and item tables are what outgrows one machine; the ranking and
+re-ranking stages train on the default strategy.
+
+Under `multi_worker` each worker fits its own copy of them on the same lists. Every worker runs
+the whole command with `--out` and `--export-dir` on folders all of them see; only the chief
 (worker 0) writes the run folder and the exports. The other workers write into temporary
 folders they remove, reading the chief's retrieval checkpoints (to resume in step with it)
 through links in their private cascade folder.
+
+Under `parameter_server` every task runs the same command too, but only the coordinator
+(`chief`) runs the program: the worker and ps tasks serve it until they are stopped. The
+two-tower fits send their steps to the workers, with the embedding tables split over the ps
+tasks (variables of at least 2 x `ps_min_shard_bytes`); the coordinator then scores with a
+local copy of the towers, fits the ranking stages itself, evaluates and exports.
 """
 from __future__ import annotations
 
@@ -38,7 +46,7 @@ import numpy as np
 
 from recommenders_tf import cli
 from recommenders_tf.cascade.config import CascadeConfig
-from recommenders_tf.models.distribute import STRATEGIES, SYNCHRONOUS_STRATEGIES, check_strategy
+from recommenders_tf.models.distribute import PS_MIN_SHARD_BYTES, STRATEGIES, check_strategy
 
 EXPORT_KINDS = ("scann", "bruteforce")
 STRATEGY_SCOPE = "strategy applies to retrieval training"
@@ -76,8 +84,11 @@ class RunAllConfig:
         scores the whole catalogue per user, so this caps the evaluation's users x catalogue.
       seed: split seed.
       strategy: tf.distribute strategy of the cascade's retrieval training: "default",
-        "mirrored" (every local GPU) or "multi_worker" (the machines of TF_CONFIG); ranking
-        and re-ranking stay on the default strategy.
+        "mirrored" (every local GPU), "multi_worker" (the machines of TF_CONFIG) or
+        "parameter_server" (a coordinator, workers and ps tasks of TF_CONFIG); ranking and
+        re-ranking stay on the default strategy.
+      ps_min_shard_bytes: under "parameter_server", the smallest shard of a variable split
+        over the ps tasks.
     """
 
     dataset: str = "synthetic"
@@ -98,10 +109,13 @@ class RunAllConfig:
     max_eval_users: int = 20000
     seed: int = 0
     strategy: str = "default"
+    ps_min_shard_bytes: int = PS_MIN_SHARD_BYTES
 
     def __post_init__(self):
-        # The cascade's fits run on every worker in step; parameter servers are not wired in.
-        check_strategy(self.strategy, SYNCHRONOUS_STRATEGIES, "pipelines.run_all")
+        check_strategy(self.strategy, STRATEGIES, "pipelines.run_all")
+        if not isinstance(self.ps_min_shard_bytes, int) or self.ps_min_shard_bytes < 1:
+            raise ValueError(f"ps_min_shard_bytes must be a positive integer, got "
+                             f"{self.ps_min_shard_bytes!r}")
         bad = sorted(set(self.exports) - set(EXPORT_KINDS))
         if bad:
             raise ValueError(f"exports must be a subset of {EXPORT_KINDS}, got {bad}")
@@ -244,7 +258,7 @@ def main(config: RunAllConfig) -> Dict[str, Any]:
 
     t0 = time.perf_counter()
     # First: a multi-worker strategy has to configure the runtime before any TensorFlow op.
-    strategy = make_strategy(config.strategy)
+    strategy = make_strategy(config.strategy, min_shard_bytes=config.ps_min_shard_bytes)
     meter = StageMeter()
     with meter.stage("data") as row:
         data = load_dataset(config.dataset)
@@ -374,7 +388,10 @@ def _run(config: RunAllConfig, strategy, data, split, text, run_dir: Path, out: 
                "tradeoffs": tradeoffs, "cascade_report": cascade.report, "exports": exports,
                "training": {"strategy": config.strategy, "scope": STRATEGY_SCOPE,
                             "workers": num_workers(strategy),
-                            "replicas": int(strategy.num_replicas_in_sync)},
+                            "replicas": int(strategy.num_replicas_in_sync),
+                            # Under parameter servers: each split table's shards.
+                            "sharded_variables": getattr(cascade.retrieval,
+                                                         "variable_shards", None) or {}},
                "evaluate_seconds": round(run_seconds, 2),
                "evaluation_users": eval_sample,
                "seconds": round(time.perf_counter() - t0, 1),
@@ -479,7 +496,8 @@ def parse_args(argv=None) -> RunAllConfig:
     parser.add_argument("--out", dest="out_dir", help="run folder")
     parser.add_argument("--export-dir", help="TF Serving base path of the exports")
     parser.add_argument("--strategy", choices=STRATEGIES,
-                        help=f"tf.distribute strategy ({STRATEGY_SCOPE}; multi_worker reads "
+                        help=f"tf.distribute strategy ({STRATEGY_SCOPE}; multi_worker and "
+                             "parameter_server read "
                              "TF_CONFIG)")
     return cli.parse_config(RunAllConfig, parser, argv,
                             fields=("out_dir", "export_dir", "strategy"))

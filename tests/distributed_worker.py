@@ -3,9 +3,10 @@
 
     TF_CONFIG=... python tests/distributed_worker.py OUT.npz -- <train_retrieval flags>
     TF_CONFIG=... python tests/distributed_worker.py OUT.npz --ranking <train_ranking flags>
+    TF_CONFIG=... python tests/distributed_worker.py OUT.npz --run-all <run_all flags>
     TF_CONFIG=... python tests/distributed_worker.py OUT.npz --fit WORK_DIR EPOCHS [MARKER] [--shards N]
 
-The first two forms pass the flags through the pipeline's own `parse_args` (so
+The first three forms pass the flags through the pipeline's own `parse_args` (so
 `--strategy multi_worker` is read as a user would give it). The third trains one small
 `TwoTowerRecommender` on synthetic-tiny without validation (a single `fit` of EPOCHS epochs,
 checkpoints in WORK_DIR); with MARKER it writes `MARKER.<task index>` after the first epoch's
@@ -17,8 +18,9 @@ the examples it parsed as "user_id|item_id|history" strings), so a test can chec
 worker read only its own files.
 
 Afterwards the worker saves what the test compares in OUT.npz: the final query tower's weights
-(the whole ranking model's with `--ranking`; `weight_<i>` arrays) and a JSON `results` (what
-`main` returned, or the fit's epochs). Each process keeps to one intra-op thread, so two
+(the whole ranking model's with `--ranking`, the cascade's retrieval query tower with
+`--run-all`; `weight_<i>` arrays) and a JSON `results` (what `main` returned, run_all's
+metrics, or the fit's epochs). Each process keeps to one intra-op thread, so two
 workers and a reference run share two cores without starving the collective ops of each other.
 
 With `--strategy parameter_server` the same first form runs every task of a parameter-server
@@ -51,7 +53,8 @@ import pipelines.train_retrieval as train_retrieval  # noqa: E402
 # What the fork server imports before it forks workers: everything a worker imports anyway.
 # None of them may run a TensorFlow op at import: a runtime started in the server would be
 # shared, half-dead, by every fork (the workers' first call below would then fail).
-PRELOAD = ["distributed_worker", "pipelines.train_ranking", "recommenders_tf.models.ranking",
+PRELOAD = ["distributed_worker", "pipelines.train_ranking", "pipelines.run_all",
+           "recommenders_tf.cascade.fit", "recommenders_tf.models.ranking",
            "recommenders_tf.serving.ranking_export", "recommenders_tf.data",
            "matplotlib.pyplot"]
 # gRPC honours proxy variables even for 127.0.0.1; the workers must talk directly.
@@ -129,6 +132,14 @@ def run_ranking(out: str, argv) -> None:
     _save(out, results, fitted[-1][0].get_weights())
 
 
+def run_all(out: str, argv) -> None:
+    import pipelines.run_all as run_all_step
+
+    result = run_all_step.main(run_all_step.parse_args(argv))
+    metrics = json.loads(json.dumps(result["metrics"], default=str))
+    _save(out, metrics, result["cascade"].retrieval.query_tower.get_weights())
+
+
 class _StopAfterFirstEpoch(tf.keras.callbacks.Callback):
     """Signals that epoch 1 is saved (it runs after fit_model's own callbacks), then hangs."""
 
@@ -198,9 +209,12 @@ def dispatch(out: str, args) -> None:
         run(out, args[1:])
     elif args[:1] == ["--ranking"]:
         run_ranking(out, args[1:])
+    elif args[:1] == ["--run-all"]:
+        run_all(out, args[1:])
     else:
         sys.exit(f"usage: {sys.argv[0]} OUT.npz -- <pipelines.train_retrieval flags>\n"
                  f"       {sys.argv[0]} OUT.npz --ranking <pipelines.train_ranking flags>\n"
+                 f"       {sys.argv[0]} OUT.npz --run-all <pipelines.run_all flags>\n"
                  f"       {sys.argv[0]} OUT.npz --fit WORK_DIR EPOCHS [MARKER] [--shards N]")
 
 
