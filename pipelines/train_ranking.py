@@ -35,6 +35,13 @@ synchronised model; only the chief (worker 0) writes the run folder and the expo
 write into temporary folders they remove. A restarted cluster resumes from the chief's
 checkpoints and, inside an interrupted `fit`, from the `BackupAndRestore` state under
 `training/backup`. `--strategy mirrored` uses every local GPU of one machine.
+
+Parameter servers (`--strategy parameter_server`, for user and item tables larger than one
+machine): TF_CONFIG lists a `chief` (the coordinator), `worker`s and `ps` tasks, and every task
+runs the same command. The worker and ps tasks serve the coordinator until stopped; the
+coordinator builds the lists, sends training steps to the workers (variables of at least
+2 x `ps_min_shard_bytes` split over the ps tasks), scores the held-out lists after every epoch
+with a local copy of the model (for early stopping and the best epoch), and exports that copy.
 """
 from __future__ import annotations
 
@@ -46,14 +53,14 @@ from recommenders_tf import cli
 from recommenders_tf.cascade.ranking_lists import RankingDataConfig, build_training_lists
 from recommenders_tf.data import load_dataset, split_for_protocol
 from recommenders_tf.data.schema import ITEM_ID
-from recommenders_tf.models.distribute import (STRATEGIES, SYNCHRONOUS_STRATEGIES,
-                                               check_strategy, make_strategy, num_workers,
-                                               writable_dir)
+from recommenders_tf.config import ConfigError
+from recommenders_tf.models.distribute import (PS_MIN_SHARD_BYTES, STRATEGIES, check_strategy,
+                                               make_strategy, num_workers, writable_dir)
 from recommenders_tf.runs import claim_run_dir, record_run
 
 # Config fields that may change between a run and its resumption (TensorFlow checkpoints do
 # not depend on the strategy that wrote them).
-_RESUMABLE_FIELDS = {"strategy"}
+_RESUMABLE_FIELDS = {"strategy", "ps_min_shard_bytes"}
 
 
 @dataclasses.dataclass
@@ -68,8 +75,10 @@ class TrainRankingConfig:
       run_name: run folder name (default: <dataset>-<loss>); reuse it to resume.
       export_dir: TF Serving base path; "" skips the export.
       export_name: model name under export_dir.
-      strategy: "default" (one device), "mirrored" (every local GPU) or "multi_worker"
-        (the machines of TF_CONFIG); see the module docstring.
+      strategy: "default" (one device), "mirrored" (every local GPU), "multi_worker"
+        (the machines of TF_CONFIG) or "parameter_server"; see the module docstring.
+      ps_min_shard_bytes: under "parameter_server", the smallest shard of a variable split
+        over the ps tasks.
     """
 
     dataset: str = "ml-100k"
@@ -82,11 +91,13 @@ class TrainRankingConfig:
     export_dir: str = "saved_models"
     export_name: str = "ranking"
     strategy: str = "default"
+    ps_min_shard_bytes: int = PS_MIN_SHARD_BYTES
 
     def __post_init__(self):
-        # The ranking loop (hard-negative lists, per-epoch ranking validation, export) runs on
-        # every worker in step; it has no coordinator-only path for parameter servers yet.
-        check_strategy(self.strategy, SYNCHRONOUS_STRATEGIES, "pipelines.train_ranking")
+        check_strategy(self.strategy, STRATEGIES, "pipelines.train_ranking")
+        if not isinstance(self.ps_min_shard_bytes, int) or self.ps_min_shard_bytes < 1:
+            raise ConfigError(f"ps_min_shard_bytes must be a positive integer, got "
+                              f"{self.ps_min_shard_bytes!r}")
         from recommenders_tf.config import from_dict
         from recommenders_tf.models.ranking import RankingConfig
 
@@ -101,7 +112,7 @@ class TrainRankingConfig:
 def main(config: TrainRankingConfig) -> Dict[str, Any]:
     """Builds lists, trains, evaluates on the held-out lists, exports; returns the metrics."""
     # First: a multi-worker strategy has to configure the runtime before any TensorFlow op.
-    strategy = make_strategy(config.strategy)
+    strategy = make_strategy(config.strategy, min_shard_bytes=config.ps_min_shard_bytes)
     data = load_dataset(config.dataset)
     run_dir = Path(config.run_dir) / (config.run_name or f"{data.name}-{config.ranking.loss}")
     with writable_dir(str(run_dir), strategy) as out:
@@ -147,6 +158,9 @@ def _run(config: TrainRankingConfig, strategy, data, run_dir: Path, out: Path
         "n_train_lists": len(train_lists), "n_validation_lists": len(val_lists),
         "strategy": config.strategy, "workers": num_workers(strategy),
         "replicas": int(strategy.num_replicas_in_sync),
+        # Plain types: Keras wraps a dict attribute of a model in a tracking wrapper.
+        "sharded_variables": {str(name): [str(d) for d in devices] for name, devices in
+                              (getattr(model, "variable_shards", None) or {}).items()},
     }
     export_path: Optional[Path] = None
     if config.export_dir:
@@ -179,7 +193,8 @@ def parse_args(argv=None) -> TrainRankingConfig:
     parser.add_argument("--protocol")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--strategy", choices=STRATEGIES,
-                        help="tf.distribute strategy (multi_worker reads TF_CONFIG)")
+                        help="tf.distribute strategy (multi_worker and parameter_server read "
+                             "TF_CONFIG)")
     return cli.parse_config(TrainRankingConfig, parser, argv,
                             fields={"protocol": "protocol", "seed": "seed",
                                     "loss": "ranking.loss", "strategy": "strategy"})

@@ -27,6 +27,7 @@ from pipelines.run_all import RunAllConfig
 from pipelines.train_ranking import TrainRankingConfig
 from pipelines.train_retrieval import main, parse_args
 from recommenders_tf.config import ConfigError
+from recommenders_tf.features.vocab import load_vocabularies
 from recommenders_tf.models.distribute import (local_ports, make_strategy,
                                                read_parameter_server_config,
                                                run_server_if_needed)
@@ -258,6 +259,68 @@ def test_run_all_on_parameter_servers_exports_a_cascade_one_machine_serves(tmp_p
     assert len(top) == 1 and len(top[0]) == len(set(top[0])) == 10 and all(top[0])
 
 
+_RANKING_EXPORT_CHECK = """
+import json, sys
+sys.modules["keras"] = sys.modules["tf_keras"] = None  # as TF Serving: no Keras
+import tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+req = json.loads(sys.argv[2])
+out = loaded.signatures["serving_default"](**{k: tf.constant(v) for k, v in req.items()})
+print(json.dumps(out["scores"].numpy().astype(float).tolist()))
+"""
+
+
+@pytest.mark.slow
+def test_ranking_on_parameter_servers_selects_on_held_out_lists_and_exports(tmp_path,
+                                                                           fork_server):
+    """`train_ranking --strategy parameter_server`: the id tables split over two ps tasks,
+    the held-out lists scored on the coordinator after every epoch (Keras does not evaluate
+    there), the best epoch restored and exported from a local copy."""
+    from test_distributed_training import RANKING_FLAGS
+
+    flags = [*RANKING_FLAGS, "--set", "ranking.epochs=2", "--strategy", "parameter_server",
+             "--set", f"ps_min_shard_bytes={SHARD_BYTES}",
+             "--set", f"run_dir={tmp_path / 'runs'}", "--set", f"export_dir={tmp_path / 'saved'}"]
+    cluster = _cluster(local_ports(5))
+    procs = {}
+    try:
+        for job in ("ps", "worker", "chief"):
+            for index in range(len(cluster[job])):
+                procs[f"{job}{index}"] = distributed_worker.start_worker(
+                    tmp_path / f"{job}{index}.npz", ["--ranking", *flags],
+                    {"cluster": cluster, "task": {"type": job, "index": index}},
+                    tmp_path / f"{job}{index}.log")
+        chief = _wait_for_coordinator(tmp_path, procs, "chief0", TIMEOUT_SECONDS)
+    finally:
+        _stop(procs)
+    assert chief["strategy"] == "parameter_server" and chief["workers"] == 2
+    shards = chief["sharded_variables"]
+    assert {"item_id_embedding", "user_id_embedding"} <= {
+        name.rsplit("/", 2)[-2] for name in shards}, shards
+    # Both epochs were scored on the held-out lists, and the reported values are the chosen
+    # epoch's.
+    history = json.loads((tmp_path / "runs" / "synthetic-tiny-softmax" / "training"
+                          / "history.json").read_text())
+    assert len(history["val_ndcg_10"]) == 2 and chief["best_epoch"] in (1, 2)
+    assert chief["validation"]["ndcg_10"] == pytest.approx(
+        max(history["val_ndcg_10"]), rel=1e-6)
+    assert 0 < chief["validation"]["ndcg_10"] <= 1
+
+    export = Path(chief["export"])
+    assert export == tmp_path / "saved" / "ranking" / "1"
+    vocabs = load_vocabularies(tmp_path / "runs" / "synthetic-tiny-softmax" / "vocab")
+    items = [str(i) for i in vocabs["item_id"].tokens[:4]]
+    users = [str(vocabs["user_id"].tokens[0])]
+    request = {"user_id": users, "history": [items[:2]], "item_ids": [items[2:] + [""]]}
+    done = subprocess.run([sys.executable, "-c", _RANKING_EXPORT_CHECK, str(export),
+                           json.dumps(request)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(scores[0]) == 3 and all(abs(v) < 1e6 for v in scores[0][:2])
+    assert scores[0][2] < -1e30  # "" padding
+
+
 def test_parameter_server_config_errors(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="needs the TF_CONFIG environment variable"):
@@ -282,11 +345,10 @@ def test_parameter_server_config_errors(monkeypatch):
         make_strategy("parameter_server", min_shard_bytes=0)
 
 
-def test_pipelines_without_a_parameter_server_path_refuse_it(tmp_path):
-    supported = r"strategy must be one of \['default', 'mirrored', 'multi_worker'\] for "
-    with pytest.raises(ConfigError, match=supported + r"pipelines.train_ranking, got "
-                                          r"'parameter_server', which it does not support"):
-        TrainRankingConfig(strategy="parameter_server")
+def test_every_pipeline_takes_parameter_servers(tmp_path):
+    assert TrainRankingConfig(strategy="parameter_server").strategy == "parameter_server"
+    with pytest.raises(ConfigError, match="ps_min_shard_bytes must be a positive integer"):
+        TrainRankingConfig(ps_min_shard_bytes=0)
     assert RunAllConfig(strategy="parameter_server").strategy == "parameter_server"
     with pytest.raises(ValueError, match="ps_min_shard_bytes must be a positive integer"):
         RunAllConfig(strategy="parameter_server", ps_min_shard_bytes=0)

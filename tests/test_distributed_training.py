@@ -383,7 +383,7 @@ def test_run_all_strategy_field_and_flag():
 
     assert RunAllConfig().strategy == "default"
     with pytest.raises(ConfigError, match=r"strategy must be one of \['default', 'mirrored', "
-                                          r"'multi_worker'\], got 'bogus'"):
+                                          r"'multi_worker', 'parameter_server'\], got 'bogus'"):
         RunAllConfig(strategy="bogus")
     assert run_all_args(["--strategy", "mirrored"]).strategy == "mirrored"
     assert run_all_args(["--set", "strategy=multi_worker"]).strategy == "multi_worker"

@@ -53,7 +53,10 @@ from recommenders_tf.models.towers import (
     TowerConfig,
     build_towers,
 )
-from recommenders_tf.models.training import FitResult, TrainingConfig, fit_model
+from recommenders_tf.models.distribute import (copy_variables, uses_parameter_servers,
+                                               variable_shards)
+from recommenders_tf.models.training import (FitResult, TrainingConfig, ValidationMetrics,
+                                             fit_model)
 
 # Masked attention logits: exp() underflows to exactly 0 while staying finite in float32.
 _MASKED_LOGIT = -1e9
@@ -520,22 +523,63 @@ def fit_ranking_model(config: RankingConfig, train_lists: RankingLists,
 
     Returns:
       (model with the best epoch's weights, FitResult, {"user_id", "item_id"} vocabularies).
+      Under a ParameterServerStrategy the model is a copy on this machine, and its
+      `variable_shards` says how the trained variables were split over the ps tasks.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    parameter_servers = uses_parameter_servers(strategy)
+    if parameter_servers and (towers is not None or context_features is not None):
+        raise ValueError("fit_ranking_model: towers= and context_features= are layers built "
+                         "on this machine, which a ParameterServerStrategy cannot place on its "
+                         "ps tasks; fit such a ranker on the default strategy")
     vocabs = build_vocabularies(interactions, (USER_ID, ITEM_ID))
     labels = train_lists.label[train_lists.mask]
     label_mean = float(labels.mean()) if get_loss(config.loss).predicts_rating and labels.size \
         else 0.0
-    with strategy.scope():
-        model = build_ranking_model(config, vocabs[USER_ID].tokens, vocabs[ITEM_ID].tokens,
-                                    item_genres=item_genre_map(items), label_mean=label_mean,
-                                    towers=towers,
-                                    user_features=user_attribute_maps(users,
-                                                                      config.user_features),
-                                    context_features=context_features)
+
+    def build(scope: tf.distribute.Strategy) -> RankingModel:
+        with scope.scope():
+            return build_ranking_model(
+                config, vocabs[USER_ID].tokens, vocabs[ITEM_ID].tokens,
+                item_genres=item_genre_map(items), label_mean=label_mean, towers=towers,
+                user_features=user_attribute_maps(users, config.user_features),
+                context_features=context_features)
+
+    model = build(strategy)
     train_ds = train_lists.to_dataset(config.batch_size, shuffle=True, seed=config.seed)
     val_ds = (None if val_lists is None
               else val_lists.to_dataset(config.batch_size, shuffle=False))
+    metric_callbacks, local = [], None
+    if parameter_servers:
+        # Keras does not evaluate a validation set under parameter servers (see
+        # models.training), so the held-out lists are scored on the coordinator by a local
+        # copy of the model after every epoch, under the names Keras would log, for early
+        # stopping and the best-epoch restore. The copy is also what is returned: it scores
+        # without fetching every variable from the ps tasks, and exports whole variables.
+        local = build(tf.distribute.get_strategy())
+        local.compile(optimizer=tf.keras.optimizers.SGD())
+        # One evaluation step creates every variable the copies below fill, metrics included.
+        names = sorted(local.evaluate(train_ds.take(1), return_dict=True, verbose=0))
+        if val_ds is not None:
+            # Keras' evaluate would distribute over the strategy `fit` runs under; the copy's
+            # own test step, looped here, runs on this machine.
+            step = tf.function(local.test_step)
+
+            def held_out() -> Dict[str, float]:
+                copy_variables(model, local)
+                local.reset_metrics()
+                logs = {}
+                for batch in val_ds:
+                    logs = step(batch)
+                return {k: float(v) for k, v in logs.items()}
+
+            metric_callbacks.append(ValidationMetrics(held_out, names))
     result = fit_model(model, train_ds, val_ds, config, run_dir, strategy=strategy,
-                       examples_per_epoch=train_lists.num_entries)
+                       examples_per_epoch=train_lists.num_entries,
+                       metric_callbacks=metric_callbacks)
+    if local is not None:
+        copy_variables(model, local)
+        # Which tables were split, and where: the copy's record of the cluster's layout.
+        local.variable_shards = variable_shards(model)
+        model = local
     return model, result, vocabs
