@@ -214,3 +214,39 @@ def test_expected_random_chance_level():
     rng = np.random.default_rng(0)
     runs = [ev.evaluate(lambda u: rng.random((len(u), 4))).metrics["ndcg@1"] for _ in range(400)]
     assert np.mean(runs) == pytest.approx(chance["ndcg@1"], abs=0.03)
+
+
+def test_score_batches_are_capped_by_the_catalogue_without_changing_the_metrics(monkeypatch):
+    """Users per score_fn call shrink as the catalogue grows (the score table is bounded), and
+    the metrics are those of one call over every user."""
+    import recommenders_tf.evaluation.protocol as protocol
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 60, 500
+    train = pd.DataFrame({"user_id": [f"u{u}" for u in rng.integers(0, n_users, 3000)],
+                          "item_id": [f"i{i}" for i in rng.integers(0, n_items, 3000)]})
+    test = pd.DataFrame({"user_id": [f"u{u}" for u in range(n_users)],
+                         "item_id": [f"i{i}" for i in rng.integers(0, n_items, n_users)]})
+    table = {f"u{u}": rng.standard_normal(n_items) for u in range(n_users)}
+    calls = []
+
+    def score(ev):
+        order = [int(i[1:]) for i in ev.item_ids]
+
+        def fn(users):
+            calls.append(len(users))
+            return np.stack([table[u][order] for u in users])
+        return fn
+
+    whole = TopKEvaluator(train, test, ks=(10,), user_batch_size=1024)
+    assert whole.batch_users == 1024
+    expected = whole.evaluate(score(whole)).metrics
+    assert calls == [n_users]
+    calls.clear()
+    monkeypatch.setattr(protocol, "MAX_BATCH_SCORES", 7 * len(whole.item_ids) + 3)
+    capped = TopKEvaluator(train, test, ks=(10,), user_batch_size=1024)
+    assert capped.batch_users == 7
+    got = capped.evaluate(score(capped)).metrics
+    assert max(calls) == 7 and sum(calls) == n_users
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, abs=1e-12), name
