@@ -72,19 +72,23 @@ def _log(path: Path) -> str:
     return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
 
 
-def _start(tmp_path: Path, name: str, flags, cluster: dict, job: str, index: int):
+def _start(tmp_path: Path, name: str, flags, cluster: dict, job: str, index: int,
+           form: str = "--"):
+    """One task running `distributed_worker` in `form` ("--" train_retrieval, "--ranking",
+    "--run-all") with `flags`."""
     return distributed_worker.start_worker(
-        tmp_path / f"{name}.npz", ["--", *flags],
+        tmp_path / f"{name}.npz", [form, *flags],
         {"cluster": cluster, "task": {"type": job, "index": index}}, tmp_path / f"{name}.log")
 
 
-def _start_cluster(tmp_path: Path, flags, cluster: dict, procs: dict) -> None:
+def _start_cluster(tmp_path: Path, flags, cluster: dict, procs: dict,
+                   form: str = "--") -> None:
     """Starts ps, workers and the coordinator (in that order) into `procs`, name -> Process;
     the coordinator is "chief0"."""
     for job in ("ps", "worker", "chief"):
         for index in range(len(cluster[job])):
             procs[f"{job}{index}"] = _start(tmp_path, f"{job}{index}", flags, cluster, job,
-                                            index)
+                                            index, form)
 
 
 def _wait_for_coordinator(tmp_path: Path, procs: dict, name: str, timeout: float) -> dict:
@@ -221,12 +225,7 @@ def test_run_all_on_parameter_servers_exports_a_cascade_one_machine_serves(tmp_p
     cluster = _cluster(local_ports(5))
     procs = {}
     try:
-        for job in ("ps", "worker", "chief"):
-            for index in range(len(cluster[job])):
-                procs[f"{job}{index}"] = distributed_worker.start_worker(
-                    tmp_path / f"{job}{index}.npz", ["--run-all", *flags],
-                    {"cluster": cluster, "task": {"type": job, "index": index}},
-                    tmp_path / f"{job}{index}.log")
+        _start_cluster(tmp_path, flags, cluster, procs, form="--run-all")
         metrics = _wait_for_coordinator(tmp_path, procs, "chief0", 2 * TIMEOUT_SECONDS)
     finally:
         _stop(procs)
@@ -284,12 +283,7 @@ def test_ranking_on_parameter_servers_selects_on_held_out_lists_and_exports(tmp_
     cluster = _cluster(local_ports(5))
     procs = {}
     try:
-        for job in ("ps", "worker", "chief"):
-            for index in range(len(cluster[job])):
-                procs[f"{job}{index}"] = distributed_worker.start_worker(
-                    tmp_path / f"{job}{index}.npz", ["--ranking", *flags],
-                    {"cluster": cluster, "task": {"type": job, "index": index}},
-                    tmp_path / f"{job}{index}.log")
+        _start_cluster(tmp_path, flags, cluster, procs, form="--ranking")
         chief = _wait_for_coordinator(tmp_path, procs, "chief0", TIMEOUT_SECONDS)
     finally:
         _stop(procs)

@@ -65,9 +65,6 @@ import tensorflow as tf
 from recommenders_tf.config import ConfigError
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
-# The strategies under which every worker runs the whole program in step (all but parameter
-# servers): what a pipeline supports when it was not written for a coordinator.
-SYNCHRONOUS_STRATEGIES = ("default", "mirrored", "multi_worker")
 TF_CONFIG = "TF_CONFIG"
 PARAMETER_SERVER = "parameter_server"
 # TensorFlow's own default for MinSizePartitioner: a variable smaller than twice this stays whole.
