@@ -232,20 +232,12 @@ def best_tradeoff(curve: List[Dict[str, float]], base: Dict[str, float],
 
 
 def _verify_export(path: Path, users: np.ndarray, histories: np.ndarray) -> Dict[str, Any]:
-    """Reloads an export as a server would and calls its signature."""
-    import tensorflow as tf
+    """Reloads an export as a server would, in a fresh process, and calls its signature."""
+    from recommenders_tf.serving.latency import call_in_fresh_process
 
-    from recommenders_tf.serving.client import load_savedmodel
-    from recommenders_tf.serving.contract import SERVING_DEFAULT
-
-    loaded, _, _ = load_savedmodel(path)
-    fn = loaded.signatures[SERVING_DEFAULT]
-    width = histories.shape[1]
-    start = time.perf_counter()
-    out = fn(user_id=tf.constant(users.astype(str)),
-             history=tf.constant(histories.astype(str).reshape(len(users), width)))
-    return {"path": str(path), "call_seconds": round(time.perf_counter() - start, 3),
-            "first_user_top": [v.decode() for v in out["item_ids"].numpy()[0][:5]]}
+    out = call_in_fresh_process(path, users, histories)
+    return {"path": str(path), "load_seconds": out["load_seconds"],
+            "call_seconds": out["call_seconds"], "first_user_top": out["top"][0][:5]}
 
 
 def main(config: RunAllConfig) -> Dict[str, Any]:

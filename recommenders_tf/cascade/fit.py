@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import time
 from pathlib import Path
@@ -212,7 +213,17 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
             oof.append(out_of_fold_inputs(
                 stage_graph(model), crossed_lists.subset(np.flatnonzero(held)),
                 vhist[[row_of[u] for u in crossed_lists.user_id[held]]]))
+            # A fold's ranker (id tables, optimizer slots, traced steps) is done once it has
+            # scored its fold; Keras models hold reference cycles, so without a collection
+            # every fold's model stayed resident until the end of the fit.
+            del model
+            gc.collect()
+        # The early twin and its index only produced lists; the serving fits do not use them.
+        del early, early_index, crossed_lists, retrieved, cids, cscores
+        gc.collect()
         ranker = fit_ranker(lists, "ranking")
+        del lists, vhist
+        gc.collect()
     report["ranking_seconds"] = round(time.perf_counter() - start, 2)
 
     log(f"[cascade] 3/3 re-ranking: listwise Transformer over the ranked top {cfg.ranking_k}")
@@ -225,10 +236,8 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
                                        full_tables["neighbors"])
     report["fit_seconds"] = round(time.perf_counter() - t0, 2)
     (run_dir / "cascade_report.json").write_text(json.dumps(report, indent=2, default=str))
-    cascade = Cascade(cfg, retrieval, ranker, reranker, ranker.context_features, catalog,
-                      train, text, items, report)
-    cascade.rerank_training = oof
-    return cascade
+    return Cascade(cfg, retrieval, ranker, reranker, ranker.context_features, catalog,
+                   train, text, items, report)
 
 
 def out_of_fold_inputs(graph: CascadeGraph, lists: RankingLists, histories: np.ndarray
