@@ -10,7 +10,7 @@ item text vectors, retrieval with epoch selection, ranker lists, ranker training
 cross-fitting, re-ranker, P1 evaluation, diversity curves, both cascade exports), each stage's
 wall seconds and peak resident memory measured by `recommenders_tf.resources.StageMeter`; the
 peers most-popular and implicit-ALS (`pipelines.benchmark`, P1 on the same split) measured the
-same way; and the exported ScaNN cascade's latency for one user per request, in a fresh
+same way, each in a process of its own; and the exported ScaNN cascade's latency for one user per request, in a fresh
 process. Results go to `benchmarks/results/scale-<size>.json`; the growth of every stage
 (the slope of log seconds and log memory against log interactions) to
 `benchmarks/results/scale-growth.json` with a log-log plot `benchmarks/scale.png`, and all
@@ -57,6 +57,8 @@ class BenchScaleConfig:
         worker and on two MultiWorkerMirroredStrategy workers (two local processes), for the
         P5-scale-workers rows (e.g. [synthetic-100k]); empty: none.
       workers_flags: extra flags of those train_retrieval runs (both worker counts).
+      peer: set by `run_size` for the child process that runs one peer (`run_peer`) at
+        `sizes`; empty: the ladder.
     """
 
     sizes: Tuple[str, ...] = SIZES
@@ -71,14 +73,14 @@ class BenchScaleConfig:
     out_dir: str = "runs/bench_scale"
     workers_datasets: Tuple[str, ...] = ()
     workers_flags: Tuple[str, ...] = ()
+    peer: str = ""
 
 
 def run_size(config: BenchScaleConfig, size: str) -> Path:
     """One size in this process; returns its results file."""
     import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
-    from pipelines import benchmark, run_all
+    from pipelines import run_all
     from recommenders_tf.evaluation.report import round_metrics, write_results
-    from recommenders_tf.resources import StageMeter
     from recommenders_tf.serving.latency import measure_latency, recommend_requests
 
     dataset = f"synthetic-{size}"
@@ -112,30 +114,26 @@ def run_size(config: BenchScaleConfig, size: str) -> Path:
                      "metrics": round_metrics({k: metrics["stages"][stage][k]
                                                for k in ("ndcg@10", "recall@10")})})
 
-    meter = StageMeter()
     # The peers are evaluated on run_all's test users: the same split and seed, and the cap of
     # the run_all call above (its default), draw the same sample; the tuned peers' validation
-    # gets the same cap.
+    # gets the same cap. Each runs in a process of its own, so its peak memory is its own and
+    # not on top of the fitted cascade this one holds.
     for peer in config.peers:
-        with meter.stage(peer):
-            peer_result = benchmark.main(benchmark.BenchmarkConfig(
-                dataset=dataset, protocol="P1", models=(peer,), seed=config.seed,
-                results_dir=str(out / "peers"), benchmarks_md=str(out / "peers" / "B.md"),
-                run_dir=str(out / "peers"),
-                max_eval_users=run_all.RunAllConfig().max_eval_users))
+        peer_result = _peer_in_process(config, size, peer)
         peer_rows, peer_users = peer_result["rows"], peer_result["evaluation_users"]
         ours = metrics["evaluation_users"]
         users_note = (f"{peer_users['sampled']} of {peer_users['of']} test users (seed "
                       f"{peer_users['seed']})" + (", the cascade's" if peer_users == ours else
                                                   f"; the cascade on {ours['sampled']} of "
                                                   f"{ours['of']}"))
-        cost = meter.rows[-1]
+        cost = peer_result["cost"]
         for row in peer_rows:
             rows.append({"model": row["model"], "kind": "peer",
                          "metrics": {"seconds": cost["seconds"],
                                      "peak_rss_mb": cost["peak_rss_mb"],
                                      **{k: row["metrics"][k] for k in ("ndcg@10", "recall@10")}},
-                         "notes": f"fit (validation-tuned) and P1 evaluation on {users_note}"})
+                         "notes": f"fit (validation-tuned) and P1 evaluation on {users_note}, "
+                                  "in a process of its own"})
 
     users, hist, exclude = recommend_requests(split.train, split.test, cascade.histories_for,
                                               config.latency_users, config.seed)
@@ -160,9 +158,8 @@ def run_size(config: BenchScaleConfig, size: str) -> Path:
         notes=[f"{interactions} interactions; run_all {run_seconds:.0f} s in all, retrieval "
                f"training {report['retrieval']['examples_per_second']:.0f} examples/s. Stage "
                "rows: wall seconds and peak resident memory during that stage (the kernel's "
-               "high-water mark, reset at each stage's start). The peers run after run_all in "
-               "the same process, which still holds the fitted cascade (its histories make "
-               "the latency requests): their peak includes that memory."])
+               "high-water mark, reset at each stage's start). Each peer runs in a process of "
+               "its own after run_all: its peak is that process's."])
     named = Path(config.results_dir) / f"scale-{size}.json"
     payload_path.replace(named)
     return named
@@ -314,12 +311,54 @@ def _load(results_dir: Path) -> List[Dict[str, Any]]:
     return payloads
 
 
+def _peer_file(config: BenchScaleConfig, size: str, peer: str) -> Path:
+    return Path(config.out_dir) / size / "peers" / f"{peer}.json"
+
+
+def run_peer(config: BenchScaleConfig, size: str, peer: str) -> Path:
+    """One peer at one size in this process (`pipelines.benchmark`, P1): its rows, evaluation
+    users and cost (seconds, peak resident memory) into `_peer_file`."""
+    import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
+    from pipelines import benchmark, run_all
+    from recommenders_tf.resources import StageMeter
+
+    out = Path(config.out_dir) / size / "peers"
+    out.mkdir(parents=True, exist_ok=True)
+    meter = StageMeter()
+    with meter.stage(peer):
+        result = benchmark.main(benchmark.BenchmarkConfig(
+            dataset=f"synthetic-{size}", protocol="P1", models=(peer,), seed=config.seed,
+            results_dir=str(out), benchmarks_md=str(out / "B.md"), run_dir=str(out),
+            max_eval_users=run_all.RunAllConfig().max_eval_users))
+    path = _peer_file(config, size, peer)
+    path.write_text(json.dumps({"rows": result["rows"],
+                                "evaluation_users": result["evaluation_users"],
+                                "cost": meter.rows[-1]}, default=str))
+    return path
+
+
+def _peer_in_process(config: BenchScaleConfig, size: str, peer: str) -> Dict[str, Any]:
+    """`run_peer` in a child process; its results."""
+    path = _peer_file(config, size, peer)
+    path.unlink(missing_ok=True)
+    args = [sys.executable, "-m", "pipelines.bench_scale", "--set", "isolate=false",
+            "--set", f"sizes=[{size}]", "--set", f"seed={config.seed}",
+            "--set", f"out_dir={config.out_dir}", "--set", f"peer={peer}"]
+    proc = subprocess.run(args)
+    if proc.returncode != 0 or not path.exists():
+        raise RuntimeError(f"bench_scale peer {peer} at {size} failed (exit {proc.returncode})")
+    return json.loads(path.read_text())
+
+
 def main(config: BenchScaleConfig) -> Dict[str, Any]:
     from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
 
     unknown = sorted(set(config.sizes) - set(SIZES))
     if unknown:
         raise ValueError(f"sizes must be among {SIZES}, got {unknown}")
+    if config.peer:
+        return {"peer_files": [str(run_peer(config, size, config.peer))
+                               for size in config.sizes]}
     results_dir = Path(config.results_dir)
     files = []
     for size in config.sizes:

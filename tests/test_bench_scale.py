@@ -101,3 +101,21 @@ def test_workers_rows_train_the_same_model_on_one_and_two_worker_processes(tmp_p
     assert abs(one["metrics"]["ndcg@10"] - two["metrics"]["ndcg@10"]) <= 0.03
     assert min(one["metrics"]["ndcg@10"], two["metrics"]["ndcg@10"]) > 0.2  # most-popular 0.18
     assert "wall time of one" in payload["notes"][0]
+
+
+def test_a_peer_runs_in_a_process_of_its_own_with_the_in_process_metrics(tmp_path):
+    """The child process's rows are `pipelines.benchmark`'s on the same split and test users,
+    with the child's own cost row beside them."""
+    from pipelines import benchmark, run_all
+
+    config = bench_scale.BenchScaleConfig(out_dir=str(tmp_path / "runs"))
+    child = bench_scale._peer_in_process(config, "100k", "most-popular")
+    here = benchmark.main(benchmark.BenchmarkConfig(
+        dataset="synthetic-100k", protocol="P1", models=("most-popular",), seed=0,
+        results_dir=str(tmp_path / "here"), benchmarks_md=str(tmp_path / "here" / "B.md"),
+        run_dir=str(tmp_path / "here"), max_eval_users=run_all.RunAllConfig().max_eval_users))
+    assert [r["model"] for r in child["rows"]] == ["most-popular"]
+    assert child["rows"][0]["metrics"]["ndcg@10"] == here["rows"][0]["metrics"]["ndcg@10"] > 0
+    assert child["evaluation_users"] == here["evaluation_users"]
+    assert child["cost"]["stage"] == "most-popular" and child["cost"]["seconds"] > 0
+    assert child["cost"]["peak_rss_mb"] > 0

@@ -137,18 +137,23 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
     vusers, sampled = sample_users(all_vusers, cfg.max_ranker_users, cfg.seed)
     # The lists the ranker and the re-ranker learn from come from the cascade's own graph
     # (with the early retrieval model and each fold's ranker): trained on what it serves.
-    early_index = build_index("bruteforce", None, catalog, early.candidate_embeddings(catalog),
-                              k=len(catalog))
+    # Only the early twin's query tower, candidate embeddings and user vocabulary are kept
+    # (dropped once the lists are made): its training state, histories and seen pairs are not.
+    early_emb = early.candidate_embeddings(catalog)
+    twin = {"query": early.query_tower, "embeddings": early_emb,
+            "index": build_index("bruteforce", None, catalog, early_emb, k=len(catalog)),
+            "users": early.vocabularies[USER_ID].tokens}
+    del early, early_emb
+    gc.collect()
     tables_for_rerank = {"text": text, "genres": genre_vectors(items, catalog)}
 
     def stage_graph(ranker: Optional[RankingModel]) -> CascadeGraph:
-        return CascadeGraph(cfg, early.query_tower, early_index, ranker, None, catalog,
-                            early.candidate_embeddings(catalog),
+        return CascadeGraph(cfg, twin["query"], twin["index"], ranker, None, catalog,
+                            twin["embeddings"],
                             {n: t for n, t in tables_for_rerank.items()
                              if n in cfg.rerank_item_features},
                             None, {}, item_counts(val.train, catalog), None,
-                            rcfg.history_len, cfg.ranking.history_len,
-                            early.vocabularies[USER_ID].tokens)
+                            rcfg.history_len, cfg.ranking.history_len, twin["users"])
 
     vhist = histories_for(vusers, val.train, max(rcfg.history_len, cfg.ranking.history_len, 1))
     with maybe_stage(meter, "ranker lists", users=len(vusers)):
@@ -219,7 +224,8 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
             del model
             gc.collect()
         # The early twin and its index only produced lists; the serving fits do not use them.
-        del early, early_index, crossed_lists, retrieved, cids, cscores
+        twin.clear()
+        del crossed_lists, retrieved, cids, cscores
         gc.collect()
         ranker = fit_ranker(lists, "ranking")
         del lists, vhist
