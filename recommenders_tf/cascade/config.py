@@ -41,6 +41,10 @@ class CascadeConfig:
       recent_items: most recent history items that make the ranker's "recent" text profile.
       trend_share: share of the latest train interactions counted for the trend feature.
       neighbors: most similar items kept per item for the collaborative features (0: none).
+      neighbor_weights: how those items are weighted (`cascade.neighbors`): "cosine"
+        co-occurrence or "ease" (EASE weights, λ chosen on the validation slice; measured no
+        better, see that module).
+      ease_max_items: the largest catalogue EASE neighbours are computed for (items³ cost).
       rerank_item_features: what the re-ranker sees of each entry (see `rerank_inputs`).
       rerank_user: "embedding" (the retrieval query vector) or "none".
       cross_fit_folds: user folds of the ranker's out-of-fold scores for the re-ranker. Each
@@ -71,6 +75,8 @@ class CascadeConfig:
     recent_items: int = 5
     trend_share: float = 0.1
     neighbors: int = 50
+    neighbor_weights: str = "cosine"
+    ease_max_items: int = 5000
     rerank_item_features: Tuple[str, ...] = ("context", "genres")
     rerank_user: str = "none"
     cross_fit_folds: int = 5
@@ -103,6 +109,9 @@ class CascadeConfig:
             if not isinstance(value, int) or value < 0 or 0 < value < self.cross_fit_folds:
                 raise ValueError(f"CascadeConfig.{name} must be 0 (no cap) or an integer >= "
                                  f"cross_fit_folds ({self.cross_fit_folds}), got {value!r}")
+        if self.neighbor_weights not in ("cosine", "ease"):
+            raise ValueError(f"CascadeConfig.neighbor_weights must be cosine or ease, got "
+                             f"{self.neighbor_weights!r}")
         if not 0.0 < self.trend_share <= 1.0:
             raise ValueError(f"CascadeConfig.trend_share must be in (0, 1], got "
                              f"{self.trend_share!r}")

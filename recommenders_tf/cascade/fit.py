@@ -54,8 +54,9 @@ from recommenders_tf.data.schema import GENRES, ITEM_ID, USER_ID
 from recommenders_tf.data.splits import frame_sha256, sample_users, validation_split
 from recommenders_tf.evaluation.protocol import TopKEvaluator
 from recommenders_tf.features.item_vectors import ItemVectors
-from recommenders_tf.models.candidate_features import (RETRIEVAL_SCORE, CandidateContext,
-                                                       item_neighbors)
+from recommenders_tf.cascade.neighbors import (choose_ease_l2, describe, neighbor_method,
+                                               neighbor_table)
+from recommenders_tf.models.candidate_features import RETRIEVAL_SCORE, CandidateContext
 from recommenders_tf.index.scann_index import build_index
 from recommenders_tf.models.ranking import RankingModel, fit_ranking_model
 from recommenders_tf.models.ranking_data import RankingLists, histories_for, scoring_lists
@@ -170,11 +171,19 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
                                    val.test.drop_duplicates([USER_ID, ITEM_ID]).shape[0], 1))}
     lists = lists.subset(np.flatnonzero(positives > 0))
 
+    method = (neighbor_method(cfg.neighbor_weights, len(catalog), cfg.ease_max_items)
+              if cfg.neighbors > 0 else None)
+    l2, l2_note = None, ""
+    if method == "ease":
+        # The penalty EASE itself would choose on these lists' window.
+        l2, l2_note = choose_ease_l2(val.train, val.test, catalog, cfg.max_ranker_users)
+    report["neighbors"] = {"per_item": cfg.neighbors, **describe(method, l2, l2_note)}
+
     def tables(frame):
         return dict(counts=item_counts(frame, catalog),
                     recent_counts=item_counts(frame, catalog, cfg.trend_share),
-                    neighbors=(item_neighbors(frame, catalog, cfg.neighbors)
-                               if cfg.neighbors > 0 else None))
+                    neighbors=(neighbor_table(frame, catalog, cfg.neighbors, method, l2)
+                               if method else None))
 
     early_tables = tables(val.train)
 
