@@ -312,7 +312,8 @@ def _load(results_dir: Path) -> List[Dict[str, Any]]:
 
 
 def _peer_file(config: BenchScaleConfig, size: str, peer: str) -> Path:
-    return Path(config.out_dir) / size / "peers" / f"{peer}.json"
+    # Not in the peers' results folder: every benchmark run renders the JSON files there.
+    return Path(config.out_dir) / size / "peer_costs" / f"{peer}.json"
 
 
 def run_peer(config: BenchScaleConfig, size: str, peer: str) -> Path:
@@ -331,6 +332,7 @@ def run_peer(config: BenchScaleConfig, size: str, peer: str) -> Path:
             results_dir=str(out), benchmarks_md=str(out / "B.md"), run_dir=str(out),
             max_eval_users=run_all.RunAllConfig().max_eval_users))
     path = _peer_file(config, size, peer)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"rows": result["rows"],
                                 "evaluation_users": result["evaluation_users"],
                                 "cost": meter.rows[-1]}, default=str))

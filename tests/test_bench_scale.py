@@ -109,6 +109,8 @@ def test_a_peer_runs_in_a_process_of_its_own_with_the_in_process_metrics(tmp_pat
     from pipelines import benchmark, run_all
 
     config = bench_scale.BenchScaleConfig(out_dir=str(tmp_path / "runs"))
+    # After another one: a second peer at the same size must not trip over the first's files.
+    bench_scale._peer_in_process(config, "100k", "EASE")
     child = bench_scale._peer_in_process(config, "100k", "most-popular")
     here = benchmark.main(benchmark.BenchmarkConfig(
         dataset="synthetic-100k", protocol="P1", models=("most-popular",), seed=0,
