@@ -198,6 +198,12 @@ def test_bench_scale_evaluates_the_peers_on_run_alls_users(tmp_path, monkeypatch
     monkeypatch.setattr(run_all, "RunAllConfig", Capped)
     monkeypatch.setattr(run_all, "main", fake_run_all)
     monkeypatch.setattr(latency, "recommend_requests", lambda *a: ([], [], [[]]))
+
+    def peer_here(config, size, peer):
+        # run_peer as the child process runs it, here where the spy sees its evaluator.
+        return json.loads(bench_scale.run_peer(config, size, peer).read_text())
+
+    monkeypatch.setattr(bench_scale, "_peer_in_process", peer_here)
     config = bench_scale.BenchScaleConfig(peers=("most-popular",), use_text=False,
                                           results_dir=str(tmp_path / "results"),
                                           out_dir=str(tmp_path / "out"))
@@ -205,4 +211,4 @@ def test_bench_scale_evaluates_the_peers_on_run_alls_users(tmp_path, monkeypatch
     assert len(seen_users) == 1 and sorted(seen_users[0]) == expected
     peer = next(r for r in json.loads(path.read_text())["rows"] if r["kind"] == "peer")
     assert peer["notes"] == ("fit (validation-tuned) and P1 evaluation on 30 of 119 test users "
-                             "(seed 0), the cascade's")
+                             "(seed 0), the cascade's, in a process of its own")
