@@ -10,9 +10,9 @@ item text vectors, retrieval with epoch selection, ranker lists, ranker training
 cross-fitting, re-ranker, P1 evaluation, diversity curves, both cascade exports), each stage's
 wall seconds and peak resident memory measured by `recommenders_tf.resources.StageMeter`; the
 peers most-popular and implicit-ALS (`pipelines.benchmark`, P1 on the same split) measured the
-same way, each in a process of its own; and the exported ScaNN cascade's latency for one user per request, in a fresh
-process. Results go to `benchmarks/results/scale-<size>.json`; the growth of every stage
-(the slope of log seconds and log memory against log interactions) to
+same way, each in a process of its own; and the exported ScaNN cascade's latency for one user
+per request, in a fresh process. Results go to `benchmarks/results/scale-<size>.json`; the
+growth of every stage (the slope of log seconds and log memory against log interactions) to
 `benchmarks/results/scale-growth.json` with a log-log plot `benchmarks/scale.png`, and all
 of them into BENCHMARKS.md.
 

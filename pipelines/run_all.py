@@ -51,9 +51,6 @@ from recommenders_tf.models.distribute import PS_MIN_SHARD_BYTES, STRATEGIES, ch
 EXPORT_KINDS = ("scann", "bruteforce")
 STRATEGY_SCOPE = "strategy applies to retrieval training"
 # The cascade's two-tower work folders (fit_cascade), read by every worker under a strategy.
-_RETRIEVAL_DIRS = ("retrieval", "retrieval_early")
-
-
 @dataclasses.dataclass
 class RunAllConfig:
     """Settings of run_all.
@@ -287,6 +284,7 @@ def _cascade_dir(run_dir: Path, out: Path, config: CascadeConfig, train) -> Path
     private folder whose retrieval folders link to the chief's, so it resumes the
     strategy-synchronised retrieval fits from the same checkpoints while its own ranking and
     re-ranking fits (default strategy) do not write over the chief's."""
+    from recommenders_tf.cascade.fit import RETRIEVAL_DIRS
     from recommenders_tf.data.splits import frame_sha256
     from recommenders_tf.runs import claim_run_dir
 
@@ -299,7 +297,7 @@ def _cascade_dir(run_dir: Path, out: Path, config: CascadeConfig, train) -> Path
     # every worker, not leave them waiting for a chief that has exited.
     claim_run_dir(shared, config, data={"train": frame_sha256(train)}, what="cascade",
                   write_to=private)
-    for name in _RETRIEVAL_DIRS:
+    for name in RETRIEVAL_DIRS:
         # Created here too: BackupAndRestore makes this worker's temporary folder inside it.
         (shared / name).mkdir(parents=True, exist_ok=True)
         os.symlink((shared / name).resolve(), private / name, target_is_directory=True)

@@ -426,3 +426,32 @@ def test_scann_of_an_export_is_tuned_on_a_stated_sample_of_users(fitted):
                                    log=lambda *_: None, max_query_users=0)
     assert every["tune_queries"] + every["held_out_queries"] == n_users
     assert f"all {n_users} users" in every["queries"]
+
+
+def test_a_second_loss_reuses_the_retrieval_fits_and_refits_only_the_ranking(fitted, tmp_path):
+    from recommenders_tf.cascade.fit import share_retrieval_fits
+    from recommenders_tf.config import ConfigError
+
+    data, split, cascade, _, _, run_dir = fitted
+    other = dataclasses.replace(TINY, ranking=dataclasses.replace(TINY.ranking,
+                                                                  loss="pairwise_logistic"))
+    share_retrieval_fits(run_dir, tmp_path / "pairwise", other, split.train)
+    second = fit_cascade(split.train, other, tmp_path / "pairwise", items=data.items,
+                         text_vectors=_topic_text(data), log=lambda *_: None)
+    # The retrieval stage is the first fit's, loaded from its checkpoints, not retrained.
+    assert set(second.retrieval.epochs_this_session.values()) == {0}
+    assert sum(cascade.retrieval.epochs_this_session.values()) > 0
+    np.testing.assert_array_equal(second.retrieval.candidate_embeddings(second.catalog),
+                                  cascade.retrieval.candidate_embeddings(cascade.catalog))
+    assert second.report["retrieval"]["epochs"] == cascade.report["retrieval"]["epochs"]
+    assert second.ranker.loss_spec.key == "pairwise_logistic"
+    assert (tmp_path / "pairwise" / "ranking").is_dir() and not (
+        tmp_path / "pairwise" / "ranking").is_symlink()
+    # Fits of another retrieval config or other data are not shared.
+    changed = dataclasses.replace(TINY, retrieval={**TINY.retrieval, "temperature": 0.5})
+    with pytest.raises(ConfigError, match="temperature|retrieval"):
+        share_retrieval_fits(run_dir, tmp_path / "x", changed, split.train)
+    with pytest.raises(ValueError, match="other train data"):
+        share_retrieval_fits(run_dir, tmp_path / "y", other, split.train.iloc[1:])
+    with pytest.raises(ValueError, match="no cascade fit"):
+        share_retrieval_fits(tmp_path / "nothing", tmp_path / "z", other, split.train)

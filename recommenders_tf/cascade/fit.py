@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -62,12 +63,47 @@ from recommenders_tf.models.ranking import RankingModel, fit_ranking_model
 from recommenders_tf.models.ranking_data import RankingLists, histories_for, scoring_lists
 from recommenders_tf.models.recommender import TwoTowerConfig, TwoTowerRecommender
 from recommenders_tf.resources import StageMeter, maybe_stage
-from recommenders_tf.runs import claim_run_dir
+from recommenders_tf.config import ConfigError, to_dict
+from recommenders_tf.runs import CLAIM_FILE, claim_run_dir
 from recommenders_tf.models.reranking import (Reranker, build_reranker, fit_reranker,
                                               rerank_scores)
 
 __all__ = ["CascadeConfig", "Cascade", "StageLists", "fit_cascade", "fit_reranking_stage",
-           "out_of_fold_inputs"]
+           "out_of_fold_inputs", "share_retrieval_fits", "RETRIEVAL_DIRS"]
+
+# The folders of the two retrieval fits inside a cascade folder (the serving model, the twin
+# whose lists train the ranker).
+RETRIEVAL_DIRS = ("retrieval", "retrieval_early")
+
+
+def share_retrieval_fits(source, target, config: CascadeConfig, train: pd.DataFrame) -> None:
+    """Links the retrieval folders of the cascade fitted in `source` into `target`, so a
+    `fit_cascade(train, config, target)` resumes those finished fits (loads them, trains
+    nothing) and fits only the ranking stages anew, e.g. one cascade per ranking loss.
+
+    Raises:
+      ConfigError: `source` was fitted with another retrieval config or seed.
+      ValueError: `source` holds no fitted cascade, or one fitted on other data.
+    """
+    source, target = Path(source), Path(target)
+    claim = source / CLAIM_FILE
+    if not claim.exists():
+        raise ValueError(f"{source} holds no cascade fit ({CLAIM_FILE} missing)")
+    held = json.loads(claim.read_text(encoding="utf-8"))
+    mine = json.loads(json.dumps(to_dict(config), default=str))
+    for key in ("retrieval", "seed"):
+        if held["config"].get(key) != mine.get(key):
+            raise ConfigError(f"{source} fitted retrieval with {key}={held['config'].get(key)!r}"
+                              f", not {mine.get(key)!r}: its fits cannot be shared")
+    if (held.get("data") or {}).get("train") != frame_sha256(train):
+        raise ValueError(f"{source} was fitted on other train data: its retrieval fits cannot "
+                         "be shared")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RETRIEVAL_DIRS:
+        link, folder = target / name, (source / name).resolve()
+        if link.is_symlink() and link.resolve() == folder:
+            continue
+        os.symlink(folder, link, target_is_directory=True)
 
 
 def _user_folds(users: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -124,12 +160,13 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
     start = time.perf_counter()
     with maybe_stage(meter, "retrieval training", examples=len(train)):
         retrieval = TwoTowerRecommender(rcfg, item_ids=catalog, items=items,
-                                        work_dir=run_dir / "retrieval", strategy=strategy,
+                                        work_dir=run_dir / RETRIEVAL_DIRS[0],
+                                        strategy=strategy,
                                         validation_evaluator=TopKEvaluator).fit(
                                             val.train, validation=val.test)
         early = TwoTowerRecommender(dataclasses.replace(rcfg, epochs=retrieval.best_epoch),
                                     item_ids=catalog, items=items, strategy=strategy,
-                                    work_dir=run_dir / "retrieval_early").fit(val.train)
+                                    work_dir=run_dir / RETRIEVAL_DIRS[1]).fit(val.train)
     report["retrieval"] = {"epochs": retrieval.best_epoch, "notes": retrieval.notes,
                            "seconds": round(time.perf_counter() - start, 2),
                            "examples_per_second": retrieval.examples_per_second}
