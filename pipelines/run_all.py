@@ -50,7 +50,8 @@ from recommenders_tf.models.distribute import PS_MIN_SHARD_BYTES, STRATEGIES, ch
 
 EXPORT_KINDS = ("scann", "bruteforce")
 STRATEGY_SCOPE = "strategy applies to retrieval training"
-# The cascade's two-tower work folders (fit_cascade), read by every worker under a strategy.
+
+
 @dataclasses.dataclass
 class RunAllConfig:
     """Settings of run_all.

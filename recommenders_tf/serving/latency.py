@@ -3,9 +3,9 @@ pipeline runs after exporting.
 
 Loading a SavedModel registers its functions (and their constant tables) in the process's
 TensorFlow runtime for good; loaded in the exporting process, a 200,000-item cascade stayed
-resident beside the fitted one. The process imports TensorFlow (and ScaNN's ops when the export needs them) and loads the
-SavedModel the way a server would; the first call, which builds the graph's caches, is
-reported apart from the p50/p99 of the others.
+resident beside the fitted one. The process imports TensorFlow (and ScaNN's ops when the
+export needs them) and loads the SavedModel the way a server would; the first call, which
+builds the graph's caches, is reported apart from the p50/p99 of the others.
 """
 from __future__ import annotations
 
@@ -61,10 +61,16 @@ def measure_latency(path: Path, users: List[str], histories: List[List[str]],
     payload = json.dumps({"path": str(path), "metadata": str(Path(path) / METADATA_FILE),
                           "signature": WITH_EXCLUSIONS, "users": users, "history": histories,
                           "exclude": exclude})
-    proc = subprocess.run([sys.executable, "-c", _LATENCY_SCRIPT], input=payload,
-                          capture_output=True, text=True, timeout=3600)
+    return _run_script(_LATENCY_SCRIPT, payload, f"latency run on {path}")
+
+
+def _run_script(script: str, payload: str, what: str) -> Dict[str, Any]:
+    """Runs `script` in a new Python process with `payload` on stdin; its last stdout line,
+    parsed as JSON. Raises with the child's error output if it fails."""
+    proc = subprocess.run([sys.executable, "-c", script], input=payload, capture_output=True,
+                          text=True, timeout=3600)
     if proc.returncode != 0:
-        raise RuntimeError(f"latency run on {path} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -96,11 +102,7 @@ def call_in_fresh_process(path: Path, users: Sequence[str], histories: np.ndarra
     histories = np.asarray(histories).astype(str).reshape(len(users), -1)
     payload = json.dumps({"path": str(path), "signature": signature,
                           "users": [str(u) for u in users], "history": histories.tolist()})
-    proc = subprocess.run([sys.executable, "-c", _CALL_SCRIPT], input=payload,
-                          capture_output=True, text=True, timeout=3600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"reloading and calling {path} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _run_script(_CALL_SCRIPT, payload, f"reloading and calling {path}")
 
 
 def recommend_requests(train: pd.DataFrame, test: pd.DataFrame,
