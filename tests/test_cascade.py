@@ -262,6 +262,34 @@ def test_bruteforce_export_answers_are_the_evaluated_lists(fitted, cascade_expor
     assert not set(out["item_ids"][0]) & set(fresh["cold_history"])
 
 
+def _constant_shapes(saved_model_pb: Path):
+    """Shapes of every Const node in a SavedModel's graph and functions."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString(saved_model_pb.read_bytes())
+    graph = proto.meta_graphs[0].graph_def
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return [tuple(d.size for d in n.attr["value"].tensor.tensor_shape.dim)
+            for n in nodes if n.op == "Const"]
+
+
+def test_catalogue_sized_tables_are_saved_as_variables_not_graph_constants(fitted,
+                                                                           cascade_exports):
+    """A constant is copied into saved_model.pb, which cannot exceed 2 GB (at 200K items the
+    proto was 671 MB); the tables must be in the variables files instead. One value per item
+    may stay (the id lookups' vocabularies, popularity): megabytes at a million items."""
+    cascade = fitted[2]
+    n = len(cascade.catalog)
+    for kind, path in cascade_exports[1].items():
+        big = [s for s in _constant_shapes(path / "saved_model.pb")
+               if len(s) > 1 and s[0] >= n]
+        assert not big, (kind, big)
+    graph = cascade.graph(None)
+    # The fallback reads the ranker context's text table, not a second copy of it.
+    assert graph.fallback_text is cascade.context.text is not None
+
+
 def test_with_diversity_on_the_evaluated_lists_are_the_exports_answers(fitted, diverse, fresh):
     """MMR in the served path: `Cascade.run` and the export compute the same lists, and the
     diversity really re-orders them (otherwise this would only repeat the test above)."""

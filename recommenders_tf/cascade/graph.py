@@ -49,6 +49,7 @@ from recommenders_tf.models.diversity import dpp_rerank_tf, mmr_rerank_tf
 from recommenders_tf.models.ranking import RankingModel
 from recommenders_tf.models.reranking import Reranker
 from recommenders_tf.models.rules import BusinessRulesLayer
+from recommenders_tf.models.tables import FrozenTable
 from recommenders_tf.serving.contract import (EXCLUSION_INPUTS, RETRIEVAL_INPUTS, USER_ID,
                                               tensor_spec)
 
@@ -60,10 +61,10 @@ DIVERSITY_METHODS = ("mmr", "dpp")
 _NEG_INF = float("-inf")
 
 
-def _table(rows: np.ndarray) -> tf.Tensor:
-    """A constant lookup table whose row 0 (unknown / padding ids) is zeros."""
-    rows = np.asarray(rows, np.float32)
-    return tf.constant(np.concatenate([np.zeros((1,) + rows.shape[1:], np.float32), rows]))
+def _table(rows: np.ndarray, name: str) -> FrozenTable:
+    """A lookup table whose row 0 (unknown / padding ids) is zeros, in the SavedModel's variables
+    rather than its graph proto (`models.tables`)."""
+    return FrozenTable(np.asarray(rows, np.float32), name, zero_row=True)
 
 
 def _rank_of(final: tf.Tensor, stage: tf.Tensor) -> tf.Tensor:
@@ -96,7 +97,9 @@ class CascadeGraph(tf.Module):
       diversity_vectors: [n, G] item vectors of MMR/DPP, or None.
       categories: {item: category} of the rules' category caps.
       popularity: [n] train counts (the unknown-user fallback).
-      text: [n, D] text vectors of the fallback's history profile, or None.
+      text: [n, D] text vectors of the fallback's history profile; or a `FrozenTable` of their
+        unit rows behind a zero row (the ranker context's table, shared rather than copied);
+        or None.
       query_history, ranker_history: how many recent ids each tower reads.
       fallback_text_weight: text-profile weight of the unknown-user fallback.
       user_vocabulary: ids the retrieval model knows; others get the fallback.
@@ -127,20 +130,21 @@ class CascadeGraph(tf.Module):
         self.user_lookup = tf.keras.layers.StringLookup(
             vocabulary=[str(u) for u in user_vocabulary], num_oov_indices=1,
             mask_token=None, name="known_users")
-        self.candidate_table = _table(candidate_embeddings)
-        self.item_tables = {name: _table(t) for name, t in item_tables.items()
+        self.candidate_table = _table(candidate_embeddings, "candidate_embeddings")
+        self.item_tables = {name: _table(t, f"item_{name}") for name, t in item_tables.items()
                             if t is not None}
         self.diversity_table = (None if diversity_vectors is None
-                                else _table(diversity_vectors))
+                                else _table(diversity_vectors, "diversity_vectors"))
         # Fallback: standardised log popularity, and unit text vectors for the profile.
         log_pop = np.log1p(np.asarray(popularity, np.float64))
         self.popularity_z = tf.constant(((log_pop - log_pop.mean())
                                          / (log_pop.std() or 1.0)).astype(np.float32))
-        self.catalog_ids = tf.constant(np.asarray(catalog, dtype=object).astype(str))
-        self.fallback_text = None
-        if text is not None:
+        self.catalog_ids = FrozenTable(np.asarray(catalog, dtype=object).astype(str),
+                                       "catalog_ids")
+        self.fallback_text = text if isinstance(text, FrozenTable) or text is None else None
+        if self.fallback_text is None and text is not None:
             unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-6)
-            self.fallback_text = _table(unit)
+            self.fallback_text = _table(unit, "fallback_text")
         self.fallback_text_weight = float(fallback_text_weight)
         self.retrieval_k, self.ranking_k, self.k = cfg.retrieval_k, cfg.ranking_k, cfg.k
         self.query_history = max(int(query_history), 1)
@@ -186,19 +190,26 @@ class CascadeGraph(tf.Module):
         """The graph of a fitted `Cascade` over `index` (BruteForce: exact; ScaNN: served)."""
         rec = cascade.retrieval
         cfg = cascade.config
+        # The ranker's context holds the same unit text rows over the same catalogue (fit builds
+        # both from one array): sharing it keeps one [n, D] table in memory and in the export.
+        context = getattr(cascade, "context", None)
+        text = cascade.text
+        if (text is not None and getattr(context, "text", None) is not None
+                and context.item_ids == [str(i) for i in cascade.catalog]):
+            text = context.text
         return cls(cfg, rec.query_tower, index, cascade.ranker, cascade.reranker,
                    cascade.catalog, rec.candidate_embeddings(cascade.catalog),
                    {n: t for n, t in cascade.feature_tables.items()
                     if n in cfg.rerank_item_features},
                    cascade.diversity_vectors,
-                   cascade.categories, cascade.popularity, cascade.text,
+                   cascade.categories, cascade.popularity, text,
                    rec.config.history_len, cascade.ranker.history_len,
                    rec.vocabularies["user_id"].tokens, fallback_text_weight)
 
     # ---- stages ------------------------------------------------------------------------------
 
-    def _vectors(self, table: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
-        return tf.gather(table, self.catalog_lookup(ids))
+    def _vectors(self, table: FrozenTable, ids: tf.Tensor) -> tf.Tensor:
+        return tf.gather(table.values, self.catalog_lookup(ids))
 
     def _query(self, user_id, history):
         return self._index.serving_embeddings(
@@ -395,9 +406,9 @@ class CascadeGraph(tf.Module):
         if self.fallback_text is not None and self.fallback_text_weight > 0:
             rows = self.catalog_lookup(history)
             known = tf.cast(rows > 0, tf.float32)
-            profile = tf.reduce_sum(tf.gather(self.fallback_text, rows) * known[..., None], 1)
+            profile = tf.reduce_sum(tf.gather(self.fallback_text.values, rows) * known[..., None], 1)
             profile = tf.math.l2_normalize(profile, -1, epsilon=1e-6)
-            similarity = tf.matmul(profile, self.fallback_text[1:], transpose_b=True)
+            similarity = tf.matmul(profile, self.fallback_text.values[1:], transpose_b=True)
             has_history = tf.reduce_any(rows > 0, -1)[:, None]
             w = self.fallback_text_weight
             # cosine (in [-1, 1]) scaled to the popularity z-scores' spread
@@ -411,7 +422,7 @@ class CascadeGraph(tf.Module):
                             tf.cast(tf.stack([batch, n + 1]), banned.dtype))[:, 1:] > 0
         score = tf.where(hit, _NEG_INF, score)
         values, positions = tf.math.top_k(score, k=min(self.k, self.num_items))
-        cand = tf.where(tf.math.is_finite(values), tf.gather(self.catalog_ids, positions), PAD)
+        cand = tf.where(tf.math.is_finite(values), tf.gather(self.catalog_ids.values, positions), PAD)
         missing = self.k - min(self.k, self.num_items)
         values = tf.pad(values, [[0, 0], [0, missing]], constant_values=_NEG_INF)
         cand = tf.pad(cand, [[0, 0], [0, missing]], constant_values=PAD)

@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from recommenders_tf.data.schema import ITEM_ID, USER_ID
 from recommenders_tf.features.id_lists import compact_right
+from recommenders_tf.models.tables import FrozenTable
 
 RETRIEVAL_SCORE = "retrieval_score"
 _EPS = 1e-6
@@ -154,8 +155,7 @@ class CandidateContext(tf.keras.layers.Layer):
                 raise ValueError(f"text_vectors must be [{len(ids)}, D], got {vectors.shape}")
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, _EPS)
-            self.text = tf.constant(np.concatenate([np.zeros((1, vectors.shape[1]), np.float32),
-                                                    vectors]))
+            self.text = FrozenTable(vectors, "context_text", zero_row=True)
 
     def _set_neighbors(self, neighbors: Tuple[np.ndarray, np.ndarray]) -> None:
         idx, sim = (np.asarray(a) for a in neighbors)
@@ -164,11 +164,14 @@ class CandidateContext(tf.keras.layers.Layer):
                              f"{idx.shape} and {sim.shape}")
         # Shift to lookup rows (0 = unknown); a missing neighbour points at row 0.
         rows = np.where(idx >= 0, idx + 1, 0).astype(np.int32)
-        self.neighbor_idx = tf.constant(np.concatenate([np.zeros((1, idx.shape[1]), np.int32),
-                                                        rows]))
-        self.neighbor_sim = tf.constant(np.concatenate(
-            [np.zeros((1, idx.shape[1]), np.float32),
-             np.where(idx >= 0, sim, 0.0).astype(np.float32)]))
+        sim = np.where(idx >= 0, sim, 0.0).astype(np.float32)
+        if self.neighbor_idx is not None and self.neighbor_idx.shape[1:] == rows.shape[1:]:
+            # Swapped in place (`set_tables`): the layer keeps tracking the same tables.
+            self.neighbor_idx.values.assign(np.concatenate([np.zeros_like(rows[:1]), rows]))
+            self.neighbor_sim.values.assign(np.concatenate([np.zeros_like(sim[:1]), sim]))
+            return
+        self.neighbor_idx = FrozenTable(rows, "context_neighbor_rows", zero_row=True)
+        self.neighbor_sim = FrozenTable(sim, "context_neighbor_weights", zero_row=True)
 
     def set_tables(self, counts: Sequence[float], recent_counts: Optional[Sequence[float]] = None,
                    neighbors: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> None:
@@ -227,7 +230,7 @@ class CandidateContext(tf.keras.layers.Layer):
 
     def _cf(self, rows: tf.Tensor, hist_rows: tf.Tensor, known: tf.Tensor) -> List[tf.Tensor]:
         """Mean and max neighbour similarity of each candidate to a set of history items."""
-        n_rows = tf.shape(self.neighbor_sim)[0]
+        n_rows = tf.shape(self.neighbor_sim.values)[0]
         # [B, n+1] indicator of the history's items; row 0 (unknown) never counts.
         weights = tf.cast(known, tf.float32)
         batch, width = tf.shape(hist_rows)[0], tf.shape(hist_rows)[1]
@@ -237,8 +240,8 @@ class CandidateContext(tf.keras.layers.Layer):
         indicator = tf.tensor_scatter_nd_max(tf.zeros(tf.stack([batch, n_rows])), index,
                                              tf.reshape(weights, [-1]))
         indicator = indicator * tf.concat([[0.0], tf.ones([n_rows - 1])], 0)[None, :]
-        nidx = tf.gather(self.neighbor_idx, rows)  # [B, S, M]
-        nsim = tf.gather(self.neighbor_sim, rows)
+        nidx = tf.gather(self.neighbor_idx.values, rows)  # [B, S, M]
+        nsim = tf.gather(self.neighbor_sim.values, rows)
         hit = tf.gather(indicator, nidx, batch_dims=1)  # [B, S, M]
         count = tf.maximum(tf.reduce_sum(weights, -1), 1.0)[:, None]
         return [tf.reduce_sum(nsim * hit, -1) / count, tf.reduce_max(nsim * hit, -1)]
@@ -271,9 +274,9 @@ class CandidateContext(tf.keras.layers.Layer):
             # Compacted: "recent" is the right end however the caller padded.
             history = compact_right(features["history"])
         if self.text is not None:
-            cand = tf.gather(self.text, rows)  # [B, S, D]
+            cand = tf.gather(self.text.values, rows)  # [B, S, D]
             hist_rows = self.lookup(history)
-            hist = tf.gather(self.text, hist_rows)  # [B, N, D]
+            hist = tf.gather(self.text.values, hist_rows)  # [B, N, D]
             known = tf.logical_and(tf.not_equal(history, ""), hist_rows > 0)
             recent_hist, recent_known = hist[:, -self.recent:], known[:, -self.recent:]
             recent = self._profile(recent_hist, recent_known)
