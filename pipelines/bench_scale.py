@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -74,6 +74,19 @@ class BenchScaleConfig:
     workers_datasets: Tuple[str, ...] = ()
     workers_flags: Tuple[str, ...] = ()
     peer: str = ""
+
+
+def run_note(interactions: int, run_seconds: float,
+             examples_per_second: Optional[float]) -> str:
+    """The results' first note. A run folder whose retrieval fits were finished resumes them
+    without training an epoch, so it has no throughput to report (None)."""
+    throughput = ("retrieval resumed from finished fits, no training epoch in this run"
+                  if examples_per_second is None
+                  else f"retrieval training {examples_per_second:.0f} examples/s")
+    return (f"{interactions} interactions; run_all {run_seconds:.0f} s in all, {throughput}. "
+            "Stage rows: wall seconds and peak resident memory during that stage (the kernel's "
+            "high-water mark, reset at each stage's start). Each peer runs in a process of its "
+            "own after run_all: its peak is that process's.")
 
 
 def run_size(config: BenchScaleConfig, size: str) -> Path:
@@ -155,11 +168,7 @@ def run_size(config: BenchScaleConfig, size: str) -> Path:
                                              "ndcg@10", "recall@10", "latency_p50_ms",
                                              "latency_p99_ms"],
         split={f"{k} rows": v["rows"] for k, v in split.manifest()["parts"].items()},
-        notes=[f"{interactions} interactions; run_all {run_seconds:.0f} s in all, retrieval "
-               f"training {report['retrieval']['examples_per_second']:.0f} examples/s. Stage "
-               "rows: wall seconds and peak resident memory during that stage (the kernel's "
-               "high-water mark, reset at each stage's start). Each peer runs in a process of "
-               "its own after run_all: its peak is that process's."])
+        notes=[run_note(interactions, run_seconds, report["retrieval"]["examples_per_second"])])
     named = Path(config.results_dir) / f"scale-{size}.json"
     payload_path.replace(named)
     return named

@@ -121,3 +121,12 @@ def test_a_peer_runs_in_a_process_of_its_own_with_the_in_process_metrics(tmp_pat
     assert child["evaluation_users"] == here["evaluation_users"]
     assert child["cost"]["stage"] == "most-popular" and child["cost"]["seconds"] > 0
     assert child["cost"]["peak_rss_mb"] > 0
+
+
+def test_a_resumed_run_without_a_retrieval_epoch_still_writes_its_note():
+    """A 10m run that resumed finished retrieval fits crashed on formatting a None throughput
+    after two hours of work, before writing its results."""
+    resumed = bench_scale.run_note(10_000_172, 2_400.4, None)
+    assert "10000172 interactions; run_all 2400 s" in resumed
+    assert "resumed" in resumed and "examples/s" not in resumed
+    assert "17059 examples/s" in bench_scale.run_note(10, 1.0, 17_058.7)
