@@ -29,6 +29,7 @@ import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 
 from recommenders_tf.data import schema
+from recommenders_tf.data.ordering import time_order
 # The padding item id in histories and lists is the serving contract's: exported graphs read it.
 from recommenders_tf.serving.contract import PAD
 
@@ -39,7 +40,7 @@ def _sorted_by_time(interactions: pd.DataFrame) -> pd.DataFrame:
     """Rows ordered by (user, timestamp, item id), the order every split uses."""
     users = pd.factorize(interactions[schema.USER_ID], sort=True)[0]
     items = pd.factorize(interactions[schema.ITEM_ID], sort=True)[0]
-    order = np.lexsort((items, interactions[schema.TIMESTAMP].to_numpy(), users))
+    order = time_order(users, interactions[schema.TIMESTAMP].to_numpy(), items)
     return interactions.iloc[order].reset_index(drop=True)
 
 
@@ -71,7 +72,7 @@ def history_layout(interactions: pd.DataFrame) -> HistoryLayout:
     users = pd.factorize(interactions[schema.USER_ID], sort=True)[0]
     codes, item_ids = pd.factorize(interactions[schema.ITEM_ID], sort=True)
     times = interactions[schema.TIMESTAMP].to_numpy()
-    order = np.lexsort((codes, times, users))
+    order = time_order(users, times, codes)
     s_users, s_times = users[order], times[order]
     index = np.arange(n, dtype=np.int64)
     new_user = np.r_[True, s_users[1:] != s_users[:-1]] if n else np.zeros(0, bool)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from recommenders_tf.data import schema
+from recommenders_tf.data.ordering import time_order
 
 BUCKETS = ("1-20", "21-50", "51-150", ">150")
 NO_TRAIN_BUCKET = "0"  # a user with no train interactions (never a P1 test user)
@@ -111,7 +112,7 @@ def temporal_mask(interactions: pd.DataFrame, test_fraction: float = 0.2,
         return np.zeros(0, dtype=bool)
     users = pd.factorize(interactions[schema.USER_ID], sort=True)[0]
     items = pd.factorize(interactions[schema.ITEM_ID], sort=True)[0]  # codes follow id order
-    order = np.lexsort((items, interactions[schema.TIMESTAMP].to_numpy(), users))
+    order = time_order(users, interactions[schema.TIMESTAMP].to_numpy(), items)
     users = users[order]
     # Sorted by user, so each user's rows are contiguous: positions come from group starts.
     starts = np.r_[0, np.flatnonzero(np.diff(users)) + 1]

@@ -19,6 +19,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
+from recommenders_tf.data.ordering import time_order
 from recommenders_tf.data.schema import ITEM_ID, TIMESTAMP, USER_ID, check_frame
 from recommenders_tf.evaluation.peer_base import TopKPeer
 from recommenders_tf.evaluation.protocol import TopKEvaluator
@@ -38,7 +39,7 @@ def user_sequences(train: pd.DataFrame, items: pd.Index) -> Dict[str, np.ndarray
     stamps = train[TIMESTAMP].to_numpy()[keep]
     user_codes, user_ids = pd.factorize(users, sort=True)
     item_order = pd.factorize(item_str, sort=True)[0]
-    order = np.lexsort((item_order, stamps, user_codes))
+    order = time_order(user_codes, stamps, item_order)
     user_codes, codes = user_codes[order], codes[order]
     bounds = np.flatnonzero(np.diff(user_codes)) + 1
     return {str(u): seq for u, seq in zip(user_ids, np.split(codes.astype(np.int32), bounds))}

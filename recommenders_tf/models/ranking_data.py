@@ -33,6 +33,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from recommenders_tf.data.ordering import time_order
 from recommenders_tf.data.datasets import PAD, PAD_LABEL, previous_items, user_history
 from recommenders_tf.data.schema import ITEM_ID, RATING, TIMESTAMP, USER_ID, check_frame
 
@@ -201,7 +202,7 @@ def rating_lists(interactions: pd.DataFrame, list_size: int, history_len: int,
     n = len(interactions)
     users = pd.factorize(interactions[USER_ID], sort=True)[0]
     items = pd.factorize(interactions[ITEM_ID], sort=True)[0]
-    order = np.lexsort((items, interactions[TIMESTAMP].to_numpy(), users))
+    order = time_order(users, interactions[TIMESTAMP].to_numpy(), items)
     frame = interactions.iloc[order].reset_index(drop=True)
     s_users = users[order]
     starts = np.r_[0, np.flatnonzero(np.diff(s_users)) + 1] if n else np.zeros(0, np.int64)
