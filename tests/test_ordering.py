@@ -23,7 +23,12 @@ def test_same_permutation_as_lexsort_with_ties(times_kind):
                                   _lexsort(users, times, items))
 
 
-def test_keys_too_wide_for_one_int64_fall_back_to_lexsort(monkeypatch):
+@pytest.mark.parametrize("limit, uses_lexsort", [
+    (2 ** 62, False),       # one combined key
+    (30 ** 3 - 1, False),   # user x time fits, x item does not: ranked user-times
+    (30 ** 2 - 1, True),    # not even user x time: lexsort itself
+])
+def test_every_path_gives_the_lexsort_permutation(monkeypatch, limit, uses_lexsort):
     from recommenders_tf.data import ordering
 
     rng = np.random.default_rng(1)
@@ -32,11 +37,9 @@ def test_keys_too_wide_for_one_int64_fall_back_to_lexsort(monkeypatch):
     calls = []
     real = np.lexsort
     monkeypatch.setattr(ordering.np, "lexsort", lambda keys: calls.append(1) or real(keys))
-    time_order(users, times, items)
-    assert not calls  # 27,000 combined codes fit in one key
-    monkeypatch.setattr(ordering, "_KEY_LIMIT", 30 ** 3 - 1)  # now they do not
+    monkeypatch.setattr(ordering, "_KEY_LIMIT", limit)
     np.testing.assert_array_equal(time_order(users, times, items), expected)
-    assert calls
+    assert bool(calls) == uses_lexsort
 
 
 def test_empty_and_example():
