@@ -406,7 +406,8 @@ class CascadeGraph(tf.Module):
         if self.fallback_text is not None and self.fallback_text_weight > 0:
             rows = self.catalog_lookup(history)
             known = tf.cast(rows > 0, tf.float32)
-            profile = tf.reduce_sum(tf.gather(self.fallback_text.values, rows) * known[..., None], 1)
+            vectors = tf.gather(self.fallback_text.values, rows)
+            profile = tf.reduce_sum(vectors * known[..., None], 1)
             profile = tf.math.l2_normalize(profile, -1, epsilon=1e-6)
             similarity = tf.matmul(profile, self.fallback_text.values[1:], transpose_b=True)
             has_history = tf.reduce_any(rows > 0, -1)[:, None]
@@ -422,7 +423,8 @@ class CascadeGraph(tf.Module):
                             tf.cast(tf.stack([batch, n + 1]), banned.dtype))[:, 1:] > 0
         score = tf.where(hit, _NEG_INF, score)
         values, positions = tf.math.top_k(score, k=min(self.k, self.num_items))
-        cand = tf.where(tf.math.is_finite(values), tf.gather(self.catalog_ids.values, positions), PAD)
+        cand = tf.where(tf.math.is_finite(values), tf.gather(self.catalog_ids.values, positions),
+                        PAD)
         missing = self.k - min(self.k, self.num_items)
         values = tf.pad(values, [[0, 0], [0, missing]], constant_values=_NEG_INF)
         cand = tf.pad(cand, [[0, 0], [0, missing]], constant_values=PAD)
