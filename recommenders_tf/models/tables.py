@@ -19,8 +19,6 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
@@ -55,7 +53,3 @@ class FrozenTable(tf.Module):
             return {}
         return super()._trackable_children(save_type, **kwargs)
 
-
-def frozen(values, name: str, zero_row: bool = False) -> Optional[FrozenTable]:
-    """`FrozenTable(values, ...)`, or None for None."""
-    return None if values is None else FrozenTable(values, name, zero_row)
