@@ -34,7 +34,8 @@ import numpy as np
 
 from recommenders_tf import cli
 from recommenders_tf.cascade.ranking_lists import RankingDataConfig, build_training_lists
-from recommenders_tf.data import load_dataset, rating_split, temporal_split, validation_split
+from recommenders_tf.data import (items_for_train, load_dataset, rating_split, temporal_split,
+                                  validation_split)
 from recommenders_tf.data.schema import RATING
 from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
 from recommenders_tf.runs import make_run_dir, record_run
@@ -74,6 +75,8 @@ class BenchRankingConfig:
       seed: split, sampling and model seed.
       epochs: overrides both settings' epochs when > 0 (tests).
       p2_settings, rerank_settings: RankingConfig overrides merged over the defaults above.
+      p2_context: `RatingContextConfig` overrides of the P2 model's rated-history context.
+      text_cache_dir: item-text vector cache.
       data: list building for the re-scoring training lists.
       rerank_protocol: protocol name of the re-scoring results file; default "P1-rerank"
         for the two-tower retrieval stage, "P1-rerank-<source>" for a stand-in source.
@@ -89,6 +92,8 @@ class BenchRankingConfig:
     seed: int = 0
     epochs: int = 0
     p2_settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    p2_context: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    text_cache_dir: str = "runs/text_cache"
     rerank_settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
     data: RankingDataConfig = dataclasses.field(default_factory=RankingDataConfig)
     rerank_protocol: str = ""
@@ -118,11 +123,13 @@ def _round(metrics: Dict[str, float]) -> Dict[str, float]:
 
 
 def run_p2(config: BenchRankingConfig, data, run_dir: Path):
-    """Rating-prediction rows: the mse ranking model and the three peers, one run."""
+    """Rating-prediction rows: the mse ranking model (with its rated-history context, without
+    the large-model features, without the context) and the three peers, one run."""
     from recommenders_tf.evaluation.protocol import evaluate_ratings
     from recommenders_tf.evaluation.registry import available, get_model
-    from recommenders_tf.models.ranking import fit_ranking_model, predict_lists
-    from recommenders_tf.models.ranking_data import pair_lists, rating_lists
+    from recommenders_tf.features.item_encoding import encode_item_texts
+    from recommenders_tf.models.rating_context import (RatingContextConfig, fit_rating_model,
+                                                       list_width, predict_ratings)
 
     split = rating_split(data, seed=config.seed)
     truth = split.test[RATING].to_numpy()
@@ -138,29 +145,40 @@ def run_p2(config: BenchRankingConfig, data, run_dir: Path):
         print(f"  {name}: rmse={metrics['rmse']:.4f} mae={metrics['mae']:.4f}", flush=True)
 
     rcfg = _ranking_config(P2_SETTINGS, config.p2_settings, config, data, loss="mse")
-    print(f"[P2 {data.name}] training ranking model (loss mse) ...", flush=True)
-    start = time.perf_counter()
-    lists = rating_lists(split.train, P2_LIST_SIZE, rcfg.history_len, label="rating",
-                         history="others")
-    train_lists, held_out = lists.split(0.1, seed=config.seed)
-    model, result, _ = fit_ranking_model(rcfg, train_lists, held_out, split.train,
-                                         str(run_dir / "P2-mse"), items=data.items,
-                                         users=data.users)
-    seconds = time.perf_counter() - start
-    test_lists, positions = pair_lists(split.test, split.train, P2_LIST_SIZE, rcfg.history_len)
-    scores = predict_lists(model, test_lists)
-    prediction = np.empty(len(split.test))
-    prediction[positions[test_lists.mask]] = scores[test_lists.mask]
-    metrics = evaluate_ratings(truth, prediction, data.rating_range)
-    metrics["examples_per_second"] = result.examples_per_second or 0.0
-    notes = (f"DCN-v2 x{rcfg.num_cross_layers} + deep {list(rcfg.deep_dims)} + DIN over "
-             f"{rcfg.history_len} other rated items; embeddings {rcfg.id_embedding_dim}, "
-             f"l2 {rcfg.embedding_l2}, {rcfg.optimizer} lr {rcfg.learning_rate}; epochs="
-             f"{result.best_epoch} by early stopping on 10% held-out train lists (val rmse "
-             f"{result.best_value:.4f})")
-    rows.append({"model": "ranking-mse", "kind": "project", "metrics": _round(metrics),
-                 "train_seconds": round(seconds, 2), "notes": notes})
-    print(f"  ranking-mse: rmse={metrics['rmse']:.4f} mae={metrics['mae']:.4f}", flush=True)
+    context = RatingContextConfig(**config.p2_context)
+    text = None
+    if context.use_text:
+        encoded = encode_item_texts(items_for_train(data, split.train),
+                                    cache_dir=config.text_cache_dir)
+        text = (encoded.vectors.ids, encoded.vectors.vectors)
+    no_text = dataclasses.replace(context, use_text=False)
+    # The full model, the same without the large-model features, and without the rated
+    # history at all: the ablation of what each adds.
+    variants = [("ranking-mse", context), ("ranking-mse without LM", no_text),
+                ("ranking-mse ids only", None)]
+    for name, ctx in variants:
+        print(f"[P2 {data.name}] training {name} ...", flush=True)
+        start = time.perf_counter()
+        model, result = fit_rating_model(
+            rcfg, split.train, str(run_dir / f"P2-{name.replace(' ', '-')}"), context=ctx,
+            text=text, items=data.items, users=data.users, list_size=P2_LIST_SIZE)
+        seconds = time.perf_counter() - start
+        prediction = predict_ratings(model, split.test, split.train, list_width(rcfg, ctx),
+                                     P2_LIST_SIZE)
+        metrics = evaluate_ratings(truth, prediction, data.rating_range)
+        metrics["examples_per_second"] = result.examples_per_second or 0.0
+        notes = (f"DCN-v2 x{rcfg.num_cross_layers} + deep {list(rcfg.deep_dims)} + DIN over "
+                 f"{rcfg.history_len} other rated items; embeddings {rcfg.id_embedding_dim}, "
+                 f"l2 {rcfg.embedding_l2}, {rcfg.optimizer} lr {rcfg.learning_rate}")
+        if ctx is not None:
+            notes += (f"; rated-history context over {ctx.history_len} items "
+                      f"({', '.join(model.context_features.feature_names)}), train "
+                      f"features cross-fitted in {ctx.folds} folds")
+        notes += (f"; epochs={result.best_epoch} by early stopping on 10% held-out train "
+                  f"lists (val rmse {result.best_value:.4f})")
+        rows.append({"model": name, "kind": "project", "metrics": _round(metrics),
+                     "train_seconds": round(seconds, 2), "notes": notes})
+        print(f"  {name}: rmse={metrics['rmse']:.4f} mae={metrics['mae']:.4f}", flush=True)
     return rows, split
 
 

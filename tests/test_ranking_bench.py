@@ -23,15 +23,20 @@ def test_bench_writes_p2_and_rerank_tables(tmp_path):
                  "deep_dims: [8], din_units: 4}",
         "--set", "rerank_settings={embedding_dim: 8, id_embedding_dim: 8, history_len: 5, "
                  "deep_dims: [8], din_units: 4}",
+        "--set", "p2_context={history_len: 8, neighbors: 5, k: 3, folds: 2}",
+        "--set", f"text_cache_dir={tmp_path / 'text_cache'}",
         "--set", "data.list_size=10", "--set", "data.max_positives=3",
         "--set", f"results_dir={tmp_path / 'results'}",
         "--set", f"benchmarks_md={tmp_path / 'BENCHMARKS.md'}",
         "--set", f"run_dir={tmp_path / 'runs'}"])
     results = main(config)
     p2 = json.loads((tmp_path / "results" / "synthetic-tiny-P2.json").read_text())
-    assert [r["model"] for r in p2["rows"]] == ["global-mean", "surprise-SVD",
-                                                "surprise-SVD++", "ranking-mse"]
+    assert [r["model"] for r in p2["rows"]] == [
+        "global-mean", "surprise-SVD", "surprise-SVD++", "ranking-mse",
+        "ranking-mse without LM", "ranking-mse ids only"]
     assert all(r["metrics"]["rmse"] > 0 for r in p2["rows"])
+    assert "text_knn" in p2["rows"][3]["notes"] and "text_knn" not in p2["rows"][4]["notes"]
+    assert "rated-history" not in p2["rows"][5]["notes"]
     # A stand-in retrieval stage gets its own results file, beside the two-tower one.
     path = tmp_path / "results" / "synthetic-tiny-P1-rerank-most-popular.json"
     rerank = json.loads(path.read_text())

@@ -34,6 +34,19 @@ def compact_right(ids: tf.Tensor, keep: tf.Tensor | None = None) -> tf.Tensor:
     return tf.gather(ids, order, batch_dims=1)
 
 
+def compact_right_with(ids: tf.Tensor, values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """`compact_right(ids)` and `values` [B, N] moved the same way (0 where padding).
+
+    For a per-id companion such as the rating of each history item, which must stay beside
+    its id wherever the caller padded.
+    """
+    ids = tf.convert_to_tensor(ids, tf.string)
+    real = tf.not_equal(ids, PAD)
+    order = tf.argsort(tf.cast(real, tf.int32), axis=-1, stable=True)
+    values = tf.where(real, values, tf.zeros_like(values))
+    return tf.gather(ids, order, batch_dims=1), tf.gather(values, order, batch_dims=1)
+
+
 def fit_width(ids: tf.Tensor, width: int) -> tf.Tensor:
     """[B, width]: the last `width` ids of each row, left-padded with "" when shorter.
 

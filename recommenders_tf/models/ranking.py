@@ -45,7 +45,7 @@ from recommenders_tf.data.schema import GENRES, ITEM_ID, USER_ID
 from recommenders_tf.features.vocab import Vocabulary, build_vocabularies
 from recommenders_tf.features.id_lists import compact_right
 from recommenders_tf.models.losses import RankingLoss, get_loss
-from recommenders_tf.models.ranking_data import RankingLists
+from recommenders_tf.models.ranking_data import HISTORY_RATING, RankingLists
 from recommenders_tf.models.towers import (
     CandidateTower,
     ItemIdEmbedding,
@@ -468,6 +468,8 @@ def predict_lists(model: RankingModel, lists: RankingLists, batch_size: int = 25
                  "history": tf.constant(lists.history[start:stop].astype(str)),
                  "item_id": tf.constant(lists.item_id[start:stop].astype(str))}
         feats.update({k: tf.constant(v[start:stop]) for k, v in lists.extra.items()})
+        if lists.history_rating is not None:
+            feats[HISTORY_RATING] = tf.constant(lists.history_rating[start:stop])
         parts.append(model(feats, training=False).numpy().astype(np.float64))
     scores = (np.concatenate(parts) if parts
               else np.zeros((0, lists.list_size), np.float64))

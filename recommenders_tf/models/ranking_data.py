@@ -34,10 +34,11 @@ import numpy as np
 import pandas as pd
 
 from recommenders_tf.data.ordering import time_order
-from recommenders_tf.data.datasets import PAD, PAD_LABEL, previous_items, user_history
+from recommenders_tf.data.datasets import PAD, PAD_LABEL, history_layout, user_history
 from recommenders_tf.data.schema import ITEM_ID, RATING, TIMESTAMP, USER_ID, check_frame
 
 NEGATIVE_SOURCES = ("hard", "easy")
+HISTORY_RATING = "history_rating"
 LABELS = ("rating", "click", "binary")
 
 
@@ -52,8 +53,10 @@ class RankingLists:
       item_id: [L, S] candidate ids, "" on padding.
       label: [L, S] float32 labels, -1 on padding.
       mask: [L, S] bool, False on padding.
-      extra: {name: [L, S] float32} per-entry dense features the model reads by name (e.g.
-        "retrieval_score" from the stage before); 0 on padding.
+      extra: {name: [L, S] or [L, S, F] float32} per-entry dense features the model reads by
+        name (e.g. "retrieval_score" from the stage before); 0 on padding.
+      history_rating: optional [L, N] float32 rating the user gave each history item (0 on
+        padding), for models that read what the user thought of their history (P2).
     """
 
     user_id: np.ndarray
@@ -62,6 +65,7 @@ class RankingLists:
     label: np.ndarray
     mask: np.ndarray
     extra: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    history_rating: Optional[np.ndarray] = None
 
     def __post_init__(self):
         n = len(self.user_id)
@@ -73,11 +77,19 @@ class RankingLists:
             raise ValueError(f"RankingLists item_id {self.item_id.shape}, label "
                              f"{self.label.shape} and mask {self.mask.shape} must match")
         for name, value in self.extra.items():
-            if np.shape(value) != self.item_id.shape:
-                raise ValueError(f"RankingLists.extra[{name!r}] must be {self.item_id.shape}, "
-                                 f"got {np.shape(value)}")
-        self.extra = {k: np.where(self.mask, np.asarray(v, np.float32), 0.0).astype(np.float32)
+            if np.shape(value)[:2] != self.item_id.shape or np.ndim(value) > 3:
+                raise ValueError(f"RankingLists.extra[{name!r}] must be {self.item_id.shape} "
+                                 f"(or with one trailing feature axis), got {np.shape(value)}")
+        self.extra = {k: np.where(self.mask.reshape(self.mask.shape + (1,) * (np.ndim(v) - 2)),
+                                  np.asarray(v, np.float32), 0.0).astype(np.float32)
                       for k, v in self.extra.items()}
+        if self.history_rating is not None:
+            if np.shape(self.history_rating) != self.history.shape:
+                raise ValueError(f"RankingLists.history_rating must be {self.history.shape}, "
+                                 f"got {np.shape(self.history_rating)}")
+            self.history_rating = np.where(self.history != PAD,
+                                           np.asarray(self.history_rating, np.float32),
+                                           0.0).astype(np.float32)
 
     def __len__(self) -> int:
         return len(self.user_id)
@@ -93,19 +105,21 @@ class RankingLists:
 
     def features(self) -> Dict[str, np.ndarray]:
         """The feature dict the ranking model reads (plus label and mask)."""
+        rated = {} if self.history_rating is None else {HISTORY_RATING: self.history_rating}
         return {USER_ID: self.user_id, "history": self.history, ITEM_ID: self.item_id,
-                "label": self.label, "mask": self.mask, **self.extra}
+                "label": self.label, "mask": self.mask, **rated, **self.extra}
 
     def subset(self, index) -> "RankingLists":
         index = np.asarray(index)
         return RankingLists(self.user_id[index], self.history[index], self.item_id[index],
                             self.label[index], self.mask[index],
-                            {k: v[index] for k, v in self.extra.items()})
+                            {k: v[index] for k, v in self.extra.items()},
+                            None if self.history_rating is None else self.history_rating[index])
 
     def with_extra(self, **extra: np.ndarray) -> "RankingLists":
         """A copy carrying more per-entry features (see `extra`)."""
         return RankingLists(self.user_id, self.history, self.item_id, self.label, self.mask,
-                            {**self.extra, **extra})
+                            {**self.extra, **extra}, self.history_rating)
 
     def split(self, fraction: float, seed: int = 0) -> Tuple["RankingLists", "RankingLists"]:
         """(rest, held-out): a seeded random `fraction` of the lists is held out."""
@@ -162,6 +176,35 @@ def histories_for(users: Sequence[str], context: pd.DataFrame, history_len: int)
     return out
 
 
+def rated_histories_for(users: Sequence[str], context: pd.DataFrame, history_len: int
+                        ) -> Tuple[np.ndarray, np.ndarray]:
+    """`histories_for` with the ratings: ([len(users), width] ids, [len(users), width] float32
+    rating of each, 0 on padding); the same items in the same (time, item id) order."""
+    width = max(1, int(history_len))
+    users = np.asarray([str(u) for u in users], dtype=object)
+    items = np.full((len(users), width), PAD, dtype=object)
+    ratings = np.zeros((len(users), width), np.float32)
+    if history_len <= 0 or len(context) == 0:
+        return items, ratings
+    check_frame(context, "context", [USER_ID, ITEM_ID, RATING, TIMESTAMP])
+    codes, known_users = pd.factorize(context[USER_ID].astype(str), sort=True)
+    item_codes = pd.factorize(context[ITEM_ID], sort=True)[0]
+    order = time_order(codes, context[TIMESTAMP].to_numpy(), item_codes)
+    s_users = codes[order]
+    s_items = context[ITEM_ID].astype(str).to_numpy(dtype=object)[order]
+    s_ratings = context[RATING].to_numpy(np.float32)[order]
+    pos = pd.Index(known_users).get_indexer(users)
+    known = pos >= 0
+    start = np.searchsorted(s_users, pos[known], side="left")
+    end = np.searchsorted(s_users, pos[known], side="right")
+    source = end[:, None] - width + np.arange(width)[None, :]
+    valid = source >= start[:, None]
+    source = np.maximum(source, 0)
+    items[known] = np.where(valid, s_items[source], PAD)
+    ratings[known] = np.where(valid, s_ratings[source], 0.0)
+    return items, ratings
+
+
 def _labels(values: np.ndarray, label: str, threshold: float) -> np.ndarray:
     if label == "rating":
         return values.astype(np.float32)
@@ -177,7 +220,7 @@ HISTORIES = ("before", "others")
 
 def rating_lists(interactions: pd.DataFrame, list_size: int, history_len: int,
                  label: str = "rating", click_threshold: float = 4.0,
-                 history: str = "before") -> RankingLists:
+                 history: str = "before", history_ratings: bool = False) -> RankingLists:
     """Each user's interactions in time order, cut into consecutive lists of `list_size`.
 
     Every interaction appears in exactly one list, so one epoch over the lists is one epoch
@@ -194,6 +237,7 @@ def rating_lists(interactions: pd.DataFrame, list_size: int, history_len: int,
         recent items outside the list, earlier or later (for random rating splits such as
         P2, where serving sees the user's latest items: like SVD++'s implicit feedback, but
         an entry's own item is never in its history).
+      history_ratings: also fill `history_rating` with the user's rating of each history item.
     """
     if history not in HISTORIES:
         raise ValueError(f"history must be one of {HISTORIES}, got {history!r}")
@@ -225,19 +269,30 @@ def rating_lists(interactions: pd.DataFrame, list_size: int, history_len: int,
     user_id = np.empty(n_lists, dtype=object)
     user_id[row_list] = frame[USER_ID].astype(str).to_numpy(dtype=object)
     hist = np.full((n_lists, width), PAD, dtype=object)
+    hist_rating = np.zeros((n_lists, width), np.float32)
+    s_items = frame[ITEM_ID].astype(str).to_numpy(dtype=object)
+    s_ratings = frame[RATING].to_numpy(np.float32)
     if history_len > 0 and n and history == "before":
-        previous, _ = previous_items(frame, width)
+        # `frame` is already in the layout's (user, time, item) order, so its sorted
+        # positions are `frame`'s rows.
+        layout = history_layout(frame)
         first_rows = np.flatnonzero(slot == 0)
-        hist[row_list[first_rows]] = previous[first_rows]
+        source = layout.run_start[first_rows, None] - width + np.arange(width)[None, :]
+        valid = source >= layout.user_start[first_rows, None]
+        source = np.maximum(source, 0)
+        hist[row_list[first_rows]] = np.where(valid, s_items[source], PAD)
+        hist_rating[row_list[first_rows]] = np.where(valid, s_ratings[source], 0.0)
     elif history_len > 0 and n:
-        s_items = frame[ITEM_ID].astype(str).to_numpy(dtype=object)
         for start, size, first in zip(starts, sizes, first_list):
-            user_items = s_items[start:start + size]
+            user_rows = np.arange(start, start + size)
             for c in range(0, size, list_size):
-                others = np.concatenate([user_items[:c], user_items[c + list_size:]])[-width:]
+                others = np.concatenate([user_rows[:c], user_rows[c + list_size:]])[-width:]
                 if len(others):
-                    hist[first + c // list_size, width - len(others):] = others
-    return RankingLists(user_id, hist, item_id, labels, mask)
+                    hist[first + c // list_size, width - len(others):] = s_items[others]
+                    hist_rating[first + c // list_size, width - len(others):] = \
+                        s_ratings[others]
+    return RankingLists(user_id, hist, item_id, labels, mask,
+                        history_rating=hist_rating if history_ratings else None)
 
 
 def _ranked_candidates(candidates) -> Dict[str, np.ndarray]:
@@ -370,8 +425,12 @@ def scoring_lists(user_ids: Sequence[str], item_ids: np.ndarray, context: pd.Dat
 
 
 def pair_lists(pairs: pd.DataFrame, context: pd.DataFrame, list_size: int,
-               history_len: int) -> Tuple[RankingLists, np.ndarray]:
+               history_len: int, history_ratings: bool = False
+               ) -> Tuple[RankingLists, np.ndarray]:
     """Rows of (user, item) grouped by user into lists, to score every row once.
+
+    The history is the user's most recent `context` items; `history_ratings` adds their
+    ratings (`RankingLists.history_rating`).
 
     Returns:
       (lists, rows): `rows[l, s]` is the row of `pairs` at list l, slot s (-1 on padding).
@@ -400,6 +459,11 @@ def pair_lists(pairs: pd.DataFrame, context: pd.DataFrame, list_size: int,
                               else 0.0)
     list_users = np.empty(n_lists, dtype=object)
     list_users[row_list] = s_users
-    history = (histories_for(list_users, context, history_len) if history_len > 0
-               else np.full((n_lists, width), PAD, dtype=object))
-    return RankingLists(list_users, history, item_id, labels, rows >= 0), rows
+    if history_ratings:
+        history, rated = rated_histories_for(list_users, context, history_len)
+    else:
+        rated = None
+        history = (histories_for(list_users, context, history_len) if history_len > 0
+                   else np.full((n_lists, width), PAD, dtype=object))
+    return RankingLists(list_users, history, item_id, labels, rows >= 0,
+                        history_rating=rated), rows

@@ -52,6 +52,7 @@ USER_ID = "user_id"
 HISTORY = "history"
 EXCLUDE_INPUT = "exclude_item_ids"
 ITEM_IDS = "item_ids"  # ranking input (candidates) and retrieval output (the top k)
+HISTORY_RATING = "history_rating"  # float32, the user's rating of each history item
 
 # Shapes of the inputs whose spec is fixed, all tf.string; None is any size.
 INPUT_SHAPES: dict[str, tuple[None, ...]] = {
@@ -59,10 +60,15 @@ INPUT_SHAPES: dict[str, tuple[None, ...]] = {
     HISTORY: (None, None),
     EXCLUDE_INPUT: (None, None),
     ITEM_IDS: (None, None),
+    HISTORY_RATING: (None, None),
 }
+# Inputs that are not tf.string.
+INPUT_DTYPES = {HISTORY_RATING: "float32"}
 RETRIEVAL_INPUTS = (USER_ID, HISTORY)
 EXCLUSION_INPUTS = (USER_ID, HISTORY, EXCLUDE_INPUT)
 RANKING_INPUTS = (USER_ID, HISTORY, ITEM_IDS)
+# A rating model that reads what the user thought of their history (`RatingContext`).
+RATED_RANKING_INPUTS = (USER_ID, HISTORY, HISTORY_RATING, ITEM_IDS)
 # Inputs whose order carries meaning (recency, most recent last): compacted in the graph so
 # the answer is the same wherever a client puts the padding.
 ORDERED_ID_LISTS = (HISTORY,)
@@ -79,6 +85,8 @@ PAD = ""
 ID_ORDER_NOTE = ("history: item ids oldest first, most recent last; \"\" entries are padding "
                  "and may sit anywhere (left, right or between ids): the graph moves the real "
                  "ids to the end, keeping their order, before reading them.")
+RATING_NOTE = ("history_rating: float32, the same shape as history, the user's rating of the "
+               "history id at the same position; values at padding positions are ignored.")
 EXCLUSION_NOTE = ("exclude_item_ids: [B, W] with any width W (pad rows with \"\"); ids outside "
                   "the catalogue are ignored; k real items are returned whenever the catalogue "
                   "minus the excluded ids holds k.")
@@ -127,7 +135,7 @@ def tensor_spec(name: str):
     """
     import tensorflow as tf
 
-    return tf.TensorSpec(list(INPUT_SHAPES[name]), tf.string, name=name)
+    return tf.TensorSpec(list(INPUT_SHAPES[name]), INPUT_DTYPES.get(name, tf.string), name=name)
 
 
 def tensor_specs(names=RETRIEVAL_INPUTS) -> dict:
@@ -135,9 +143,11 @@ def tensor_specs(names=RETRIEVAL_INPUTS) -> dict:
     return {name: tensor_spec(name) for name in names}
 
 
-def input_order_metadata(with_exclusions: bool) -> dict[str, Any]:
+def input_order_metadata(with_exclusions: bool, rated: bool = False) -> dict[str, Any]:
     """The metadata entries telling a client how padding and order are read."""
     order = {HISTORY: ID_ORDER_NOTE}
+    if rated:
+        order[HISTORY_RATING] = RATING_NOTE
     if with_exclusions:
         order[EXCLUDE_INPUT] = EXCLUSION_NOTE
     return {META_PAD_ITEM_ID: PAD, META_INPUT_ORDER: order}

@@ -12,6 +12,8 @@ Signature (B users, N history items, S candidates per user):
 
 * `serving_default(user_id: string [B], history: string [B, N], item_ids: string [B, S])
   -> {scores: float32 [B, S]}`
+* a rating model with a rated-history context (`models.rating_context.RatingContext`) also
+  takes `history_rating: float32 [B, N]`, the user's rating of each history id, beside it.
 
 Raw ids in, scores out. Ids unknown to the model go to the towers' OOV buckets and get a finite
 score; "" pads `history` (ignored) and `item_ids` (score -inf, as the retrieval export marks an
@@ -37,8 +39,9 @@ import numpy as np
 import recommenders_tf
 import tensorflow as tf
 
-from recommenders_tf.features.id_lists import compact_right
-from recommenders_tf.serving.contract import (HISTORY, ITEM_IDS, PAD, RANKING_INPUTS, SCORES,
+from recommenders_tf.features.id_lists import compact_right, compact_right_with
+from recommenders_tf.serving.contract import (HISTORY, HISTORY_RATING, ITEM_IDS, PAD,
+                                              RANKING_INPUTS, RATED_RANKING_INPUTS, SCORES,
                                               SERVING_DEFAULT, USER_ID, check_model_name,
                                               input_order_metadata, tensor_specs)
 # The shared export machinery (versioning, assets, warmup, metadata) lives in serving.export.
@@ -66,6 +69,12 @@ __all__ = ["export_ranking", "existing_versions", "ranking_warmup_requests", "DE
            "INPUTS"]
 
 
+def reads_history_rating(model: Any) -> bool:
+    """Whether the model's context features read `history_rating` (a rating model)."""
+    return bool(getattr(getattr(model, "context_features", None), "reads_history_rating",
+                        False))
+
+
 class _RankingModule(tf.Module):
     """The object saved: the ranking model and its one serving function."""
 
@@ -73,13 +82,23 @@ class _RankingModule(tf.Module):
         super().__init__()
         self.model = model
 
-        @tf.function(input_signature=list(tensor_specs(RANKING_INPUTS).values()))
-        def serve(user_id, history, item_ids):
-            history = compact_right(history)  # recency from the right, wherever the padding
-            scores = self.model({"user_id": user_id, "history": history, "item_id": item_ids},
-                                training=False)
-            scores = tf.where(tf.equal(item_ids, PAD), tf.constant(-float("inf")), scores)
-            return {SCORES: scores}
+        def score(features, item_ids):
+            scores = self.model({**features, "item_id": item_ids}, training=False)
+            return {SCORES: tf.where(tf.equal(item_ids, PAD), tf.constant(-float("inf")),
+                                     scores)}
+
+        if reads_history_rating(model):
+            @tf.function(input_signature=list(tensor_specs(RATED_RANKING_INPUTS).values()))
+            def serve(user_id, history, history_rating, item_ids):
+                # Each rating moves with its id, wherever the client padded.
+                history, history_rating = compact_right_with(history, history_rating)
+                return score({"user_id": user_id, "history": history,
+                              HISTORY_RATING: history_rating}, item_ids)
+        else:
+            @tf.function(input_signature=list(tensor_specs(RANKING_INPUTS).values()))
+            def serve(user_id, history, item_ids):
+                history = compact_right(history)  # recency from the right, wherever the padding
+                return score({"user_id": user_id, "history": history}, item_ids)
 
         self.serve = serve
 
@@ -98,7 +117,7 @@ def _metadata(name: str, model: Any, extra: Mapping[str, Any]) -> dict:
         "loss_mode": spec.mode,
         "score_kind": SCORE_KINDS[spec.label_kind],
         "history_len": model.history_len,
-        **input_order_metadata(with_exclusions=False),
+        **input_order_metadata(with_exclusions=False, rated=reads_history_rating(model)),
         "versions": {
             "tensorflow": tf.__version__,
             "tensorflow_recommenders": package_version("tensorflow-recommenders"),
@@ -112,10 +131,11 @@ def _metadata(name: str, model: Any, extra: Mapping[str, Any]) -> dict:
 
 
 def ranking_warmup_requests(user_ids: Sequence[str], item_ids: Sequence[str],
-                            history_len: int) -> list:
+                            history_len: int, rated: bool = False) -> list:
     """Two `serving_default` requests from real ids: one user with real history (up to the
     model's history_len, at most 50) and up to 100 real candidates, then two users (a real one
-    and an unknown one) whose lists also hold an unknown item and "" padding."""
+    and an unknown one) whose lists also hold an unknown item and "" padding. `rated` adds
+    `history_rating` (4.0 for every history item, 0 on padding)."""
     items = [str(i) for i in item_ids][:WARMUP_CANDIDATES] or [UNKNOWN_ITEM]
     user = str(user_ids[0]) if len(user_ids) else UNKNOWN_USER
     width = max(1, min(int(history_len or 1), WARMUP_HISTORY))
@@ -127,7 +147,12 @@ def ranking_warmup_requests(user_ids: Sequence[str], item_ids: Sequence[str],
     pair = {USER_ID: np.array([user, UNKNOWN_USER], dtype=object),
             HISTORY: np.array([history, [PAD] * (width - 1) + [items[0]]], dtype=object),
             ITEM_IDS: np.array([row_items, list(reversed(row_items))], dtype=object)}
-    return [(SERVING_DEFAULT, single), (SERVING_DEFAULT, pair)]
+    requests = [single, pair]
+    if rated:
+        for request in requests:
+            request[HISTORY_RATING] = np.where(request[HISTORY] == PAD, 0.0,
+                                               4.0).astype(np.float32)
+    return [(SERVING_DEFAULT, request) for request in requests]
 
 
 def export_ranking(model: Any, base_dir: str | os.PathLike = "saved_models",
@@ -158,4 +183,5 @@ def export_ranking(model: Any, base_dir: str | os.PathLike = "saved_models",
     module = _RankingModule(model)
     signatures = {SERVING_DEFAULT: module.serve.get_concrete_function()}
     return save_export(module, signatures, base_dir, name, meta,
-                       ranking_warmup_requests(users, items, model.history_len))
+                       ranking_warmup_requests(users, items, model.history_len,
+                                               rated=reads_history_rating(model)))
