@@ -31,7 +31,8 @@ def _ratings(n_users=12, seed=0, density=0.6):
 
 
 def _dense_oracle(frame, ids, neighbors, item_shrinkage=25.0, user_shrinkage=10.0,
-                  similarity_shrinkage=100.0, iterations=15):
+                  similarity_shrinkage=100.0, iterations=15, factors=3, reg=15.0,
+                  factor_iterations=12, seed=0):
     users = sorted(frame.user_id.unique())
     r = np.full((len(users), len(ids)), np.nan)
     for row in frame.itertuples():
@@ -51,13 +52,22 @@ def _dense_oracle(frame, ids, neighbors, item_shrinkage=25.0, user_shrinkage=10.
     for i in range(len(ids)):
         order = [j for j in np.argsort(-sim[i], kind="stable") if sim[i, j] > 0][:neighbors]
         top[i] = {j: sim[i, j] for j in order}
-    return mu, bi, top
+    # ALS on the residuals, each row's ridge solve over its own ratings only.
+    q = np.random.default_rng(seed).normal(0.0, 0.1, (len(ids), factors))
+    for _ in range(factor_iterations):
+        p = np.stack([np.linalg.solve(q[seen[u]].T @ q[seen[u]] + reg * np.eye(factors),
+                                      q[seen[u]].T @ e[u, seen[u]]) for u in range(len(users))])
+        q = np.stack([np.linalg.solve(p[seen[:, i]].T @ p[seen[:, i]] + reg * np.eye(factors),
+                                      p[seen[:, i]].T @ e[seen[:, i], i])
+                      if seen[:, i].any() else np.zeros(factors) for i in range(len(ids))])
+    return mu, bi, top, q
 
 
 def test_rating_tables_match_a_dense_oracle():
     frame = _ratings()
-    tables = rating_tables(frame, ITEMS, neighbors=3, block=3)  # blocks smaller than the items
-    mu, bi, top = _dense_oracle(frame, ITEMS, neighbors=3)
+    tables = rating_tables(frame, ITEMS, neighbors=3, factors=3, block=3)  # blocks < items
+    mu, bi, top, q = _dense_oracle(frame, ITEMS, neighbors=3)
+    np.testing.assert_allclose(tables.item_factors, q, rtol=1e-4, atol=1e-5)
     assert tables.global_mean == pytest.approx(mu)
     np.testing.assert_allclose(tables.item_bias, bi, rtol=1e-5, atol=1e-6)
     for i in range(len(ITEMS)):
@@ -83,6 +93,12 @@ def _oracle_features(tables, vectors, k, temperature, item, history, ratings):
                      if p >= 0 and int(p) in residual), key=lambda t: -t[0])[:k]
     weight = sum(s for s, _ in cf)
     cf_knn = sum(s * e for s, e in cf) / (weight + 1e-3)
+    q = tables.item_factors.astype(np.float64)
+    q_hist = np.array([q[p] for p, _ in known]).reshape(-1, q.shape[1])
+    e_hist = np.array([residual[p] for p, _ in known])
+    user = np.linalg.solve(q_hist.T @ q_hist + tables.factor_reg * np.eye(q.shape[1]),
+                           q_hist.T @ e_hist)
+    mf = float(q[c] @ user) if c is not None else 0.0
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     cand = unit[c] if c is not None else np.zeros(unit.shape[1])
     cos = sorted(((float(cand @ unit[p]), residual[p]) for p, _ in known),
@@ -90,7 +106,7 @@ def _oracle_features(tables, vectors, k, temperature, item, history, ratings):
     w = [np.exp((s - 1.0) / temperature) for s, _ in cos]
     text_knn = sum(wi * e for wi, (_, e) in zip(w, cos)) / (sum(w) + 1e-3)
     text_max = cos[0][0] if cos else 0.0
-    return [mu + bu + bc, bu, bc, cf_knn, text_knn, text_max]
+    return [mu + bu + bc, bu, bc, cf_knn, mf, text_knn, text_max]
 
 
 def _layer(frame, k=2, temperature=0.1, seed=1):
@@ -108,7 +124,7 @@ def test_features_match_a_numpy_oracle_with_padding_and_unknown_ids():
     items = [["i1", "i4", "new", ""], ["i3", "i0", "i7", "i2"]]
     got = layer.raw({"item_id": tf.constant(items), "history": tf.constant(history),
                      HISTORY_RATING: tf.constant(ratings, tf.float32)}).numpy()
-    assert got.shape == (2, 4, layer.num_features) and layer.num_features == 6
+    assert got.shape == (2, 4, layer.num_features) and layer.num_features == 7
     for b in range(2):
         hist = [h for h in history[b] if h]
         rat = [r for h, r in zip(history[b], ratings[b]) if h]
@@ -144,7 +160,7 @@ def test_cross_fit_describes_each_fold_with_tables_without_its_ratings():
                                              lists.mask[chosen]) for i in row[m]}
         rest = frame[[(u, i) not in held for u, i in zip(frame.user_id, frame.item_id)]]
         check, _, _ = _layer(frame)
-        check.set_tables(rating_tables(rest, ITEMS, neighbors=4))
+        check.set_tables(rating_tables(rest, ITEMS, neighbors=4, seed=3))
         np.testing.assert_allclose(raw[chosen], context_values(check, lists.subset(chosen)),
                                    rtol=1e-5, atol=1e-5)
     # Afterwards the layer describes new ratings with the tables of all the rows.

@@ -12,6 +12,10 @@ rated history into a few dense features per candidate, looked up inside the mode
   cf_knn        mean residual rating (r_j - baseline_j) of the candidate's `k` most similar
                 history items, weighted by item-item similarity of train residuals (shrunk
                 cosine, the candidate's `neighbors` nearest kept): the KNNBaseline predictor
+  mf            q_candidate . p_user, with item factors q from ALS on the train residuals and
+                the user's factor p solved from the rated history in the graph (the ALS user
+                step, "folding in"): a matrix-factorisation prediction for any user who sends
+                ratings, known to train or not
   text_knn      the same residual mean over the `k` history items whose large-model text
                 vectors are closest to the candidate's, weighted exp((cos - 1) / temperature):
                 the only signal for an item with few train ratings
@@ -67,6 +71,8 @@ class RatingTables:
       neighbor_idx: [n, M] int32 positions of each item's most similar items, -1 where fewer.
       neighbor_sim: [n, M] float32 their (positive) similarities, 0 where none.
       user_shrinkage: the user-bias shrinkage the layer applies to a history.
+      item_factors: [n, f] float32 ALS item factors of the residuals (0 for unrated items).
+      factor_reg: the ridge penalty of the ALS user step the layer repeats for a history.
     """
 
     global_mean: float
@@ -74,19 +80,24 @@ class RatingTables:
     neighbor_idx: np.ndarray
     neighbor_sim: np.ndarray
     user_shrinkage: float
+    item_factors: np.ndarray
+    factor_reg: float
 
 
 def rating_tables(interactions: pd.DataFrame, item_ids: Sequence[str], neighbors: int = 100,
                   item_shrinkage: float = 25.0, user_shrinkage: float = 10.0,
                   similarity_shrinkage: float = 100.0, iterations: int = 15,
-                  block: int = 2048) -> RatingTables:
+                  factors: int = 32, factor_reg: float = 15.0, factor_iterations: int = 12,
+                  seed: int = 0, block: int = 2048) -> RatingTables:
     """Baseline biases and residual item neighbours of explicit ratings.
 
     Biases: alternating ridge fits of r = mu + b_u + b_i (shrinkages 25 for items and 10 for
     users, Koren's published values, not fitted here). Similarity of items i, j: cosine of
     their residual vectors times n_ij / (n_ij + similarity_shrinkage), n_ij the users who
     rated both; each item keeps its `neighbors` most similar with a positive similarity.
-    Computed over blocks of `block` items, so memory is one block's co-rated pairs.
+    Computed over blocks of `block` items, so memory is one block's co-rated pairs. Item
+    factors: `factor_iterations` rounds of alternating least squares on the residuals (ridge
+    `factor_reg`, seeded start), each a linear pass over the ratings.
 
     Args:
       interactions: rating rows (user_id, item_id, rating); items outside `item_ids` are
@@ -106,7 +117,8 @@ def rating_tables(interactions: pd.DataFrame, item_ids: Sequence[str], neighbors
     idx = np.full((n, m), -1, np.int32)
     sim = np.zeros((n, m), np.float32)
     if not len(cols):
-        return RatingTables(0.0, np.zeros(n, np.float32), idx, sim, float(user_shrinkage))
+        return RatingTables(0.0, np.zeros(n, np.float32), idx, sim, float(user_shrinkage),
+                            np.zeros((n, int(factors)), np.float32), float(factor_reg))
     n_users = int(users.max()) + 1
     mu = float(ratings.mean())
     b_user, b_item = np.zeros(n_users), np.zeros(n)
@@ -137,7 +149,35 @@ def rating_tables(interactions: pd.DataFrame, item_ids: Sequence[str], neighbors
             top = np.argsort(-values, kind="stable")[:m]
             idx[row, :len(top)] = cols_r[top]
             sim[row, :len(top)] = values[top]
-    return RatingTables(mu, b_item.astype(np.float32), idx, sim, float(user_shrinkage))
+    item_factors = _als_item_factors(x, int(factors), float(factor_reg),
+                                     int(factor_iterations), seed)
+    return RatingTables(mu, b_item.astype(np.float32), idx, sim, float(user_shrinkage),
+                        item_factors, float(factor_reg))
+
+
+def _ridge_rows(matrix, other: np.ndarray, reg: float) -> np.ndarray:
+    """Row r: argmin_p sum_j (m_rj - p.o_j)^2 + reg |p|^2 over the stored entries of row r."""
+    out = np.zeros((matrix.shape[0], other.shape[1]))
+    eye = reg * np.eye(other.shape[1])
+    for row in range(matrix.shape[0]):
+        start, stop = matrix.indptr[row], matrix.indptr[row + 1]
+        if start == stop:
+            continue
+        o = other[matrix.indices[start:stop]]
+        out[row] = np.linalg.solve(o.T @ o + eye, o.T @ matrix.data[start:stop])
+    return out
+
+
+def _als_item_factors(residuals, factors: int, reg: float, iterations: int, seed: int
+                      ) -> np.ndarray:
+    """Item factors [n, f] of explicit ALS on a users x items residual matrix (csr)."""
+    by_user, by_item = residuals.tocsr(), residuals.T.tocsr()
+    rng = np.random.default_rng(seed)
+    items = rng.normal(0.0, 0.1, (residuals.shape[1], factors))
+    for _ in range(iterations):
+        users = _ridge_rows(by_user, items, reg)
+        items = _ridge_rows(by_item, users, reg)
+    return items.astype(np.float32)
 
 
 class RatingContext(tf.keras.layers.Layer):
@@ -175,7 +215,7 @@ class RatingContext(tf.keras.layers.Layer):
         # Row 0 is the unknown/padding row of every table.
         self.lookup = tf.keras.layers.StringLookup(vocabulary=ids, num_oov_indices=1,
                                                    mask_token=None, name="rating_item_lookup")
-        self.item_bias = self.neighbor_idx = self.neighbor_sim = None
+        self.item_bias = self.neighbor_idx = self.neighbor_sim = self.item_factors = None
         self.set_tables(tables)
         self.text = None
         if text_vectors is not None:
@@ -199,7 +239,12 @@ class RatingContext(tf.keras.layers.Layer):
                              f"neighbors {idx.shape} and {sim.shape}")
         rows = np.where(idx >= 0, idx + 1, 0).astype(np.int32)
         sim = np.where(idx >= 0, sim, 0.0).astype(np.float32)
-        values = {"item_bias": bias, "neighbor_idx": rows, "neighbor_sim": sim}
+        item_factors = np.asarray(tables.item_factors, np.float32)
+        if item_factors.ndim != 2 or item_factors.shape[0] != n:
+            raise ValueError(f"RatingTables.item_factors must be [{n}, f], got "
+                             f"{item_factors.shape}")
+        values = {"item_bias": bias, "neighbor_idx": rows, "neighbor_sim": sim,
+                  "item_factors": item_factors}
         if self.item_bias is None:
             for name, value in values.items():
                 setattr(self, name, FrozenTable(value, f"rating_{name}", zero_row=True))
@@ -207,6 +252,8 @@ class RatingContext(tf.keras.layers.Layer):
                                            name="global_mean")
             self.user_shrinkage = tf.Variable(float(tables.user_shrinkage), trainable=False,
                                               name="user_shrinkage")
+            self.factor_reg = tf.Variable(float(tables.factor_reg), trainable=False,
+                                          name="factor_reg")
             return
         for name, value in values.items():
             table = getattr(self, name)
@@ -216,10 +263,11 @@ class RatingContext(tf.keras.layers.Layer):
             table.values.assign(np.concatenate([np.zeros_like(value[:1]), value]))
         self.global_mean.assign(float(tables.global_mean))
         self.user_shrinkage.assign(float(tables.user_shrinkage))
+        self.factor_reg.assign(float(tables.factor_reg))
 
     @property
     def feature_names(self) -> List[str]:
-        names = ["baseline", "user_bias", "item_bias", "cf_knn"]
+        names = ["baseline", "user_bias", "item_bias", "cf_knn", "mf"]
         return names + (["text_knn", "text_max"] if self.text is not None else [])
 
     @property
@@ -267,7 +315,8 @@ class RatingContext(tf.keras.layers.Layer):
         shape = tf.shape(items)
         user_b = tf.broadcast_to(user_bias[:, None], shape)
         parts = [mu + user_b + item_bias, user_b, item_bias,
-                 self._cf(rows, hist_rows, residual, known_f)]
+                 self._cf(rows, hist_rows, residual, known_f),
+                 self._mf(rows, hist_rows, residual, known_f)]
         if self.text is not None:
             parts += self._text(rows, hist_rows, residual, known)
         return tf.stack(parts, -1) * weights[..., None]
@@ -290,6 +339,15 @@ class RatingContext(tf.keras.layers.Layer):
         top, where = tf.math.top_k(nsim, k=k)
         picked = tf.gather(tf.gather(values, nidx, batch_dims=1), where, batch_dims=2)
         return tf.reduce_sum(top * picked, -1) / (tf.reduce_sum(top, -1) + 1e-3)
+
+    def _mf(self, rows, hist_rows, residual, known_f) -> tf.Tensor:
+        # The ALS user step on the history: (Q_h' Q_h + reg I) p = Q_h' e_h.
+        q_hist = tf.gather(self.item_factors.values, hist_rows) * known_f[..., None]
+        dim = tf.shape(q_hist)[-1]
+        gram = tf.einsum("bnf,bng->bfg", q_hist, q_hist) + self.factor_reg * tf.eye(dim)
+        target = tf.einsum("bnf,bn->bf", q_hist, residual)
+        user = tf.linalg.solve(gram, target[..., None])[..., 0]  # [B, f]
+        return tf.einsum("bsf,bf->bs", tf.gather(self.item_factors.values, rows), user)
 
     def _text(self, rows, hist_rows, residual, known) -> List[tf.Tensor]:
         cand = tf.gather(self.text.values, rows)  # [B, S, D]
@@ -336,7 +394,7 @@ def cross_fit(layer: RatingContext, lists: RankingLists, interactions: pd.DataFr
       lists: training lists with `history_rating`.
       interactions: the rows the tables come from.
       folds: number of folds (>= 2).
-      seed: seed of the fold assignment (by list).
+      seed: seed of the fold assignment (by list) and of the tables' factorisation.
       table_args: `rating_tables` arguments (neighbors, shrinkages, ...).
     """
     if folds < 2:
@@ -356,10 +414,10 @@ def cross_fit(layer: RatingContext, lists: RankingLists, interactions: pd.DataFr
             held = (users[chosen][entries].astype(object) + "\x1f" +
                     lists.item_id[chosen][entries].astype(str).astype(object))
             rest = interactions[~keys.isin(held)]
-            layer.set_tables(rating_tables(rest, layer.item_ids, **table_args))
+            layer.set_tables(rating_tables(rest, layer.item_ids, seed=seed, **table_args))
             out[chosen] = context_values(layer, lists.subset(chosen))
     finally:
-        layer.set_tables(rating_tables(interactions, layer.item_ids, **table_args))
+        layer.set_tables(rating_tables(interactions, layer.item_ids, seed=seed, **table_args))
     return out
 
 
@@ -370,13 +428,14 @@ class RatingContextConfig:
     Args:
       history_len: rated history items the context reads (the model's own id history,
         `RankingConfig.history_len`, may be shorter).
-      neighbors, k, temperature: see `rating_tables` and `RatingContext`.
+      neighbors, factors, k, temperature: see `rating_tables` and `RatingContext`.
       folds: cross-fitting folds of the training lists' features.
       use_text: read the large-model text vectors (the text_knn / text_max features).
     """
 
     history_len: int = 300
     neighbors: int = 100
+    factors: int = 32
     k: int = 40
     temperature: float = 0.05
     folds: int = 5
@@ -418,8 +477,9 @@ def fit_rating_model(config, train: pd.DataFrame, run_dir: str, *,
             raise ValueError("fit_rating_model: context.use_text needs text=(ids, vectors)")
         item_ids = ([str(i) for i in text[0]] if text is not None
                     else sorted(train[ITEM_ID].astype(str).unique()))
-        table_args = {"neighbors": context.neighbors}
-        layer = RatingContext(item_ids, rating_tables(train, item_ids, **table_args),
+        table_args = {"neighbors": context.neighbors, "factors": context.factors}
+        layer = RatingContext(item_ids, rating_tables(train, item_ids, seed=config.seed,
+                                                      **table_args),
                               text_vectors=text[1] if context.use_text else None,
                               k=context.k, temperature=context.temperature,
                               name="rating_context")
