@@ -18,7 +18,8 @@ from recommenders_tf.models.ranking_data import (HISTORY_RATING, histories_for, 
 from recommenders_tf.models.rating_context import (CLIP, RatingContext,
                                                    RatingContextConfig, context_values,
                                                    cross_fit, fit_rating_model,
-                                                   predict_ratings, rating_tables)
+                                                   predict_ratings, rating_tables,
+                                                   text_neighbors)
 
 ITEMS = [f"i{k}" for k in range(8)]
 
@@ -106,7 +107,14 @@ def _oracle_features(tables, vectors, k, temperature, item, history, ratings):
     w = [np.exp((s - 1.0) / temperature) for s, _ in cos]
     text_knn = sum(wi * e for wi, (_, e) in zip(w, cos)) / (sum(w) + 1e-3)
     text_max = cos[0][0] if cos else 0.0
-    return [mu + bu + bc, bu, bc, cf_knn, mf, text_knn, text_max]
+    count = np.log1p(tables.item_count[c]) if c is not None else 0.0
+    prior = 0.0
+    if c is not None:
+        near = sorted(((float(unit[c] @ unit[j]), b[j]) for j in range(len(ITEMS)) if j != c),
+                      key=lambda t: -t[0])[:20]
+        w = [np.exp((s - 1.0) / temperature) for s, _ in near]
+        prior = sum(wi * bj for wi, (_, bj) in zip(w, near)) / (sum(w) + 1e-3)
+    return [mu + bu + bc, bu, bc, count, cf_knn, mf, text_knn, text_max, prior]
 
 
 def _layer(frame, k=2, temperature=0.1, seed=1):
@@ -124,7 +132,7 @@ def test_features_match_a_numpy_oracle_with_padding_and_unknown_ids():
     items = [["i1", "i4", "new", ""], ["i3", "i0", "i7", "i2"]]
     got = layer.raw({"item_id": tf.constant(items), "history": tf.constant(history),
                      HISTORY_RATING: tf.constant(ratings, tf.float32)}).numpy()
-    assert got.shape == (2, 4, layer.num_features) and layer.num_features == 7
+    assert got.shape == (2, 4, layer.num_features) and layer.num_features == 9
     for b in range(2):
         hist = [h for h in history[b] if h]
         rat = [r for h, r in zip(history[b], ratings[b]) if h]
@@ -277,3 +285,17 @@ def test_standardised_features_are_clipped_and_padding_is_zero():
     layer.adapt(np.zeros((1, 2, layer.num_features)), np.ones((1, 2), bool))
     out = layer({"item_id": tf.constant([["i1", ""]]), "rating_context": tf.constant(raw)})
     assert np.allclose(out.numpy()[0, 0], CLIP) and not out.numpy()[0, 1].any()
+
+
+def test_text_neighbors_match_a_brute_force_sort_across_blocks():
+    vectors = np.random.default_rng(4).normal(size=(11, 5)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    idx, cos = text_neighbors(vectors, 3, block=4)
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    want = np.argsort(-sims, axis=1, kind="stable")[:, :3]
+    assert (idx == want).all()
+    np.testing.assert_allclose(cos, np.take_along_axis(sims, want, 1), rtol=1e-6)
+    # More neighbours asked than other rows: the rest is -1.
+    idx, _ = text_neighbors(vectors[:3], 4)
+    assert (idx[:, 2:] == -1).all() and (idx[:, :2] >= 0).all()

@@ -3,8 +3,8 @@
 The model server loads a SavedModel bundle into a TF1 session and runs a signature by the
 tensor names in its SignatureDef (and replays the warmup records at load); the other export
 tests call the signatures through `tf.saved_model.load`, which runs the same functions as TF2
-concrete functions. Here the retrieval BruteForce, ranking and cascade BruteForce exports are
-loaded with `tf.compat.v1.saved_model.loader.load` in one fresh process that imports only
+concrete functions. Here the retrieval BruteForce, ranking, rating and cascade BruteForce
+exports are loaded with `tf.compat.v1.saved_model.loader.load` in one fresh process that imports only
 TensorFlow (`tf1_session_runner.py`), and every signature runs on real requests: known users
 with their histories, an unknown user, empty histories (padded and zero-width), unknown and
 padded candidates, exclusions of items the user would otherwise get. The session's outputs
@@ -32,6 +32,7 @@ from recommenders_tf.data.schema import ITEM_ID, TIMESTAMP, USER_ID
 from recommenders_tf.index import build_index
 from recommenders_tf.models.candidate_features import CandidateContext, item_neighbors
 from recommenders_tf.models.ranking import RankingConfig, build_ranking_model
+from recommenders_tf.models.rating_context import RatingContext, rating_tables
 from recommenders_tf.models.recommender import TwoTowerConfig, TwoTowerRecommender, _Fitted
 from recommenders_tf.models.reranking import RerankerConfig, build_reranker
 from recommenders_tf.models.rules import BusinessRules
@@ -50,6 +51,7 @@ CASE_IDS = [
     "retrieval/serving_default/zero_width_history",
     "retrieval/recommend_with_exclusions",
     "ranking/serving_default",
+    "rating/serving_default",
     "cascade/serving_default",
     "cascade/serving_default/empty_history",
     "cascade/recommend_with_exclusions",
@@ -230,6 +232,28 @@ def _write_exports(base: Path, synthetic_tiny, session: _SessionProcess) -> dict
         "item_ids": np.array([["i010", "i005", "brand-new", ""],
                               ["i001", "i002", "i003", "i004"],
                               ["i299", "", "", ""]])}})
+
+    # A rating model takes history_rating, a float32 input beside the string ids, and solves
+    # a small linear system per user in the graph (its fold-in feature).
+    rng = np.random.default_rng(5)
+    rated = pd.DataFrame({"user_id": rng.choice(USERS, 200), "item_id": rng.choice(ITEMS, 200),
+                          "rating": rng.integers(1, 6, 200).astype(float)})
+    rated = rated.drop_duplicates(["user_id", "item_id"])
+    context = RatingContext(ITEMS, rating_tables(rated, ITEMS, neighbors=5, factors=4),
+                            text_vectors=rng.normal(size=(len(ITEMS), 6)).astype(np.float32),
+                            k=3)
+    rating = build_ranking_model(
+        RankingConfig(loss="mse", deep_dims=(8,), id_features=False, history_len=HISTORY,
+                      seed=3), USERS, ITEMS, label_mean=3.5, context_features=context)
+    rating_history = _left_pad([_last_items(interactions, "u1", HISTORY), [ITEMS[3]], []],
+                               HISTORY)
+    publish("rating", export_ranking(rating, base, name="rating"), {"rating/serving_default": {
+        "user_id": np.array(["u1", "stranger", "u2"]), "history": rating_history,
+        "history_rating": np.where(rating_history == "", 0.0,
+                                   rng.integers(1, 6, rating_history.shape)).astype(np.float32),
+        "item_ids": np.array([[ITEMS[0], ITEMS[5], "brand-new", ""],
+                              [ITEMS[1], ITEMS[2], ITEMS[3], ITEMS[4]],
+                              [ITEMS[6], "", "", ""]])}})
 
     query, candidate = GenreQueryTower(), GenreCandidateTower()
     embeddings = candidate(item_features(ITEMS, ITEM_TITLES, ITEM_GENRES)).numpy()

@@ -9,6 +9,7 @@ rated history into a few dense features per candidate, looked up inside the mode
                 train) and the user's shrunk bias, computed from the history's ratings
   user_bias, item_bias
                 the two biases alone
+  item_count    log(1 + the candidate's train ratings): how far item_bias can be trusted
   cf_knn        mean residual rating (r_j - baseline_j) of the candidate's `k` most similar
                 history items, weighted by item-item similarity of train residuals (shrunk
                 cosine, the candidate's `neighbors` nearest kept): the KNNBaseline predictor
@@ -20,6 +21,9 @@ rated history into a few dense features per candidate, looked up inside the mode
                 vectors are closest to the candidate's, weighted exp((cos - 1) / temperature):
                 the only signal for an item with few train ratings
   text_max      the closest history item's cosine
+  text_prior    the item biases of the candidate's `text_neighbors` nearest items in text
+                (same weights): what the catalogue says of items described like it, the
+                evidence left for an item with few or no ratings
 
 The train-derived tables (biases, residual neighbours) see every train rating. A ranker
 trained on lists whose labels are in those tables learns to trust them more than they deserve
@@ -72,6 +76,7 @@ class RatingTables:
       neighbor_sim: [n, M] float32 their (positive) similarities, 0 where none.
       user_shrinkage: the user-bias shrinkage the layer applies to a history.
       item_factors: [n, f] float32 ALS item factors of the residuals (0 for unrated items).
+      item_count: [n] float32 train ratings per item.
       factor_reg: the ridge penalty of the ALS user step the layer repeats for a history.
     """
 
@@ -82,6 +87,7 @@ class RatingTables:
     user_shrinkage: float
     item_factors: np.ndarray
     factor_reg: float
+    item_count: np.ndarray
 
 
 def rating_tables(interactions: pd.DataFrame, item_ids: Sequence[str], neighbors: int = 100,
@@ -118,7 +124,8 @@ def rating_tables(interactions: pd.DataFrame, item_ids: Sequence[str], neighbors
     sim = np.zeros((n, m), np.float32)
     if not len(cols):
         return RatingTables(0.0, np.zeros(n, np.float32), idx, sim, float(user_shrinkage),
-                            np.zeros((n, int(factors)), np.float32), float(factor_reg))
+                            np.zeros((n, int(factors)), np.float32), float(factor_reg),
+                            np.zeros(n, np.float32))
     n_users = int(users.max()) + 1
     mu = float(ratings.mean())
     b_user, b_item = np.zeros(n_users), np.zeros(n)
@@ -152,7 +159,7 @@ def rating_tables(interactions: pd.DataFrame, item_ids: Sequence[str], neighbors
     item_factors = _als_item_factors(x, int(factors), float(factor_reg),
                                      int(factor_iterations), seed)
     return RatingTables(mu, b_item.astype(np.float32), idx, sim, float(user_shrinkage),
-                        item_factors, float(factor_reg))
+                        item_factors, float(factor_reg), item_count.astype(np.float32))
 
 
 def _ridge_rows(matrix, other: np.ndarray, reg: float) -> np.ndarray:
@@ -197,13 +204,14 @@ class RatingContext(tf.keras.layers.Layer):
         are left out.
       k: history items each kNN feature averages over.
       temperature: sharpness of the text-similarity weights.
+      text_neighbors_count: catalogue text neighbours of the text_prior feature.
     """
 
     reads_history_rating = True
 
     def __init__(self, item_ids: Sequence[str], tables: RatingTables,
                  text_vectors: Optional[np.ndarray] = None, k: int = 40,
-                 temperature: float = 0.05, **kwargs):
+                 temperature: float = 0.05, text_neighbors_count: int = 20, **kwargs):
         super().__init__(**kwargs)
         ids = [str(i) for i in item_ids]
         if len(set(ids)) != len(ids):
@@ -216,6 +224,7 @@ class RatingContext(tf.keras.layers.Layer):
         self.lookup = tf.keras.layers.StringLookup(vocabulary=ids, num_oov_indices=1,
                                                    mask_token=None, name="rating_item_lookup")
         self.item_bias = self.neighbor_idx = self.neighbor_sim = self.item_factors = None
+        self.item_count = None
         self.set_tables(tables)
         self.text = None
         if text_vectors is not None:
@@ -224,6 +233,11 @@ class RatingContext(tf.keras.layers.Layer):
                 raise ValueError(f"text_vectors must be [{len(ids)}, D], got {vectors.shape}")
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), _EPS)
             self.text = FrozenTable(vectors, "rating_text", zero_row=True)
+            idx, cos = text_neighbors(vectors, text_neighbors_count)
+            self.text_neighbor_idx = FrozenTable(np.where(idx >= 0, idx + 1, 0).astype(np.int32),
+                                                 "rating_text_neighbor_rows", zero_row=True)
+            self.text_neighbor_cos = FrozenTable(np.where(idx >= 0, cos, -1.0).astype(np.float32),
+                                                 "rating_text_neighbor_cos", zero_row=True)
         self.feature_mean = tf.Variable(tf.zeros([self.num_features]), trainable=False,
                                         name="feature_mean")
         self.feature_std = tf.Variable(tf.ones([self.num_features]), trainable=False,
@@ -243,8 +257,11 @@ class RatingContext(tf.keras.layers.Layer):
         if item_factors.ndim != 2 or item_factors.shape[0] != n:
             raise ValueError(f"RatingTables.item_factors must be [{n}, f], got "
                              f"{item_factors.shape}")
+        count = np.asarray(tables.item_count, np.float32)
+        if count.shape != (n,):
+            raise ValueError(f"RatingTables.item_count must be [{n}], got {count.shape}")
         values = {"item_bias": bias, "neighbor_idx": rows, "neighbor_sim": sim,
-                  "item_factors": item_factors}
+                  "item_factors": item_factors, "item_count": np.log1p(count)}
         if self.item_bias is None:
             for name, value in values.items():
                 setattr(self, name, FrozenTable(value, f"rating_{name}", zero_row=True))
@@ -267,8 +284,9 @@ class RatingContext(tf.keras.layers.Layer):
 
     @property
     def feature_names(self) -> List[str]:
-        names = ["baseline", "user_bias", "item_bias", "cf_knn", "mf"]
-        return names + (["text_knn", "text_max"] if self.text is not None else [])
+        names = ["baseline", "user_bias", "item_bias", "item_count", "cf_knn", "mf"]
+        return names + (["text_knn", "text_max", "text_prior"] if self.text is not None
+                        else [])
 
     @property
     def num_features(self) -> int:
@@ -315,6 +333,7 @@ class RatingContext(tf.keras.layers.Layer):
         shape = tf.shape(items)
         user_b = tf.broadcast_to(user_bias[:, None], shape)
         parts = [mu + user_b + item_bias, user_b, item_bias,
+                 tf.gather(self.item_count.values, rows),
                  self._cf(rows, hist_rows, residual, known_f),
                  self._mf(rows, hist_rows, residual, known_f)]
         if self.text is not None:
@@ -360,7 +379,37 @@ class RatingContext(tf.keras.layers.Layer):
         residual_b = tf.broadcast_to(residual[:, None, :], tf.shape(cos))
         picked = tf.gather(residual_b, where, batch_dims=2)
         best = tf.where(tf.reduce_any(known, -1)[:, None], top[..., 0], 0.0)
-        return [tf.reduce_sum(weight * picked, -1) / (tf.reduce_sum(weight, -1) + 1e-3), best]
+        # Rows of unknown candidates (0) have no neighbours: cos -1 gives them weight 0.
+        near = tf.gather(self.text_neighbor_idx.values, rows)  # [B, S, M]
+        near_w = tf.exp((tf.gather(self.text_neighbor_cos.values, rows) - 1.0)
+                        / self.temperature) * tf.cast(near > 0, tf.float32)
+        near_bias = tf.gather(self.item_bias.values, near)
+        prior = tf.reduce_sum(near_w * near_bias, -1) / (tf.reduce_sum(near_w, -1) + 1e-3)
+        return [tf.reduce_sum(weight * picked, -1) / (tf.reduce_sum(weight, -1) + 1e-3), best,
+                prior]
+
+
+def text_neighbors(vectors: np.ndarray, count: int, block: int = 2048
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """Each row's `count` nearest other rows by cosine of L2-normalised `vectors`: (positions
+    [n, count] int32, -1 where fewer; cosines [n, count] float32). Blocks of `block` rows, so
+    memory is block x n, not n^2."""
+    n = len(vectors)
+    m = max(0, min(int(count), n - 1))
+    idx = np.full((n, int(count)), -1, np.int32)
+    cos = np.zeros((n, int(count)), np.float32)
+    for first in range(0, n, block):
+        sims = vectors[first:first + block] @ vectors.T
+        rows = np.arange(first, first + len(sims))
+        sims[rows - first, rows] = -np.inf  # not its own neighbour
+        if m == 0:
+            continue
+        top = np.argpartition(-sims, m - 1, axis=1)[:, :m]
+        order = np.argsort(-np.take_along_axis(sims, top, 1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, 1)
+        idx[rows, :m] = top
+        cos[rows, :m] = np.take_along_axis(sims, top, 1)
+    return idx, cos
 
 
 def context_values(layer: RatingContext, lists: RankingLists, batch_size: int = 256
@@ -438,7 +487,7 @@ class RatingContextConfig:
     factors: int = 32
     k: int = 40
     temperature: float = 0.05
-    folds: int = 5
+    folds: int = 10
     use_text: bool = True
 
 
