@@ -2,12 +2,17 @@
 
   python -m pipelines.train_ranking --loss softmax
   python -m pipelines.train_ranking --loss mse --dataset ml-100k --protocol P2
+  python -m pipelines.train_ranking --loss mse --dataset ml-100k --protocol P2 \
+      --set rating_context=true --set ranking.id_features=false --set ranking.epochs=50 \
+      --set ranking.deep_dropout=0.2             # the P2 benchmark's rating model
   python -m pipelines.train_ranking --loss listmle --set data.negatives=easy --set ranking.epochs=5
 
 Data (only the train part of the protocol's split is read; its test part is never touched;
 the lists are built by `recommenders_tf.cascade.ranking_lists`):
   * "ratings" lists (default for "mse" and "bce"): the train interactions cut into per-user
     lists in time order; labels are ratings ("mse") or clicks, rating >= click_threshold ("bce").
+    With `rating_context` the lists' history is the user's other rated items with their
+    ratings (`models.rating_context`), and the export takes `history_rating` beside `history`.
   * "candidates" lists (default for pairwise/listwise): the train part is cut again in time
     (`validation_split`); each user's later interactions are the positives, filled with
     negatives from the retrieval stage's top candidates after the cut ("hard", the retrieval
@@ -50,7 +55,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from recommenders_tf import cli
-from recommenders_tf.cascade.ranking_lists import RankingDataConfig, build_training_lists
+from recommenders_tf.cascade.ranking_lists import (RATING_LISTS, RankingDataConfig,
+                                                   build_training_lists, resolve_lists)
 from recommenders_tf.data import load_dataset, split_for_protocol
 from recommenders_tf.data.schema import ITEM_ID
 from recommenders_tf.config import ConfigError
@@ -79,6 +85,13 @@ class TrainRankingConfig:
         (the machines of TF_CONFIG) or "parameter_server"; see the module docstring.
       ps_min_shard_bytes: under "parameter_server", the smallest shard of a variable split
         over the ps tasks.
+      rating_context: a rating model ("mse" on rating lists) that reads the user's rated
+        history through a `models.rating_context.RatingContext` (the P2 model; with
+        `ranking.id_features=false` it scores from the context alone, as benchmarked); its
+        lists take each user's other items as the history and its export takes
+        `history_rating`.
+      context: the `RatingContextConfig` of `rating_context`.
+      text_cache: item-text vector cache of the context's large-model features.
     """
 
     dataset: str = "ml-100k"
@@ -92,6 +105,9 @@ class TrainRankingConfig:
     export_name: str = "ranking"
     strategy: str = "default"
     ps_min_shard_bytes: int = PS_MIN_SHARD_BYTES
+    rating_context: bool = False
+    context: Any = None
+    text_cache: str = "runs/text_cache"
 
     def __post_init__(self):
         check_strategy(self.strategy, STRATEGIES, "pipelines.train_ranking")
@@ -107,6 +123,17 @@ class TrainRankingConfig:
             self.ranking = from_dict(RankingConfig, self.ranking, prefix="ranking.")
         if isinstance(self.data, dict):
             self.data = from_dict(RankingDataConfig, self.data, prefix="data.")
+        from recommenders_tf.models.rating_context import RatingContextConfig
+
+        if self.context is None:
+            self.context = RatingContextConfig()
+        elif isinstance(self.context, dict):
+            self.context = from_dict(RatingContextConfig, self.context, prefix="context.")
+        if self.rating_context and resolve_lists(self.ranking.loss, self.data) != (
+                RATING_LISTS, "rating"):
+            raise ConfigError("rating_context needs a rating loss (mse) on rating lists, got "
+                              f"loss {self.ranking.loss!r} with lists "
+                              f"{resolve_lists(self.ranking.loss, self.data)}")
 
 
 def main(config: TrainRankingConfig) -> Dict[str, Any]:
@@ -124,7 +151,10 @@ def _run(config: TrainRankingConfig, strategy, data, run_dir: Path, out: Path
     """`main` writing its artifacts into `out`: `run_dir` on the chief, a temporary folder on
     the other workers (which still read `run_dir` to resume and train the same model)."""
     from recommenders_tf.features.vocab import save_vocabularies
+    from recommenders_tf.data import items_for_train
+    from recommenders_tf.features.item_encoding import encode_item_texts
     from recommenders_tf.models.ranking import fit_ranking_model
+    from recommenders_tf.models.rating_context import fit_rating_model
     from recommenders_tf.serving.ranking_export import export_ranking
 
     rcfg = config.ranking
@@ -137,15 +167,30 @@ def _run(config: TrainRankingConfig, strategy, data, run_dir: Path, out: Path
     print(f"Ranking stage: loss {rcfg.loss}, dataset {data.name}, protocol {config.protocol} "
           f"(train part only, {len(split.train)} interactions), run folder {run_dir}, "
           f"strategy {config.strategy}", flush=True)
-    lists, info = build_training_lists(split.train, rcfg, config.data, data.items,
-                                       seed=config.seed)
-    train_lists, val_lists = lists.split(config.data.validation_fraction, seed=config.seed)
-    print(f"{len(lists)} {info['lists']} lists of {lists.list_size} ({lists.num_entries} "
-          f"entries, label {info['label']}); {len(val_lists)} held out for early stopping",
-          flush=True)
-    model, result, vocabs = fit_ranking_model(rcfg, train_lists, val_lists, split.train,
-                                              str(run_dir / "training"), items=data.items,
-                                              users=data.users, strategy=strategy)
+    if config.rating_context:
+        text = None
+        if config.context.use_text:
+            encoded = encode_item_texts(items_for_train(data, split.train),
+                                        cache_dir=config.text_cache)
+            text = (encoded.vectors.ids, encoded.vectors.vectors)
+        print(f"rating lists with a rated-history context over {config.context.history_len} "
+              f"items (features cross-fitted in {config.context.folds} folds)", flush=True)
+        model, result, vocabs, info = fit_rating_model(
+            rcfg, split.train, str(run_dir / "training"), context=config.context, text=text,
+            items=data.items, users=data.users, list_size=config.data.rating_list_size,
+            held_out=config.data.validation_fraction, strategy=strategy)
+        n_train, n_val = info["n_train_lists"], info["n_validation_lists"]
+    else:
+        lists, info = build_training_lists(split.train, rcfg, config.data, data.items,
+                                           seed=config.seed)
+        train_lists, val_lists = lists.split(config.data.validation_fraction, seed=config.seed)
+        print(f"{len(lists)} {info['lists']} lists of {lists.list_size} ({lists.num_entries} "
+              f"entries, label {info['label']}); {len(val_lists)} held out for early stopping",
+              flush=True)
+        model, result, vocabs = fit_ranking_model(rcfg, train_lists, val_lists, split.train,
+                                                  str(run_dir / "training"), items=data.items,
+                                                  users=data.users, strategy=strategy)
+        n_train, n_val = len(train_lists), len(val_lists)
     save_vocabularies(vocabs, out / "vocab")
     best = (result.best_epoch or result.epochs_done) - 1
     val_metrics = {k[len("val_"):]: float(v[best]) for k, v in result.history.items()
@@ -155,7 +200,7 @@ def _run(config: TrainRankingConfig, strategy, data, run_dir: Path, out: Path
         "epochs_done": result.epochs_done, "stopped_early": result.stopped_early,
         "examples_per_second": result.examples_per_second,
         "train_seconds": round(result.train_seconds, 2), "lists": info,
-        "n_train_lists": len(train_lists), "n_validation_lists": len(val_lists),
+        "n_train_lists": n_train, "n_validation_lists": n_val,
         "strategy": config.strategy, "workers": num_workers(strategy),
         "replicas": int(strategy.num_replicas_in_sync),
         # Plain types: Keras wraps a dict attribute of a model in a tracking wrapper.

@@ -217,8 +217,8 @@ def two_tastes(tmp_path_factory):
                            batch_size=8, learning_rate=0.01, verbose=0, seed=0)
     context = RatingContextConfig(history_len=24, neighbors=8, k=5, folds=2)
     vectors = np.random.default_rng(1).normal(size=(len(items), 6)).astype(np.float32)
-    model, _ = fit_rating_model(config, train, str(tmp_path_factory.mktemp("fit")),
-                                context=context, text=(items, vectors), list_size=4)
+    model, _, _, _ = fit_rating_model(config, train, str(tmp_path_factory.mktemp("fit")),
+                                      context=context, text=(items, vectors), list_size=4)
     return model, train, test
 
 

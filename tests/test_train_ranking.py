@@ -174,3 +174,23 @@ def test_command_line_mirrored_strategy_trains_and_writes_what_default_writes(so
     assert "saved/ranking/1/saved_model.pb" in default_files
     assert _files(tmp_path) == default_files
     assert runs["mirrored"]["n_train_lists"] == runs["default"]["n_train_lists"]
+
+
+@pytest.mark.slow
+def test_rating_context_trains_and_exports_a_model_that_takes_history_ratings(tmp_path):
+    metrics = main(_config(tmp_path, "mse", "rating_context=true", "ranking.id_features=false",
+                           "context={history_len: 8, neighbors: 5, factors: 4, k: 3, folds: 2}",
+                           f"text_cache={tmp_path / 'text_cache'}", "ranking.epochs=10",
+                           "ranking.learning_rate=0.01"))
+    assert metrics["lists"]["history"] == "others"
+    assert "text_prior" in metrics["lists"]["context_features"]
+    assert metrics["n_train_lists"] > metrics["n_validation_lists"] > 0
+    # Below the ratings' spread (1.29), i.e. better than predicting the mean.
+    assert 0 < metrics["validation"]["rmse"] < 1.25
+    meta = json.loads((tmp_path / "saved" / "ranking" / "1" / "metadata.json").read_text())
+    assert "history_rating" in meta["signatures"]["serving_default"]["inputs"]
+
+
+def test_rating_context_is_refused_for_a_loss_that_does_not_predict_ratings(tmp_path):
+    with pytest.raises(ConfigError, match="rating_context needs a rating loss"):
+        _config(tmp_path, "softmax", "rating_context=true")

@@ -499,7 +499,8 @@ def list_width(config, context: Optional[RatingContextConfig]) -> int:
 def fit_rating_model(config, train: pd.DataFrame, run_dir: str, *,
                      context: Optional[RatingContextConfig] = None,
                      text: Optional[Tuple[Sequence[str], np.ndarray]] = None,
-                     items=None, users=None, list_size: int = 16, held_out: float = 0.1):
+                     items=None, users=None, list_size: int = 16, held_out: float = 0.1,
+                     strategy: Optional[tf.distribute.Strategy] = None):
     """A pointwise ("mse") ranking model that predicts ratings, with a `RatingContext`.
 
     Trains on `rating_lists` of `train` (history: the user's other items) with `held_out` of
@@ -512,10 +513,11 @@ def fit_rating_model(config, train: pd.DataFrame, run_dir: str, *,
       run_dir: `fit_model` run folder.
       context: the context settings; None trains the id-only model.
       text: (item ids, [n, D] vectors) of the items' text; needed when `context.use_text`.
-      items, users: as `fit_ranking_model`.
+      items, users, strategy: as `fit_ranking_model` (a parameter-server strategy cannot
+        place the context layer; the others can).
 
     Returns:
-      (model, FitResult).
+      (model, FitResult, {"user_id", "item_id"} vocabularies, facts about the lists).
     """
     width = list_width(config, context)
     lists = rating_lists(train, list_size, width, label="rating", history="others",
@@ -527,18 +529,25 @@ def fit_rating_model(config, train: pd.DataFrame, run_dir: str, *,
         item_ids = ([str(i) for i in text[0]] if text is not None
                     else sorted(train[ITEM_ID].astype(str).unique()))
         table_args = {"neighbors": context.neighbors, "factors": context.factors}
-        layer = RatingContext(item_ids, rating_tables(train, item_ids, seed=config.seed,
-                                                      **table_args),
-                              text_vectors=text[1] if context.use_text else None,
-                              k=context.k, temperature=context.temperature,
-                              name="rating_context")
+        scope = (strategy or tf.distribute.get_strategy()).scope()
+        with scope:
+            layer = RatingContext(item_ids, rating_tables(train, item_ids, seed=config.seed,
+                                                          **table_args),
+                                  text_vectors=text[1] if context.use_text else None,
+                                  k=context.k, temperature=context.temperature,
+                                  name="rating_context")
         raw = cross_fit(layer, lists, train, folds=context.folds, seed=config.seed, **table_args)
         layer.adapt(raw, lists.mask)
         lists = lists.with_extra(**{CONTEXT_KEY: raw})
     train_lists, val_lists = lists.split(held_out, seed=config.seed)
-    model, result, _ = fit_ranking_model(config, train_lists, val_lists, train, run_dir,
-                                         items=items, users=users, context_features=layer)
-    return model, result
+    model, result, vocabs = fit_ranking_model(config, train_lists, val_lists, train, run_dir,
+                                              items=items, users=users, strategy=strategy,
+                                              context_features=layer)
+    facts = {"lists": "ratings", "label": "rating", "history": "others", "width": width,
+             "n_lists": len(lists), "n_train_lists": len(train_lists),
+             "n_validation_lists": len(val_lists),
+             "context_features": layer.feature_names if layer is not None else []}
+    return model, result, vocabs, facts
 
 
 def predict_ratings(model, pairs: pd.DataFrame, context: pd.DataFrame, history_len: int,
