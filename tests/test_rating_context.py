@@ -299,3 +299,23 @@ def test_text_neighbors_match_a_brute_force_sort_across_blocks():
     # More neighbours asked than other rows: the rest is -1.
     idx, _ = text_neighbors(vectors[:3], 4)
     assert (idx[:, 2:] == -1).all() and (idx[:, :2] >= 0).all()
+
+
+def test_ridge_rows_solve_each_row_over_its_own_entries():
+    import scipy.sparse as sp
+
+    from recommenders_tf.models.rating_context import _ridge_rows
+
+    rng = np.random.default_rng(6)
+    dense = rng.normal(size=(9, 12)) * (rng.random((9, 12)) < 0.4)
+    dense[3] = 0.0  # an empty row
+    dense[5] = rng.normal(size=12)  # a full row
+    matrix = sp.csr_matrix(dense)
+    other = rng.normal(size=(12, 3))
+    want = np.zeros((9, 3))
+    for r in range(9):
+        cols = np.flatnonzero(dense[r])
+        if len(cols):
+            o = other[cols]
+            want[r] = np.linalg.solve(o.T @ o + 2.0 * np.eye(3), o.T @ dense[r, cols])
+    np.testing.assert_allclose(_ridge_rows(matrix, other, 2.0), want, rtol=1e-9, atol=1e-12)
