@@ -9,9 +9,10 @@ split (u1.base / u1.test for ml-100k), beside the global mean and Surprise SVD /
 in the same run. The model reads the user's rated history through a `RatingContext`
 (`models.rating_context`: baseline biases, residual item kNN, an ALS fold-in, and the
 large-model text kNN and text prior) and trains on rating lists of the train part with 10% of
-the lists held out for early stopping. Three ablation rows follow it in the same run: without
-the large-model features, with id embeddings beside the context, and the id model without any
-rated history. Settings (`P2_SETTINGS`, `P2_CONTEXT_SETTINGS`) were chosen on held-out parts of
+the lists held out for early stopping; with or without id embeddings beside the context,
+whichever has the lower RMSE on those held-out lists. Three ablation rows follow it in the same
+run: the other of the two, the chosen one without the large-model features, and the id model
+without any rated history. Settings (`P2_SETTINGS`, `P2_CONTEXT_SETTINGS`) were chosen on held-out parts of
 u1.base, never on u1.test.
 
 P1-rerank (`benchmarks/results/<dataset>-P1-rerank.json`, or `...-P1-rerank-<source>.json`
@@ -134,13 +135,14 @@ def _round(metrics: Dict[str, float]) -> Dict[str, float]:
 
 
 def run_p2(config: BenchRankingConfig, data, run_dir: Path):
-    """Rating-prediction rows: the mse ranking model (with its rated-history context, without
-    the large-model features, without the context) and the three peers, one run."""
+    """Rating-prediction rows, one run: the three peers, the mse ranking model with its
+    rated-history context (with or without id embeddings, whichever has the lower held-out
+    RMSE), the other of the two, the chosen one without the large-model features, and the id
+    model without the context."""
     from recommenders_tf.evaluation.protocol import evaluate_ratings
     from recommenders_tf.evaluation.registry import available, get_model
     from recommenders_tf.features.item_encoding import encode_item_texts
-    from recommenders_tf.models.rating_context import (RatingContextConfig, fit_rating_model,
-                                                       list_width, predict_ratings)
+    from recommenders_tf.models.rating_context import RatingContextConfig
 
     split = rating_split(data, seed=config.seed)
     truth = split.test[RATING].to_numpy()
@@ -162,44 +164,70 @@ def run_p2(config: BenchRankingConfig, data, run_dir: Path):
                                     cache_dir=config.text_cache_dir)
         text = (encoded.vectors.ids, encoded.vectors.vectors)
     no_text = dataclasses.replace(context, use_text=False)
-    # The model, then the ablation of what each part adds: without the large-model features;
-    # with id embeddings beside the context (they overfit within two epochs and stop training
-    # before the context part has converged); the id model without any rated history.
+    # Whether id embeddings beside the context help depends on the data (on ml-100k they
+    # overfit within two epochs, on synthetic's strong latent factors they help): both are
+    # fitted and the one with the lower held-out RMSE is the P2 model, the other an ablation
+    # row; then the chosen one without the large-model features, and the id model without
+    # any rated history.
     with_ids = {k: v for k, v in P2_CONTEXT_SETTINGS.items() if k != "id_features"}
-    variants = [("ranking-mse", P2_CONTEXT_SETTINGS, context),
-                ("ranking-mse without LM", P2_CONTEXT_SETTINGS, no_text),
-                ("ranking-mse with id embeddings", with_ids, context),
-                ("ranking-mse ids only", {}, None)]
-    for name, settings, ctx in variants:
-        rcfg = _ranking_config({**P2_SETTINGS, **settings}, config.p2_settings, config, data,
-                               loss="mse")
-        print(f"[P2 {data.name}] training {name} ...", flush=True)
-        start = time.perf_counter()
-        model, result, _, _ = fit_rating_model(
-            rcfg, split.train, str(run_dir / f"P2-{name.replace(' ', '-')}"), context=ctx,
-            text=text, items=data.items, users=data.users, list_size=P2_LIST_SIZE)
-        seconds = time.perf_counter() - start
-        prediction = predict_ratings(model, split.test, split.train, list_width(rcfg, ctx),
-                                     P2_LIST_SIZE)
-        metrics = evaluate_ratings(truth, prediction, data.rating_range)
-        metrics["examples_per_second"] = result.examples_per_second or 0.0
-        notes = f"DCN-v2 x{rcfg.num_cross_layers} + deep {list(rcfg.deep_dims)}"
-        if rcfg.id_features:
-            notes += (f" + DIN over {rcfg.history_len} other rated items; embeddings "
-                      f"{rcfg.id_embedding_dim}, l2 {rcfg.embedding_l2}")
-        else:
-            notes += " over the context features alone (no id embeddings)"
-        notes += f"; dropout {rcfg.deep_dropout}, {rcfg.optimizer} lr {rcfg.learning_rate}"
-        if ctx is not None:
-            notes += (f"; rated-history context over {ctx.history_len} items "
-                      f"({', '.join(model.context_features.feature_names)}), train "
-                      f"features cross-fitted in {ctx.folds} folds")
-        notes += (f"; epochs={result.best_epoch} by early stopping on 10% held-out train "
-                  f"lists (val rmse {result.best_value:.4f})")
-        rows.append({"model": name, "kind": "project", "metrics": _round(metrics),
-                     "train_seconds": round(seconds, 2), "notes": notes})
-        print(f"  {name}: rmse={metrics['rmse']:.4f} mae={metrics['mae']:.4f}", flush=True)
+    fits = {}
+    for name, settings, ctx in [("without id embeddings", P2_CONTEXT_SETTINGS, context),
+                                ("with id embeddings", with_ids, context)]:
+        fits[name] = _fit_p2(config, data, split, run_dir, name, settings, ctx, text)
+    chosen = min(fits, key=lambda n: fits[n]["val_rmse"])
+    other = next(n for n in fits if n != chosen)
+    choice = (f"; {chosen} chosen on held-out lists (val rmse {fits[chosen]['val_rmse']:.4f} "
+              f"against {fits[other]['val_rmse']:.4f} {other})")
+    fits[chosen]["row"]["notes"] += choice
+    rows.append(dict(fits[chosen]["row"], model="ranking-mse"))
+    rows.append(dict(fits[other]["row"], model=f"ranking-mse {other}"))
+    chosen_settings = P2_CONTEXT_SETTINGS if chosen == "without id embeddings" else with_ids
+    rows.append(_fit_p2(config, data, split, run_dir, "without LM", chosen_settings,
+                        no_text, text)["row"])
+    rows.append(_fit_p2(config, data, split, run_dir, "ids only", {}, None, text)["row"])
+    for row in rows[-4:]:
+        print(f"  {row['model']}: rmse={row['metrics']['rmse']:.4f} "
+              f"mae={row['metrics']['mae']:.4f}", flush=True)
     return rows, split
+
+
+def _fit_p2(config: BenchRankingConfig, data, split, run_dir: Path, variant: str,
+            settings: Dict[str, Any], ctx, text) -> Dict[str, Any]:
+    """One P2 rating model (`models.rating_context.fit_rating_model`) fitted and scored on
+    the test part: {"row": its results row named "ranking-mse <variant>", "val_rmse"}."""
+    from recommenders_tf.evaluation.protocol import evaluate_ratings
+    from recommenders_tf.models.rating_context import (fit_rating_model, list_width,
+                                                       predict_ratings)
+
+    name = f"ranking-mse {variant}"
+    rcfg = _ranking_config({**P2_SETTINGS, **settings}, config.p2_settings, config, data,
+                           loss="mse")
+    print(f"[P2 {data.name}] training {name} ...", flush=True)
+    start = time.perf_counter()
+    model, result, _, _ = fit_rating_model(
+        rcfg, split.train, str(run_dir / f"P2-{name.replace(' ', '-')}"), context=ctx,
+        text=text, items=data.items, users=data.users, list_size=P2_LIST_SIZE)
+    seconds = time.perf_counter() - start
+    prediction = predict_ratings(model, split.test, split.train, list_width(rcfg, ctx),
+                                 P2_LIST_SIZE)
+    metrics = evaluate_ratings(split.test[RATING].to_numpy(), prediction, data.rating_range)
+    metrics["examples_per_second"] = result.examples_per_second or 0.0
+    notes = f"DCN-v2 x{rcfg.num_cross_layers} + deep {list(rcfg.deep_dims)}"
+    if rcfg.id_features:
+        notes += (f" + DIN over {rcfg.history_len} other rated items; embeddings "
+                  f"{rcfg.id_embedding_dim}, l2 {rcfg.embedding_l2}")
+    else:
+        notes += " over the context features alone (no id embeddings)"
+    notes += f"; dropout {rcfg.deep_dropout}, {rcfg.optimizer} lr {rcfg.learning_rate}"
+    if ctx is not None:
+        notes += (f"; rated-history context over {ctx.history_len} items "
+                  f"({', '.join(model.context_features.feature_names)}), train "
+                  f"features cross-fitted in {ctx.folds} folds")
+    notes += (f"; epochs={result.best_epoch} by early stopping on 10% held-out train "
+              f"lists (val rmse {result.best_value:.4f})")
+    return {"val_rmse": float(result.best_value),
+            "row": {"model": name, "kind": "project", "metrics": _round(metrics),
+                    "train_seconds": round(seconds, 2), "notes": notes}}
 
 
 def _rank_scores(n_users: int, n_items: int, order: np.ndarray) -> np.ndarray:
