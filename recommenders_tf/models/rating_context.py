@@ -484,7 +484,8 @@ class RatingContextConfig:
         `RankingConfig.history_len`, may be shorter).
       neighbors, factors, k, temperature: see `rating_tables` and `RatingContext`.
       folds: cross-fitting folds of the training lists' features.
-      use_text: read the large-model text vectors (the text_knn / text_max features).
+      use_text: read the large-model text vectors (the text_knn, text_max and text_prior
+        features).
     """
 
     history_len: int = 300
