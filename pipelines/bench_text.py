@@ -17,7 +17,11 @@ bench's settings (`model_settings`).
 
 P4: the P1 split; test users bucketed by train interactions (1-20, 21-50, 51-150, >150); per
 bucket NDCG@10 / Recall@10 with the bucket sizes, plus an "all" row (the P1 figure). Epochs
-are chosen on the P1 validation slice of train.
+are chosen on the P1 validation slice of train, and so is the text two-tower's item-id dropout
+(`p4_text_dropouts`: items are warm here, so the dropout that protects cold items may cost).
+The peers (`p4_peers`: implicit-ALS, EASE, RP3beta, SASRec by default) are tuned on the same
+slice and evaluated on the same buckets in the same run; a note compares the LM model with
+the ID-only one, implicit-ALS and the best peer bucket by bucket.
 
 Item vectors come from `pipelines.embed_items` (MiniLM, cache under runs/text_cache); the
 encoder throughput and the cache hits of this run's re-embedding go into the notes.
@@ -40,7 +44,7 @@ from recommenders_tf.data import (items_for_train, load_dataset, split_for_proto
                                    validation_split)
 from recommenders_tf.data.splits import cold_item_split, sparsity_buckets
 from recommenders_tf.evaluation.protocol import TopKEvaluator
-from recommenders_tf.evaluation.registry import get_model
+from recommenders_tf.evaluation.registry import get_model, get_spec
 from recommenders_tf.evaluation.report import render_benchmarks_md, write_results
 from recommenders_tf.evaluation.text_baselines import evaluate_text_baselines
 from recommenders_tf.features.item_vectors import ItemVectors
@@ -50,6 +54,8 @@ from recommenders_tf.runs import make_run_dir, record_run, slug
 PROJECT_MODELS = ("two-tower-id", "two-tower-text", "dmf-hybrid")
 P3_METRICS = ("recall@10", "ndcg@10", "recall@50", "hr@10", "mrr@10")
 P4_METRICS = ("ndcg@10", "recall@10")
+P4_PEERS = ("implicit-ALS", "EASE", "RP3beta", "SASRec")
+SPARSE_BUCKETS = ("1-20", "21-50")
 
 
 @dataclasses.dataclass
@@ -68,10 +74,14 @@ class BenchTextConfig:
       embed_dir: parent of the per-dataset `pipelines.embed_items` outputs.
       results_dir, benchmarks_md, run_dir: outputs.
       plot_dir: where the P4 per-bucket bar plots go (`p4-<dataset>.png`).
+      p4_peers: registry peers run beside the project models in P4 (same split, validation
+        slice and buckets).
+      p4_text_dropouts: item-id dropouts the P4 text two-tower tries; the one with the best
+        validation NDCG@10 is kept (one value: no choice).
     """
 
     p3_datasets: Tuple[str, ...] = ("synthetic", "ml-100k")
-    p4_datasets: Tuple[str, ...] = ("ml-100k",)
+    p4_datasets: Tuple[str, ...] = ("ml-100k", "synthetic")
     models: Tuple[str, ...] = PROJECT_MODELS
     seed: int = 0
     item_id_dropout: float = 0.5
@@ -84,11 +94,20 @@ class BenchTextConfig:
     benchmarks_md: str = "BENCHMARKS.md"
     plot_dir: str = "benchmarks"
     run_dir: str = "runs/bench_text"
+    p4_peers: Tuple[str, ...] = P4_PEERS
+    p4_text_dropouts: Tuple[float, ...] = (0.0, 0.5)
 
     def validate(self) -> None:
         unknown = [m for m in self.models if m not in PROJECT_MODELS]
         if unknown:
             raise ValueError(f"unknown model(s) {unknown}; choose from {PROJECT_MODELS}")
+        not_peers = [m for m in self.p4_peers if get_spec(m).kind != "peer"
+                     or get_spec(m).task != "topk"]
+        if not_peers:
+            raise ValueError(f"p4_peers must be top-K peers of the registry, got {not_peers}")
+        if not self.p4_text_dropouts or not all(0.0 <= d < 1.0 for d in self.p4_text_dropouts):
+            raise ValueError(f"p4_text_dropouts must be values in [0, 1), got "
+                             f"{self.p4_text_dropouts}")
 
 
 def item_vectors_for(config: BenchTextConfig, spec: str, protocol: str = "P3"
@@ -171,6 +190,85 @@ def run_p3(config: BenchTextConfig, spec: str) -> Dict[str, Any]:
             "notes": [_encoding_note(embed_metrics)]}
 
 
+def _validation_ndcg(model) -> float:
+    """The validation NDCG@10 a two-tower chose its epochs by."""
+    return float(model.selection[model.best_epoch - 1][model.select_metric])
+
+
+def _fit_p4_model(config: BenchTextConfig, name: str, data, vectors: ItemVectors, val):
+    """Fits project model `name` on the P4 validation slice (epochs chosen there, refit on
+    train). The text two-tower also chooses its item-id dropout there, among
+    `config.p4_text_dropouts`; returns (model, seconds of every fit, note on the choice)."""
+    if name != "two-tower-text" or len(config.p4_text_dropouts) == 1:
+        settings = dict(model_settings(config, name))
+        if name == "two-tower-text":
+            settings["item_id_dropout"] = config.p4_text_dropouts[0]
+        model = get_model(name, data=data, item_vectors=vectors, **settings)
+        start = time.perf_counter()
+        model.fit(val.train, validation=val.test)
+        return model, time.perf_counter() - start, ""
+    best, tried, seconds = None, [], 0.0
+    for dropout in config.p4_text_dropouts:
+        model = get_model(name, data=data, item_vectors=vectors,
+                          **{**model_settings(config, name), "item_id_dropout": dropout})
+        start = time.perf_counter()
+        model.fit(val.train, validation=val.test)
+        seconds += time.perf_counter() - start
+        value = _validation_ndcg(model)
+        tried.append(f"{dropout}: {value:.4f}")
+        if best is None or value > best[0]:
+            best = (value, model)
+    note = (f"item_id_dropout chosen on validation by ndcg@10 ({', '.join(tried)}); "
+            f"train s covers every fit")
+    return best[1], seconds, note
+
+
+def _bucket_rows(name: str, kind: str, result, seconds: float, notes: str
+                 ) -> List[Dict[str, Any]]:
+    rows = [{"model": name, "kind": kind, "bucket": label, "n_users": int(metrics["n_users"]),
+             "metrics": _round(metrics, P4_METRICS), "train_seconds": round(seconds, 2)}
+            for label, metrics in sorted(result.by_group.items())]
+    rows.append({"model": name, "kind": kind, "bucket": "all",
+                 "n_users": int(result.metrics["n_users"]),
+                 "metrics": _round(result.metrics, P4_METRICS),
+                 "train_seconds": round(seconds, 2), "notes": notes})
+    return rows
+
+
+def p4_verdict(rows: List[Dict[str, Any]], text: str = "two-tower-text",
+               ids: str = "two-tower-id", als: str = "implicit-ALS",
+               metric: str = "ndcg@10") -> List[str]:
+    """What the P4 target asks, read off the rows: in each sparse bucket the LM model's margin
+    over the ID-only model and implicit-ALS, and in every bucket the best project model against
+    the best peer. Models missing from the rows are left out of the sentences."""
+    value = {(r["model"], r["bucket"]): r["metrics"][metric] for r in rows}
+    buckets = list(dict.fromkeys(r["bucket"] for r in rows))
+    lines = []
+    for bucket in SPARSE_BUCKETS:
+        own = value.get((text, bucket))
+        if own is None:
+            continue
+        parts = [f"{other} {value[(other, bucket)]:.4f} ({own / value[(other, bucket)] - 1:+.1%})"
+                 for other in (ids, als) if value.get((other, bucket))]
+        if parts:
+            lines.append(f"Bucket {bucket}: {text} {own:.4f} vs " + ", ".join(parts) + ".")
+    project = {r["model"] for r in rows if r["kind"] == "project"}
+    peers = {r["model"] for r in rows if r["kind"] == "peer"}
+    if project and peers:
+        cells = []
+        for bucket in buckets:
+            best_own = max(project, key=lambda m: value.get((m, bucket), -1.0))
+            best_peer = max(peers, key=lambda m: value.get((m, bucket), -1.0))
+            mine, theirs = value.get((best_own, bucket)), value.get((best_peer, bucket))
+            if mine is None or not theirs:
+                continue
+            cells.append(f"{bucket}: {best_own} {mine:.4f} vs {best_peer} {theirs:.4f} "
+                         f"({mine / theirs - 1:+.1%})")
+        lines.append("Best project model vs best peer per bucket (" + metric + "): "
+                     + "; ".join(cells) + ".")
+    return lines
+
+
 def run_p4(config: BenchTextConfig, spec: str) -> Dict[str, Any]:
     data = load_dataset(spec)
     vectors, embed_metrics = item_vectors_for(config, spec, "P4")
@@ -179,28 +277,27 @@ def run_p4(config: BenchTextConfig, spec: str) -> Dict[str, Any]:
     buckets = sparsity_buckets(split.train, evaluator.user_ids).to_dict()
     val = validation_split(split.train, seed=config.seed, dataset=data.name)
     rows: List[Dict[str, Any]] = []
-    for name in config.models:
+    fitted = [(name, "project") for name in config.models] + \
+        [(name, "peer") for name in config.p4_peers]
+    for name, kind in fitted:
         print(f"[P4 {data.name}] fitting {name} ...", flush=True)
-        model = build_model(config, name, data, vectors)
-        start = time.perf_counter()
-        model.fit(val.train, validation=val.test)
-        seconds = time.perf_counter() - start
+        if kind == "project":
+            model, seconds, choice = _fit_p4_model(config, name, data, vectors, val)
+        else:
+            # Peers see the same slice: tuned on val.test, refit on all of train.
+            model = get_model(name, item_ids=evaluator.item_ids, data=data, seed=config.seed)
+            start = time.perf_counter()
+            model.fit(val.train, validation=val.test)
+            seconds, choice = time.perf_counter() - start, ""
         result = evaluator.evaluate(lambda users: model.score(users, evaluator.item_ids),
                                     user_groups=buckets)
-        for label, metrics in sorted(result.by_group.items()):
-            rows.append({"model": name, "kind": "project", "bucket": label,
-                         "n_users": int(metrics["n_users"]),
-                         "metrics": _round(metrics, P4_METRICS),
-                         "train_seconds": round(seconds, 2)})
-        rows.append({"model": name, "kind": "project", "bucket": "all",
-                     "n_users": int(result.metrics.get("n_users", len(evaluator.user_ids))),
-                     "metrics": _round(result.metrics, P4_METRICS),
-                     "train_seconds": round(seconds, 2), "notes": getattr(model, "notes", "")})
+        notes = "; ".join(n for n in (getattr(model, "notes", ""), choice) if n)
+        rows += _bucket_rows(name, kind, result, seconds, notes)
         print(f"  {name}: " + ", ".join(f"{lab} ndcg@10={m['ndcg@10']:.4f}"
                                        for lab, m in sorted(result.by_group.items())), flush=True)
     split_info = {"train rows": len(split.train), "test rows": len(split.test)}
     return {"data": data, "rows": rows, "split": split_info,
-            "notes": [_encoding_note(embed_metrics)]}
+            "notes": [_encoding_note(embed_metrics), *p4_verdict(rows)]}
 
 
 def plot_buckets(rows: List[Dict[str, Any]], path: Path, dataset: str,
@@ -269,8 +366,10 @@ def main(config: BenchTextConfig) -> Dict[str, Any]:
             out = runner(config, spec)
             name = out["data"].name
             if name in first_runs:
+                # The encoding note (always first) gains the cold-cache run's throughput.
                 out["notes"] = [_encoding_note({**_last_embed(config, name),
-                                                "first_run": first_runs[name]})]
+                                                "first_run": first_runs[name]}),
+                                *out["notes"][1:]]
             if protocol == "P4":
                 plot = plot_buckets(out["rows"], Path(config.plot_dir) / f"p4-{slug(name)}.png",
                                     name)

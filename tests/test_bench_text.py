@@ -22,7 +22,8 @@ def test_bench_text_writes_p3_and_p4(tmp_path):
         models=("two-tower-text", "dmf-hybrid"), max_epochs=1,
         cache_dir=str(tmp_path / "cache"), embed_dir=str(tmp_path / "embed"),
         results_dir=str(tmp_path / "results"), benchmarks_md=str(tmp_path / "BENCHMARKS.md"),
-        run_dir=str(tmp_path / "runs"), plot_dir=str(tmp_path / "plots"))
+        run_dir=str(tmp_path / "runs"), plot_dir=str(tmp_path / "plots"),
+        p4_peers=("EASE",), p4_text_dropouts=(0.0, 0.5))
     bench_text.main(config)
 
     p3 = json.loads((tmp_path / "results" / "synthetic-tiny-P3.json").read_text())
@@ -39,7 +40,12 @@ def test_bench_text_writes_p3_and_p4(tmp_path):
     assert p3["rows"][2]["metrics"]["ndcg@10"] > 2 * p3["rows"][0]["metrics"]["ndcg@10"]
 
     p4 = json.loads((tmp_path / "results" / "synthetic-tiny-P4.json").read_text())
-    for model in ("two-tower-text", "dmf-hybrid"):
+    assert {r["model"]: r["kind"] for r in p4["rows"]} == {
+        "two-tower-text": "project", "dmf-hybrid": "project", "EASE": "peer"}
+    text_all = [r for r in p4["rows"] if r["model"] == "two-tower-text" and r["bucket"] == "all"]
+    assert "item_id_dropout chosen on validation" in text_all[0]["notes"]
+    assert any(n.startswith("Best project model vs best peer") for n in p4["notes"])
+    for model in ("two-tower-text", "dmf-hybrid", "EASE"):
         rows = [r for r in p4["rows"] if r["model"] == model]
         total = [r for r in rows if r["bucket"] == "all"][0]["n_users"]
         assert sum(r["n_users"] for r in rows if r["bucket"] != "all") == total
@@ -74,3 +80,31 @@ def test_p4_bucket_plot_draws_one_bar_per_model_and_bucket(tmp_path, monkeypatch
     assert drawn[0] == ("text", [0.3, 0.2, 0.25])
     # a model without a bucket's row leaves a gap there, never a zero bar
     assert drawn[1][0] == "id" and drawn[1][1][0] == 0.1 and drawn[1][1][1] != drawn[1][1][1]
+
+
+def test_p4_verdict_reads_margins_off_the_rows():
+    def row(model, kind, bucket, value):
+        return {"model": model, "kind": kind, "bucket": bucket, "metrics": {"ndcg@10": value}}
+
+    rows = [row("two-tower-text", "project", "1-20", 0.21),
+            row("two-tower-id", "project", "1-20", 0.20),
+            row("implicit-ALS", "peer", "1-20", 0.15),
+            row("EASE", "peer", "1-20", 0.25),
+            row("two-tower-text", "project", ">150", 0.40),
+            row("two-tower-id", "project", ">150", 0.42),
+            row("implicit-ALS", "peer", ">150", 0.30),
+            row("EASE", "peer", ">150", 0.35)]
+    lines = bench_text.p4_verdict(rows)
+    assert lines[0] == ("Bucket 1-20: two-tower-text 0.2100 vs two-tower-id 0.2000 (+5.0%), "
+                        "implicit-ALS 0.1500 (+40.0%).")
+    # the best of each side per bucket, whichever model it is
+    assert "1-20: two-tower-text 0.2100 vs EASE 0.2500 (-16.0%)" in lines[1]
+    assert ">150: two-tower-id 0.4200 vs EASE 0.3500 (+20.0%)" in lines[1]
+    assert len(lines) == 2  # no 21-50 rows: no sentence for it
+
+
+def test_p4_peers_must_be_topk_peers():
+    with pytest.raises(ValueError, match="p4_peers"):
+        bench_text.BenchTextConfig(p4_peers=("two-tower-id",)).validate()
+    with pytest.raises(ValueError, match="p4_text_dropouts"):
+        bench_text.BenchTextConfig(p4_text_dropouts=()).validate()
