@@ -159,3 +159,47 @@ def test_context_only_ranker_trains(tmp_path):
                                     context_features=layer)
     top = np.argmax(predict_lists(model, lists), 1)
     assert (label[np.arange(n_lists), top] == 1).mean() > 0.9
+
+
+def test_precomputed_context_of_another_cut_replaces_the_tables():
+    from recommenders_tf.models.candidate_features import CONTEXT_KEY
+
+    item_ids = ["a", "b", "c"]
+    history = np.array([["a", "b"], ["", "c"]], object)
+    feats = {"item_id": np.array([["a", "b", "c"], ["c", "a", ""]], object),
+             "history": history,
+             "retrieval_score": np.array([[1.0, 3.0, 2.0], [0.5, 0.1, 0.0]], np.float32)}
+    neighbors = item_neighbors(_frame([("u", "a"), ("u", "b"), ("v", "b"), ("v", "c")]),
+                               item_ids, 2)
+    serving = CandidateContext(item_ids, [1, 2, 3], neighbors=neighbors)
+    earlier = CandidateContext(item_ids, [5, 1, 1], neighbors=neighbors)
+    raw = serving.raw_values(feats, batch_size=1)
+    np.testing.assert_allclose(raw, serving(feats).numpy(), rtol=1e-6)
+    # Lists of another cut carry that cut's values; the layer reads them instead of its tables.
+    other = earlier.raw_values(feats)
+    assert not np.allclose(other, raw)
+    carried = serving({**feats, CONTEXT_KEY: other}).numpy()
+    np.testing.assert_allclose(carried, other, rtol=1e-6)
+    # adapt standardises with the carried values, as it would have with the computed ones.
+    serving.adapt({**feats, CONTEXT_KEY: other})
+    mean = serving.feature_mean.numpy()
+    real = other[feats["item_id"] != ""]
+    np.testing.assert_allclose(mean, real.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_ranking_lists_concat_keeps_every_list_and_refuses_mismatches():
+    def lists(users, width=3, extra=True):
+        n = len(users)
+        return RankingLists(np.array(users, object), np.full((n, 2), "", object),
+                            np.full((n, width), "a", object), np.ones((n, width), np.float32),
+                            np.ones((n, width), bool),
+                            {"retrieval_score": np.arange(n * width, dtype=np.float32)
+                             .reshape(n, width)} if extra else {})
+
+    both = RankingLists.concat([lists(["u", "v"]), lists(["w"])])
+    assert list(both.user_id) == ["u", "v", "w"]
+    np.testing.assert_array_equal(both.extra["retrieval_score"][2], [0, 1, 2])
+    with pytest.raises(ValueError, match="differ"):
+        RankingLists.concat([lists(["u"]), lists(["v"], width=4)])
+    with pytest.raises(ValueError, match="differ"):
+        RankingLists.concat([lists(["u"]), lists(["v"], extra=False)])

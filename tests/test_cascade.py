@@ -483,3 +483,32 @@ def test_a_second_loss_reuses_the_retrieval_fits_and_refits_only_the_ranking(fit
         share_retrieval_fits(run_dir, tmp_path / "y", other, split.train.iloc[1:])
     with pytest.raises(ValueError, match="no cascade fit"):
         share_retrieval_fits(tmp_path / "nothing", tmp_path / "z", other, split.train)
+
+
+def test_ranker_lists_from_earlier_cuts_train_one_ranker(fitted, tmp_path):
+    """ranker_cuts=2: a second twin on cut 2's train part adds its lists, described by cut 2's
+    own tables; the retrieval fits of cut 1 are shared, the served cascade still answers."""
+    from recommenders_tf.cascade.fit import share_retrieval_fits
+    from recommenders_tf.data.splits import validation_split
+
+    data, split, cascade, evaluator, _, run_dir = fitted
+    two = dataclasses.replace(TINY, ranker_cuts=2)
+    share_retrieval_fits(run_dir, tmp_path / "cuts", two, split.train)
+    second = fit_cascade(split.train, two, tmp_path / "cuts", items=data.items,
+                         text_vectors=_topic_text(data), log=lambda *_: None)
+    earlier = second.report["ranking_lists"]["earlier_cuts"]
+    cut2 = validation_split(validation_split(split.train, seed=0).train, seed=0)
+    assert len(earlier) == 1 and 0 < earlier[0] <= min(90, cut2.test["user_id"].nunique())
+    assert (tmp_path / "cuts" / "retrieval_early_cut2").is_dir()
+    # Held-out lists are cut 1's only; training saw both cuts.
+    fits = second.report["ranking_fits"]["ranking"]
+    first = cascade.report["ranking_fits"]["ranking"]
+    assert fits["held_out"] == first["held_out"]
+    assert fits["lists"] == first["lists"] + earlier[0]
+    stages = second.run(evaluator.user_ids[:5])
+    assert stages.final_ids.shape == (5, 10)
+    # Serving computes the context in the graph from all of train, as with one cut.
+    assert second.ranker.context_features.popularity.shape == \
+        cascade.ranker.context_features.popularity.shape
+    with pytest.raises(ValueError, match="ranker_cuts"):
+        dataclasses.replace(TINY, ranker_cuts=0)

@@ -55,6 +55,11 @@ class CascadeConfig:
       max_ranker_users: validation users whose retrieval lists train the ranker, a seeded
         sample once there are more (0: all). Retrieving, scoring and training on these lists
         costs users x (catalogue + list length); the cap keeps that constant as the data grows.
+      ranker_cuts: time cuts the ranker's training lists come from. Cut 1 is the validation
+        slice of train; cut c + 1 is the validation slice of cut c's train part. Each extra cut
+        costs one more retrieval fit (a twin on that cut's train part, the chosen epochs) and
+        its lists carry context features computed from that cut's own tables, so no cut's
+        targets leak into its features. 1: the validation slice alone.
       max_rerank_lists: ranker lists that are cross-fitted for the re-ranker, a seeded sample
         of the ranker's lists once there are more (0: all). The `cross_fit_folds` fold rankers
         train on this sample (each without its fold), so cross-fitting costs folds x this cap;
@@ -83,6 +88,7 @@ class CascadeConfig:
     held_out_share: float = 0.1
     max_ranker_users: int = 20000
     max_rerank_lists: int = 10000
+    ranker_cuts: int = 1
     diversity: str = "none"
     diversity_lambda: float = 1.0
     rules: BusinessRules = dataclasses.field(default_factory=BusinessRules)
@@ -109,6 +115,10 @@ class CascadeConfig:
             if not isinstance(value, int) or value < 0 or 0 < value < self.cross_fit_folds:
                 raise ValueError(f"CascadeConfig.{name} must be 0 (no cap) or an integer >= "
                                  f"cross_fit_folds ({self.cross_fit_folds}), got {value!r}")
+        if isinstance(self.ranker_cuts, bool) or not isinstance(self.ranker_cuts, int) \
+                or self.ranker_cuts < 1:
+            raise ValueError(f"CascadeConfig.ranker_cuts must be an integer >= 1, got "
+                             f"{self.ranker_cuts!r}")
         if self.neighbor_weights not in ("cosine", "ease"):
             raise ValueError(f"CascadeConfig.neighbor_weights must be cosine or ease, got "
                              f"{self.neighbor_weights!r}")

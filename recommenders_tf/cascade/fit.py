@@ -26,6 +26,11 @@ from; a P1 test part is never an argument here):
     fold's ranker), the same computation the cascade is evaluated and served by.
   * Popularity tables are counted on val.train while training and switched to all of train
     for serving, the way the retrieval model is refit.
+  * With `ranker_cuts` > 1 the ranker also learns from earlier time cuts: cut 2 is the
+    validation slice of val.train, and so on. Each cut has its own retrieval twin (fitted on
+    that cut's train part with the chosen epochs) and its own context tables, whose features
+    travel with its lists (`CONTEXT_KEY`); the ranker's held-out lists and the re-ranker's
+    cross-fitted lists stay those of cut 1, the cut next to the one it serves.
 
 Example:
   >>> cascade = fit_cascade(split.train, CascadeConfig(), "runs/cascade", items=data.items)
@@ -57,7 +62,8 @@ from recommenders_tf.evaluation.protocol import TopKEvaluator
 from recommenders_tf.features.item_vectors import ItemVectors
 from recommenders_tf.cascade.neighbors import (choose_ease_l2, describe, neighbor_method,
                                                neighbor_table)
-from recommenders_tf.models.candidate_features import RETRIEVAL_SCORE, CandidateContext
+from recommenders_tf.models.candidate_features import (CONTEXT_KEY, RETRIEVAL_SCORE,
+                                                       CandidateContext)
 from recommenders_tf.index.scann_index import build_index
 from recommenders_tf.models.ranking import RankingModel, fit_ranking_model
 from recommenders_tf.models.ranking_data import RankingLists, histories_for, scoring_lists
@@ -99,11 +105,22 @@ def share_retrieval_fits(source, target, config: CascadeConfig, train: pd.DataFr
         raise ValueError(f"{source} was fitted on other train data: its retrieval fits cannot "
                          "be shared")
     target.mkdir(parents=True, exist_ok=True)
-    for name in RETRIEVAL_DIRS:
+    names = list(RETRIEVAL_DIRS) + sorted(
+        d.name for d in source.glob(RETRIEVAL_DIRS[1] + "_cut*") if d.is_dir())
+    for name in names:
         link, folder = target / name, (source / name).resolve()
         if link.is_symlink() and link.resolve() == folder:
             continue
         os.symlink(folder, link, target_is_directory=True)
+
+
+def _twin_parts(model: TwoTowerRecommender, catalog: np.ndarray) -> Dict[str, Any]:
+    """What the list-making graph needs of a retrieval twin: its query tower, candidate
+    embeddings, an exact index over them and its user vocabulary (not its training state)."""
+    emb = model.candidate_embeddings(catalog)
+    return {"query": model.query_tower, "embeddings": emb,
+            "index": build_index("bruteforce", None, catalog, emb, k=len(catalog)),
+            "users": model.vocabularies[USER_ID].tokens}
 
 
 def _user_folds(users: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -167,6 +184,18 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
         early = TwoTowerRecommender(dataclasses.replace(rcfg, epochs=retrieval.best_epoch),
                                     item_ids=catalog, items=items, strategy=strategy,
                                     work_dir=run_dir / RETRIEVAL_DIRS[1]).fit(val.train)
+        # Earlier cuts, each with a twin that never saw that cut's targets.
+        cuts = [val]
+        while len(cuts) < cfg.ranker_cuts:
+            cuts.append(validation_split(cuts[-1].train, seed=cfg.seed))
+        cut_twins = []
+        for c, cut in enumerate(cuts[1:], start=2):
+            model = TwoTowerRecommender(dataclasses.replace(rcfg, epochs=retrieval.best_epoch),
+                                        item_ids=catalog, items=items, strategy=strategy,
+                                        work_dir=run_dir / f"{RETRIEVAL_DIRS[1]}_cut{c}"
+                                        ).fit(cut.train)
+            cut_twins.append(_twin_parts(model, catalog))
+            del model
     report["retrieval"] = {"epochs": retrieval.best_epoch, "notes": retrieval.notes,
                            "seconds": round(time.perf_counter() - start, 2),
                            "examples_per_second": retrieval.examples_per_second}
@@ -177,21 +206,19 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
     # (with the early retrieval model and each fold's ranker): trained on what it serves.
     # Only the early twin's query tower, candidate embeddings and user vocabulary are kept
     # (dropped once the lists are made): its training state, histories and seen pairs are not.
-    early_emb = early.candidate_embeddings(catalog)
-    twin = {"query": early.query_tower, "embeddings": early_emb,
-            "index": build_index("bruteforce", None, catalog, early_emb, k=len(catalog)),
-            "users": early.vocabularies[USER_ID].tokens}
-    del early, early_emb
+    twin = _twin_parts(early, catalog)
+    del early
     gc.collect()
     tables_for_rerank = {"text": text, "genres": genre_vectors(items, catalog)}
 
-    def stage_graph(ranker: Optional[RankingModel]) -> CascadeGraph:
-        return CascadeGraph(cfg, twin["query"], twin["index"], ranker, None, catalog,
-                            twin["embeddings"],
+    def stage_graph(ranker: Optional[RankingModel], parts=None, seen=None) -> CascadeGraph:
+        parts = twin if parts is None else parts
+        return CascadeGraph(cfg, parts["query"], parts["index"], ranker, None, catalog,
+                            parts["embeddings"],
                             {n: t for n, t in tables_for_rerank.items()
                              if n in cfg.rerank_item_features},
-                            None, {}, item_counts(val.train, catalog), None,
-                            rcfg.history_len, cfg.ranking.history_len, twin["users"])
+                            None, {}, item_counts(val.train if seen is None else seen, catalog),
+                            None, rcfg.history_len, cfg.ranking.history_len, parts["users"])
 
     vhist = histories_for(vusers, val.train, max(rcfg.history_len, cfg.ranking.history_len, 1))
     with maybe_stage(meter, "ranker lists", users=len(vusers)):
@@ -207,6 +234,29 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
                                "candidate_recall": float(positives.sum() / max(
                                    val.test.drop_duplicates([USER_ID, ITEM_ID]).shape[0], 1))}
     lists = lists.subset(np.flatnonzero(positives > 0))
+
+    def cut_lists(cut, parts) -> RankingLists:
+        """A earlier cut's lists: its twin's candidates for its validation users, labelled by
+        its validation slice, with positives among them."""
+        users, _ = sample_users(np.unique(cut.test[USER_ID].astype(str).to_numpy()).astype(
+            object), cfg.max_ranker_users, cfg.seed)
+        hist = histories_for(users, cut.train, max(rcfg.history_len, cfg.ranking.history_len,
+                                                   1))
+        got = run_batched(stage_graph(None, parts, cut.train).retrieve, users, hist,
+                          excluded_items(cut.train))
+        ids = got["retrieval_ids"]
+        out = scoring_lists(users, ids, cut.train, cfg.ranking.history_len, relevant=cut.test)
+        out = out.with_extra(**{RETRIEVAL_SCORE: np.where(
+            ids != PAD, got["retrieval_scores"], 0.0).astype(np.float32)})
+        return out.subset(np.flatnonzero((out.label > 0).sum(1) > 0))
+
+    earlier = []
+    if cut_twins:
+        with maybe_stage(meter, "ranker lists of earlier cuts", cuts=len(cut_twins)):
+            earlier = [cut_lists(cut, parts) for cut, parts in zip(cuts[1:], cut_twins)]
+        cut_twins.clear()
+        gc.collect()
+        report["ranking_lists"]["earlier_cuts"] = [len(part) for part in earlier]
 
     method = (neighbor_method(cfg.neighbor_weights, len(catalog), cfg.ease_max_items)
               if cfg.neighbors > 0 else None)
@@ -224,6 +274,22 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
 
     early_tables = tables(val.train)
 
+    def described(part: RankingLists, own) -> RankingLists:
+        """`part` carrying its context features from its own cut's tables (`own`)."""
+        layer = CandidateContext(catalog, own["counts"], text_vectors=text,
+                                 recent=cfg.recent_items, recent_counts=own["recent_counts"],
+                                 neighbors=own["neighbors"], name="cut_context")
+        return part.with_extra(**{CONTEXT_KEY: layer.raw_values(part.features())})
+
+    extra_lists = None
+    if earlier:
+        # Cut 1's values equal what the layer computes from early_tables in the graph; they
+        # are precomputed only so that every training list has the same features.
+        lists = described(lists, early_tables)
+        extra_lists = RankingLists.concat([described(part, tables(cut.train))
+                                           for part, cut in zip(earlier, cuts[1:])])
+        del earlier
+
     def context(part: RankingLists) -> CandidateContext:
         layer = CandidateContext(catalog, early_tables["counts"], text_vectors=text,
                                  recent=cfg.recent_items,
@@ -234,6 +300,9 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
 
     def fit_ranker(part: RankingLists, name: str) -> RankingModel:
         fit_part, held = part.split(cfg.held_out_share, seed=cfg.seed)
+        if extra_lists is not None:
+            # Held-out lists stay cut 1's: early stopping judges the cut next to serving.
+            fit_part = RankingLists.concat([fit_part, extra_lists])
         model, result, _ = fit_ranking_model(cfg.ranking, fit_part, held, val.train,
                                              str(run_dir / name), items=items, users=users,
                                              context_features=context(fit_part))

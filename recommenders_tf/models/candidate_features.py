@@ -22,7 +22,10 @@ knowledge, and the large-model text signal, as a few dense features per candidat
                      two-tower's dot product blurs
 
 Everything is looked up inside the layer from raw item ids (frozen tables built from train
-files), so a SavedModel that contains it still takes raw ids. Padding ("" ids) gets zeros.
+files), so a SavedModel that contains it still takes raw ids. Training lists may instead carry
+their raw features precomputed under `CONTEXT_KEY` (`raw_values` of a layer built from another
+time cut's tables): lists from several cuts then train one ranker, each described by the
+tables of its own cut, while serving computes them here from the layer's own tables. Padding ("" ids) gets zeros.
 `adapt` standardises every feature with constants measured on training lists (kept in the
 layer, so serving applies the same ones); `set_tables` swaps the count-based tables for ones
 counted on more data (the refit-on-all-train step) without touching that standardisation.
@@ -46,6 +49,7 @@ from recommenders_tf.features.id_lists import compact_right
 from recommenders_tf.models.tables import FrozenTable
 
 RETRIEVAL_SCORE = "retrieval_score"
+CONTEXT_KEY = "candidate_context"
 _EPS = 1e-6
 
 
@@ -186,13 +190,24 @@ class CandidateContext(tf.keras.layers.Layer):
                 raise ValueError("this layer has collaborative features: pass neighbors")
             self._set_neighbors(neighbors)
 
-    def adapt(self, features: Mapping[str, np.ndarray], batch_size: int = 256) -> None:
-        """Sets the standardisation constants from (training) lists' unpadded entries."""
+    def raw_values(self, features: Mapping[str, np.ndarray], batch_size: int = 256
+                   ) -> np.ndarray:
+        """Unstandardised features [L, S, F] of lists' entries from this layer's tables."""
         n = len(features["item_id"])
-        raw = [self._raw({k: tf.constant(v[s:s + batch_size]) for k, v in features.items()
+        raw = [self._raw({k: tf.constant(v[s:s + batch_size].astype(str) if v.dtype == object
+                                         else v[s:s + batch_size])
+                          for k, v in features.items()
                           if k in ("item_id", "history", RETRIEVAL_SCORE)}).numpy()
                for s in range(0, n, batch_size)]
-        values = np.concatenate(raw)
+        if not raw:
+            return np.zeros(np.shape(features["item_id"]) + (self.num_features,), np.float32)
+        return np.concatenate(raw).astype(np.float32)
+
+    def adapt(self, features: Mapping[str, np.ndarray], batch_size: int = 256) -> None:
+        """Sets the standardisation constants from (training) lists' unpadded entries (their
+        precomputed `CONTEXT_KEY` values when they carry them)."""
+        values = (np.asarray(features[CONTEXT_KEY]) if CONTEXT_KEY in features
+                  else self.raw_values(features, batch_size))
         mask = np.asarray(features["item_id"]) != ""
         real = values[mask]
         mean = real.mean(0) if len(real) else np.zeros(values.shape[-1])
@@ -247,7 +262,8 @@ class CandidateContext(tf.keras.layers.Layer):
         return [tf.reduce_sum(nsim * hit, -1) / count, tf.reduce_max(nsim * hit, -1)]
 
     def call(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        raw = self._raw(features)
+        raw = (tf.cast(features[CONTEXT_KEY], tf.float32) if CONTEXT_KEY in features
+               else self._raw(features))
         if self.feature_mean is None:
             return raw
         weights = tf.cast(tf.not_equal(tf.convert_to_tensor(features["item_id"]), ""),

@@ -121,6 +121,26 @@ class RankingLists:
         return RankingLists(self.user_id, self.history, self.item_id, self.label, self.mask,
                             {**self.extra, **extra}, self.history_rating)
 
+    @staticmethod
+    def concat(parts: Sequence["RankingLists"]) -> "RankingLists":
+        """The lists of `parts` one after another; they must agree on widths and features."""
+        parts = list(parts)
+        if not parts:
+            raise ValueError("RankingLists.concat needs at least one part")
+        first = parts[0]
+        for part in parts[1:]:
+            if (part.item_id.shape[1] != first.item_id.shape[1]
+                    or part.history.shape[1] != first.history.shape[1]
+                    or sorted(part.extra) != sorted(first.extra)
+                    or (part.history_rating is None) != (first.history_rating is None)):
+                raise ValueError("RankingLists.concat: parts differ in list size, history "
+                                 "length or features")
+        join = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+        return RankingLists(join("user_id"), join("history"), join("item_id"), join("label"),
+                            join("mask"),
+                            {k: np.concatenate([p.extra[k] for p in parts]) for k in first.extra},
+                            None if first.history_rating is None else join("history_rating"))
+
     def split(self, fraction: float, seed: int = 0) -> Tuple["RankingLists", "RankingLists"]:
         """(rest, held-out): a seeded random `fraction` of the lists is held out."""
         if not 0.0 < fraction < 1.0:
