@@ -50,6 +50,9 @@ class BenchCascadeConfig:
       out_dir: run folder (default runs/bench_cascade/<dataset>).
       ranking_losses: ranking losses (`models.losses.LOSS_KEYS`, or "all") each fitted as the
         cascade's ranker behind the same retrieval stage; empty: only the configured one.
+      ranker_ablations: named changes of the cascade config (`RANKER_ABLATIONS`, or "all"),
+        each fitted behind the same retrieval stage: what the ranking stages gain or lose by
+        each (the P1-cascade-ablations table).
     """
 
     dataset: str = "ml-100k"
@@ -61,6 +64,7 @@ class BenchCascadeConfig:
     benchmarks_md: str = "BENCHMARKS.md"
     out_dir: str = ""
     ranking_losses: Tuple[str, ...] = ()
+    ranker_ablations: Tuple[str, ...] = ()
 
 
 def main(config: BenchCascadeConfig) -> Dict[str, Any]:
@@ -179,6 +183,8 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
                    "compare the two exports of one run rather than absolute figures)."]))
     if config.ranking_losses:
         paths.append(loss_sweep(config, out_dir, result, split, command, split_info))
+    if config.ranker_ablations:
+        paths.append(ablation_sweep(config, out_dir, result, split, command, split_info))
     render_benchmarks_md(results_dir, Path(config.benchmarks_md))
     return {"results_files": [str(p) for p in paths], "rows": rows, "latency": latency_rows,
             "run_dir": str(out_dir)}
@@ -236,6 +242,81 @@ def loss_sweep(config: BenchCascadeConfig, out_dir: Path, base: Dict[str, Any], 
                "then for each loss the ranker and the re-ranker fitted as in the cascade table "
                "(lists from the validation slice, the same context features and sizes); P1 "
                "metrics on the same test users."])
+
+
+# What each ablation changes in the cascade config, and why it is asked.
+RANKER_ABLATIONS: Dict[str, Tuple[Dict[str, Any], str]] = {
+    "cuts-2": ({"ranker_cuts": 2}, "ranker lists from two time cuts (one more retrieval twin): "
+               "is the ranker short of training lists?"),
+    "cuts-3": ({"ranker_cuts": 3}, "three time cuts"),
+    "ease-neighbours": ({"neighbor_weights": "ease"}, "EASE weights instead of cosine "
+                        "co-occurrence in the collaborative context: a stronger item-item "
+                        "signal"),
+    "no-neighbours": ({"neighbors": 0}, "no collaborative context features"),
+    "no-text": ({"use_text": False}, "no language-model text features in the ranker's context "
+                "or the re-ranker's inputs"),
+}
+
+
+def ablation_sweep(config: BenchCascadeConfig, out_dir: Path, base: Dict[str, Any], split,
+                   command: str, split_info: Dict[str, Any]) -> Path:
+    """The cascade's ranking stages fitted once per `config.ranker_ablations` change behind the
+    retrieval stage of `base`; rows: the retrieval order, the configured cascade, then each
+    change (retrieval + ranking and the full cascade)."""
+    from pipelines import run_all
+    from recommenders_tf.cascade.fit import share_retrieval_fits
+    from recommenders_tf.evaluation.report import round_metrics, write_results
+
+    names = (tuple(RANKER_ABLATIONS) if tuple(config.ranker_ablations) == ("all",)
+             else tuple(config.ranker_ablations))
+    unknown = [n for n in names if n not in RANKER_ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown ranker ablation(s) {unknown}; choose from "
+                         f"{sorted(RANKER_ABLATIONS)} or all")
+    base_cfg = base["cascade"].config
+    keys = ("ndcg@10", "recall@10", "hr@10", "mrr@10")
+    retrieval = base["metrics"]["stages"]["retrieval"]
+    configured = base["metrics"]["stages"]["ranking"]["ndcg@10"]
+    rows = [{"model": "retrieval order", "kind": "baseline",
+             "metrics": round_metrics({k: retrieval[k] for k in keys}),
+             "notes": f"the two-tower's top 10, the order every ranker re-scores (top "
+                      f"{base_cfg.retrieval_k})"}]
+    for name, change in (("as configured", None),) + tuple(
+            (n, RANKER_ABLATIONS[n]) for n in names):
+        if change is None:
+            metrics, why = base["metrics"], "the cascade table's configuration"
+        else:
+            cfg = dataclasses.replace(base_cfg, **change[0])
+            run_dir = out_dir / "ablations" / name
+            share_retrieval_fits(out_dir / "cascade", run_dir / "cascade", cfg, split.train)
+            print(f"[P1-cascade-ablations] {name} behind the same retrieval", flush=True)
+            metrics = run_all.main(run_all.RunAllConfig(
+                dataset=config.dataset, out_dir=str(run_dir), cascade=cfg, exports=(),
+                export_retrieval=False, diversity_lambdas=(1.0,), seed=config.seed))["metrics"]
+            why = f"{', '.join(f'{k}={v}' for k, v in change[0].items())}: {change[1]}"
+        stages, report = metrics["stages"], metrics["cascade_report"]
+        fit = report["ranking_fits"]["ranking"]
+        ranked = stages["ranking"]["ndcg@10"]
+        for stage, label in (("ranking", "retrieval + ranking"), ("final", "full cascade")):
+            note = (f"{why}; ndcg@10 {ranked / retrieval['ndcg@10'] - 1:+.1%} vs the retrieval "
+                    f"order, {ranked / configured - 1:+.1%} vs as configured; held-out ndcg_10 "
+                    f"{fit['held_out_ndcg_10']:.4f} over {fit['lists']} training lists"
+                    if stage == "ranking" else
+                    ("trained re-ranker served" if report["reranking"]["trained_model_kept"]
+                     else "untrained re-ranker (= ranker order) served"))
+            rows.append({"model": f"{label}, {name}", "kind": "project",
+                         "metrics": round_metrics({k: stages[stage][k] for k in keys}),
+                         "notes": note})
+    return write_results(
+        Path(config.results_dir), protocol="P1-cascade-ablations",
+        dataset=base["metrics"]["dataset"], seed=config.seed,
+        command=command if "ranker_ablations" in command else
+        f"{command} --set ranker_ablations=[{','.join(names)}]",
+        rows=rows, split=split_info,
+        notes=["One retrieval stage (fitted once; every variant resumes its two fits), then the "
+               "ranker and the re-ranker of each variant fitted as in the cascade table; P1 "
+               "metrics on the same test users. One seed: differences of about 0.005 NDCG@10 "
+               "are within what another seed moves."])
 
 
 def parse_args(argv=None) -> BenchCascadeConfig:

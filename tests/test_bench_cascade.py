@@ -57,3 +57,42 @@ def test_each_loss_is_fitted_behind_the_shared_retrieval_and_compared_with_its_o
         "ndcg@10 +20.0% vs the retrieval order")
     assert rows["full cascade, listmle"]["metrics"]["ndcg@10"] == 0.31
     assert rows["full cascade, listmle"]["notes"] == "trained re-ranker served"
+
+
+def test_each_ablation_changes_one_thing_behind_the_shared_retrieval(tmp_path, monkeypatch):
+    import pytest
+
+    shared, fitted = [], []
+    monkeypatch.setattr(cascade_fit, "share_retrieval_fits",
+                        lambda source, target, config, train: shared.append((source, target)))
+
+    def fake_run_all(config):
+        fitted.append(config.cascade)
+        return {"metrics": _metrics(0.3 if config.cascade.ranker_cuts == 2 else 0.22, 0.3,
+                                    "softmax")}
+
+    monkeypatch.setattr(run_all, "main", fake_run_all)
+    base_cfg = CascadeConfig()
+    base = {"cascade": types.SimpleNamespace(config=base_cfg),
+            "metrics": _metrics(0.275, 0.275, "softmax")}
+    config = bench_cascade.BenchCascadeConfig(dataset="synthetic-tiny",
+                                              results_dir=str(tmp_path / "results"),
+                                              ranker_ablations=("cuts-2", "no-text"))
+    split = types.SimpleNamespace(train="TRAIN")
+    path = bench_cascade.ablation_sweep(config, tmp_path / "run", base, split, "cmd", {})
+    assert fitted == [dataclasses.replace(base_cfg, ranker_cuts=2),
+                      dataclasses.replace(base_cfg, use_text=False)]
+    assert shared[0] == (tmp_path / "run" / "cascade",
+                         tmp_path / "run" / "ablations" / "cuts-2" / "cascade")
+    payload = json.loads(path.read_text())
+    assert payload["protocol"] == "P1-cascade-ablations"
+    assert payload["command"] == "cmd --set ranker_ablations=[cuts-2,no-text]"
+    rows = {r["model"]: r for r in payload["rows"]}
+    assert rows["retrieval + ranking, as configured"]["metrics"]["ndcg@10"] == 0.275
+    note = rows["retrieval + ranking, cuts-2"]["notes"]
+    assert note.startswith("ranker_cuts=2: ")
+    assert "+20.0% vs the retrieval order, +9.1% vs as configured" in note
+    assert "-20.0% vs as configured" in rows["retrieval + ranking, no-text"]["notes"]
+    with pytest.raises(ValueError, match="unknown ranker ablation"):
+        bench_cascade.ablation_sweep(dataclasses.replace(config, ranker_ablations=("x",)),
+                                     tmp_path / "run", base, split, "cmd", {})

@@ -26,6 +26,8 @@ PROTOCOL_TITLES = {
     "P1-rerank-implicit-ALS": "P1 re-ranking — each ranking loss re-scores the implicit-ALS top 100",
     "P1-cascade": "P1 — the multi-stage cascade, stage by stage, with peers from the same run",
     "P1-cascade-losses": "P1 — each ranking loss as the cascade's ranker, behind the same retrieval",
+    "P1-cascade-ablations": "P1 — what each part of the ranking stages is worth (ablations "
+                            "behind the same retrieval)",
     "P1-diversity": "P1 — accuracy-diversity trade-off of the full cascade over lambda",
     "P2": "P2 — rating prediction",
     "P3": "P3 — cold-start items",
