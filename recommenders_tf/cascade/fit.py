@@ -236,7 +236,7 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
     lists = lists.subset(np.flatnonzero(positives > 0))
 
     def cut_lists(cut, parts) -> RankingLists:
-        """A earlier cut's lists: its twin's candidates for its validation users, labelled by
+        """An earlier cut's lists: its twin's candidates for its validation users, labelled by
         its validation slice, with positives among them."""
         users, _ = sample_users(np.unique(cut.test[USER_ID].astype(str).to_numpy()).astype(
             object), cfg.max_ranker_users, cfg.seed)
