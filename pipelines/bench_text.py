@@ -78,6 +78,8 @@ class BenchTextConfig:
         slice and buckets).
       p4_text_dropouts: item-id dropouts the P4 text two-tower tries; the one with the best
         validation NDCG@10 is kept (one value: no choice).
+      dmf_prior_neighbors: text neighbours of the DMF hybrid's popularity prior (its weight,
+        0 among the tries, is chosen on the validation slice; 0 here: no prior).
     """
 
     p3_datasets: Tuple[str, ...] = ("synthetic", "ml-100k")
@@ -96,6 +98,7 @@ class BenchTextConfig:
     run_dir: str = "runs/bench_text"
     p4_peers: Tuple[str, ...] = P4_PEERS
     p4_text_dropouts: Tuple[float, ...] = (0.0, 0.5)
+    dmf_prior_neighbors: int = 100
 
     def validate(self) -> None:
         unknown = [m for m in self.models if m not in PROJECT_MODELS]
@@ -135,6 +138,8 @@ def model_settings(config: BenchTextConfig, name: str) -> Dict[str, Any]:
         settings["text_embedding_dim"] = config.text_embedding_dim
     if name == "two-tower-text":
         settings["item_id_dropout"] = config.item_id_dropout
+    if name == "dmf-hybrid":
+        settings["prior_neighbors"] = config.dmf_prior_neighbors
     return settings
 
 

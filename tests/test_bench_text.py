@@ -36,6 +36,8 @@ def test_bench_text_writes_p3_and_p4(tmp_path):
                             candidate_items=split.info["cold_items"]).metrics
     assert p3["rows"][0]["metrics"]["recall@10"] == pytest.approx(chance["recall@10"], abs=1e-5)
     assert p3["split"]["cold items"] == len(split.info["cold_items"])
+    # The DMF hybrid carries the text popularity prior, its weight chosen on validation.
+    assert "text popularity prior of 100 neighbours (weight" in p3["rows"][4]["notes"]
     # The LM neighbours read topic words: far above chance on this data.
     assert p3["rows"][2]["metrics"]["ndcg@10"] > 2 * p3["rows"][0]["metrics"]["ndcg@10"]
 
