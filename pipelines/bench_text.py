@@ -21,7 +21,10 @@ are chosen on the P1 validation slice of train, and so is the text two-tower's i
 (`p4_text_dropouts`: items are warm here, so the dropout that protects cold items may cost).
 The peers (`p4_peers`: implicit-ALS, EASE, RP3beta, SASRec by default) are tuned on the same
 slice and evaluated on the same buckets in the same run; a note compares the LM model with
-the ID-only one, implicit-ALS and the best peer bucket by bucket.
+the ID-only one, implicit-ALS and the best peer bucket by bucket. With `p4_cascade` the whole
+cascade (`cascade.fit_cascade`, the two-tower with its dataset's settings, the ranker with the
+LM text context, the re-ranker) is fitted on the same train part and its final top 10 is
+bucketed too: it is the package's LM-enhanced recommender as served.
 
 Item vectors come from `pipelines.embed_items` (MiniLM, cache under runs/text_cache); the
 encoder throughput and the cache hits of this run's re-embedding go into the notes.
@@ -32,7 +35,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -40,6 +45,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from recommenders_tf import cli
+from recommenders_tf.cascade.config import CascadeConfig
+from recommenders_tf.cascade.fit import fit_cascade
+from recommenders_tf.config import dataset_retrieval_overrides
 from recommenders_tf.data import (items_for_train, load_dataset, split_for_protocol,
                                    validation_split)
 from recommenders_tf.data.splits import cold_item_split, sparsity_buckets
@@ -80,6 +88,7 @@ class BenchTextConfig:
         validation NDCG@10 is kept (one value: no choice).
       dmf_prior_neighbors: text neighbours of the DMF hybrid's popularity prior (its weight,
         0 among the tries, is chosen on the validation slice; 0 here: no prior).
+      p4_cascade: also fit the whole cascade on the P4 train part and bucket its final lists.
     """
 
     p3_datasets: Tuple[str, ...] = ("synthetic", "ml-100k")
@@ -99,6 +108,7 @@ class BenchTextConfig:
     p4_peers: Tuple[str, ...] = P4_PEERS
     p4_text_dropouts: Tuple[float, ...] = (0.0, 0.5)
     dmf_prior_neighbors: int = 100
+    p4_cascade: bool = True
 
     def validate(self) -> None:
         unknown = [m for m in self.models if m not in PROJECT_MODELS]
@@ -240,23 +250,25 @@ def _bucket_rows(name: str, kind: str, result, seconds: float, notes: str
     return rows
 
 
-def p4_verdict(rows: List[Dict[str, Any]], text: str = "two-tower-text",
+def p4_verdict(rows: List[Dict[str, Any]], text: Tuple[str, ...] = ("two-tower-text", "cascade"),
                ids: str = "two-tower-id", als: str = "implicit-ALS",
                metric: str = "ndcg@10") -> List[str]:
-    """What the P4 target asks, read off the rows: in each sparse bucket the LM model's margin
+    """What the P4 target asks, read off the rows: in each sparse bucket each LM model's margin
     over the ID-only model and implicit-ALS, and in every bucket the best project model against
     the best peer. Models missing from the rows are left out of the sentences."""
     value = {(r["model"], r["bucket"]): r["metrics"][metric] for r in rows}
     buckets = list(dict.fromkeys(r["bucket"] for r in rows))
     lines = []
-    for bucket in SPARSE_BUCKETS:
-        own = value.get((text, bucket))
-        if own is None:
-            continue
-        parts = [f"{other} {value[(other, bucket)]:.4f} ({own / value[(other, bucket)] - 1:+.1%})"
-                 for other in (ids, als) if value.get((other, bucket))]
-        if parts:
-            lines.append(f"Bucket {bucket}: {text} {own:.4f} vs " + ", ".join(parts) + ".")
+    for model in text:
+        for bucket in SPARSE_BUCKETS:
+            own = value.get((model, bucket))
+            if own is None:
+                continue
+            parts = [f"{other} {value[(other, bucket)]:.4f} "
+                     f"({own / value[(other, bucket)] - 1:+.1%})"
+                     for other in (ids, als) if value.get((other, bucket))]
+            if parts:
+                lines.append(f"Bucket {bucket}: {model} {own:.4f} vs " + ", ".join(parts) + ".")
     project = {r["model"] for r in rows if r["kind"] == "project"}
     peers = {r["model"] for r in rows if r["kind"] == "peer"}
     if project and peers:
@@ -300,9 +312,42 @@ def run_p4(config: BenchTextConfig, spec: str) -> Dict[str, Any]:
         rows += _bucket_rows(name, kind, result, seconds, notes)
         print(f"  {name}: " + ", ".join(f"{lab} ndcg@10={m['ndcg@10']:.4f}"
                                        for lab, m in sorted(result.by_group.items())), flush=True)
+    if config.p4_cascade:
+        print(f"[P4 {data.name}] fitting the cascade ...", flush=True)
+        model, seconds = _fit_cascade(config, data, split, vectors)
+        stages = model.run(evaluator.user_ids)
+        result = evaluator.evaluate_ranked(stages.final_ids, stages.user_ids,
+                                           user_groups=buckets)
+        fit = model.report["ranking_fits"]["ranking"]
+        rows += _bucket_rows(
+            "cascade", "project", result, seconds,
+            f"two-tower -> {model.config.ranking.loss} ranker with the LM text context "
+            f"({fit['lists']} lists) -> re-ranker -> rules, fitted on the P4 train part as "
+            f"pipelines.run_all fits it; final top {model.config.k}")
+        print("  cascade: " + ", ".join(f"{lab} ndcg@10={m['ndcg@10']:.4f}"
+                                        for lab, m in sorted(result.by_group.items())),
+              flush=True)
     split_info = {"train rows": len(split.train), "test rows": len(split.test)}
     return {"data": data, "rows": rows, "split": split_info,
             "notes": [_encoding_note(embed_metrics), *p4_verdict(rows)]}
+
+
+def _fit_cascade(config: BenchTextConfig, data, split, vectors: ItemVectors):
+    """The cascade with the dataset's retrieval settings, fitted in a scratch folder (a bench
+    run never resumes another's fits); returns (cascade, seconds)."""
+    retrieval = {k: v for k, v in dataset_retrieval_overrides(data.name).items()
+                 if k not in ("seed", "verbose")}
+    if config.max_epochs is not None:
+        retrieval["epochs"] = int(config.max_epochs)
+    work = Path(tempfile.mkdtemp(prefix="bench_text_cascade_"))
+    try:
+        start = time.perf_counter()
+        model = fit_cascade(split.train, CascadeConfig(retrieval=retrieval, seed=config.seed),
+                            work, items=data.items, users=data.users, text_vectors=vectors,
+                            log=lambda line: print(line, flush=True))
+        return model, time.perf_counter() - start
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def plot_buckets(rows: List[Dict[str, Any]], path: Path, dataset: str,

@@ -43,7 +43,12 @@ def test_bench_text_writes_p3_and_p4(tmp_path):
 
     p4 = json.loads((tmp_path / "results" / "synthetic-tiny-P4.json").read_text())
     assert {r["model"]: r["kind"] for r in p4["rows"]} == {
-        "two-tower-text": "project", "dmf-hybrid": "project", "EASE": "peer"}
+        "two-tower-text": "project", "dmf-hybrid": "project", "EASE": "peer",
+        "cascade": "project"}
+    # The cascade's final lists are bucketed like the models' scores: the same users.
+    cascade_all = [r for r in p4["rows"] if r["model"] == "cascade" and r["bucket"] == "all"]
+    assert cascade_all[0]["n_users"] == text_all_users(p4)
+    assert "LM text context" in cascade_all[0]["notes"]
     text_all = [r for r in p4["rows"] if r["model"] == "two-tower-text" and r["bucket"] == "all"]
     assert "item_id_dropout chosen on validation" in text_all[0]["notes"]
     assert any(n.startswith("Best project model vs best peer") for n in p4["notes"])
@@ -60,6 +65,11 @@ def test_bench_text_writes_p3_and_p4(tmp_path):
     # The second embedding of the same texts comes entirely from the cache.
     _, metrics = bench_text.item_vectors_for(config, "synthetic-tiny")
     assert metrics["cache_misses"] == 0 and metrics["cache_hits"] == metrics["items"]
+
+
+def text_all_users(p4):
+    return [r for r in p4["rows"] if r["model"] == "two-tower-text"
+            and r["bucket"] == "all"][0]["n_users"]
 
 
 def test_p4_bucket_plot_draws_one_bar_per_model_and_bucket(tmp_path, monkeypatch):
@@ -103,6 +113,11 @@ def test_p4_verdict_reads_margins_off_the_rows():
     assert "1-20: two-tower-text 0.2100 vs EASE 0.2500 (-16.0%)" in lines[1]
     assert ">150: two-tower-id 0.4200 vs EASE 0.3500 (+20.0%)" in lines[1]
     assert len(lines) == 2  # no 21-50 rows: no sentence for it
+    # The served cascade gets the same sentence when it is in the table.
+    lines = bench_text.p4_verdict(rows + [row("cascade", "project", "1-20", 0.30)])
+    assert lines[1] == ("Bucket 1-20: cascade 0.3000 vs two-tower-id 0.2000 (+50.0%), "
+                        "implicit-ALS 0.1500 (+100.0%).")
+    assert "1-20: cascade 0.3000 vs EASE 0.2500 (+20.0%)" in lines[2]
 
 
 def test_p4_peers_must_be_topk_peers():
