@@ -361,9 +361,9 @@ class DMFHybrid:
         if s.prior is None:
             return evaluator.evaluate(lambda users: self.score(users, evaluator.item_ids)).metrics
         prior = self.item_prior(evaluator.item_ids)[None, :]
+        s.prior_weight = 0.0  # score() without the prior; each weight is added below
         best = None
         for weight in self.config.prior_weights:
-            s.prior_weight = 0.0
             metrics = dict(evaluator.evaluate(
                 lambda users: self.score(users, evaluator.item_ids) + weight * prior).metrics)
             if best is None or metrics[SELECT_METRICS[0]] > best[SELECT_METRICS[0]]:
