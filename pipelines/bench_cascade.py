@@ -190,13 +190,25 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
             "run_dir": str(out_dir)}
 
 
+def fit_behind_retrieval(config: BenchCascadeConfig, out_dir: Path, run_dir: Path,
+                         cascade, split) -> Dict[str, Any]:
+    """`run_all` metrics of `cascade` (a CascadeConfig) fitted in `run_dir` behind the
+    retrieval fits of the base run in `out_dir` (resumed, not retrained); no exports,
+    relevance-only diversity."""
+    from pipelines import run_all
+    from recommenders_tf.cascade.fit import share_retrieval_fits
+
+    share_retrieval_fits(out_dir / "cascade", run_dir / "cascade", cascade, split.train)
+    return run_all.main(run_all.RunAllConfig(
+        dataset=config.dataset, out_dir=str(run_dir), cascade=cascade, exports=(),
+        export_retrieval=False, diversity_lambdas=(1.0,), seed=config.seed))["metrics"]
+
+
 def loss_sweep(config: BenchCascadeConfig, out_dir: Path, base: Dict[str, Any], split,
                command: str, split_info: Dict[str, Any]) -> Path:
     """The cascade's ranking stages fitted once per loss of `config.ranking_losses` behind the
     retrieval stage of `base` (a `run_all.main` result in `out_dir`); returns the results file
     of the rows (retrieval order, then each loss: retrieval + ranking and the full cascade)."""
-    from pipelines import run_all
-    from recommenders_tf.cascade.fit import share_retrieval_fits
     from recommenders_tf.evaluation.report import round_metrics, write_results
     from recommenders_tf.models.losses import LOSS_KEYS, get_loss
 
@@ -214,12 +226,9 @@ def loss_sweep(config: BenchCascadeConfig, out_dir: Path, base: Dict[str, Any], 
         if loss == base_cfg.ranking.loss:
             metrics = base["metrics"]
         else:
-            run_dir = out_dir / "losses" / loss
-            share_retrieval_fits(out_dir / "cascade", run_dir / "cascade", cfg, split.train)
             print(f"[P1-cascade-losses] ranker {loss} behind the same retrieval", flush=True)
-            metrics = run_all.main(run_all.RunAllConfig(
-                dataset=config.dataset, out_dir=str(run_dir), cascade=cfg, exports=(),
-                export_retrieval=False, diversity_lambdas=(1.0,), seed=config.seed))["metrics"]
+            metrics = fit_behind_retrieval(config, out_dir, out_dir / "losses" / loss, cfg,
+                                           split)
         stages, report = metrics["stages"], metrics["cascade_report"]
         fit = report["ranking_fits"]["ranking"]
         change = stages["ranking"]["ndcg@10"] / retrieval["ndcg@10"] - 1.0
@@ -263,8 +272,6 @@ def ablation_sweep(config: BenchCascadeConfig, out_dir: Path, base: Dict[str, An
     """The cascade's ranking stages fitted once per `config.ranker_ablations` change behind the
     retrieval stage of `base`; rows: the retrieval order, the configured cascade, then each
     change (retrieval + ranking and the full cascade)."""
-    from pipelines import run_all
-    from recommenders_tf.cascade.fit import share_retrieval_fits
     from recommenders_tf.evaluation.report import round_metrics, write_results
 
     names = (tuple(RANKER_ABLATIONS) if tuple(config.ranker_ablations) == ("all",)
@@ -287,12 +294,9 @@ def ablation_sweep(config: BenchCascadeConfig, out_dir: Path, base: Dict[str, An
             metrics, why = base["metrics"], "the cascade table's configuration"
         else:
             cfg = dataclasses.replace(base_cfg, **change[0])
-            run_dir = out_dir / "ablations" / name
-            share_retrieval_fits(out_dir / "cascade", run_dir / "cascade", cfg, split.train)
             print(f"[P1-cascade-ablations] {name} behind the same retrieval", flush=True)
-            metrics = run_all.main(run_all.RunAllConfig(
-                dataset=config.dataset, out_dir=str(run_dir), cascade=cfg, exports=(),
-                export_retrieval=False, diversity_lambdas=(1.0,), seed=config.seed))["metrics"]
+            metrics = fit_behind_retrieval(config, out_dir, out_dir / "ablations" / name, cfg,
+                                           split)
             why = f"{', '.join(f'{k}={v}' for k, v in change[0].items())}: {change[1]}"
         stages, report = metrics["stages"], metrics["cascade_report"]
         fit = report["ranking_fits"]["ranking"]

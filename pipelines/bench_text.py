@@ -214,21 +214,18 @@ def _fit_p4_model(config: BenchTextConfig, name: str, data, vectors: ItemVectors
     """Fits project model `name` on the P4 validation slice (epochs chosen there, refit on
     train). The text two-tower also chooses its item-id dropout there, among
     `config.p4_text_dropouts`; returns (model, seconds of every fit, note on the choice)."""
-    if name != "two-tower-text" or len(config.p4_text_dropouts) == 1:
+    dropouts = config.p4_text_dropouts if name == "two-tower-text" else (None,)
+    best, tried, seconds = None, [], 0.0
+    for dropout in dropouts:
         settings = dict(model_settings(config, name))
-        if name == "two-tower-text":
-            settings["item_id_dropout"] = config.p4_text_dropouts[0]
+        if dropout is not None:
+            settings["item_id_dropout"] = dropout
         model = get_model(name, data=data, item_vectors=vectors, **settings)
         start = time.perf_counter()
         model.fit(val.train, validation=val.test)
-        return model, time.perf_counter() - start, ""
-    best, tried, seconds = None, [], 0.0
-    for dropout in config.p4_text_dropouts:
-        model = get_model(name, data=data, item_vectors=vectors,
-                          **{**model_settings(config, name), "item_id_dropout": dropout})
-        start = time.perf_counter()
-        model.fit(val.train, validation=val.test)
         seconds += time.perf_counter() - start
+        if len(dropouts) == 1:
+            return model, seconds, ""
         value = _validation_ndcg(model)
         tried.append(f"{dropout}: {value:.4f}")
         if best is None or value > best[0]:
