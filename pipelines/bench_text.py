@@ -17,8 +17,9 @@ bench's settings (`model_settings`).
 
 P4: the P1 split; test users bucketed by train interactions (1-20, 21-50, 51-150, >150); per
 bucket NDCG@10 / Recall@10 with the bucket sizes, plus an "all" row (the P1 figure). Epochs
-are chosen on the P1 validation slice of train, and so is the text two-tower's item-id dropout
-(`p4_text_dropouts`: items are warm here, so the dropout that protects cold items may cost).
+and the two-towers' searched settings (`TwoTowerConfig.search`) are chosen on the P1 validation
+slice of train, and so is the text two-tower's item-id dropout (`p4_text_dropouts`: items are
+warm here, so the dropout that protects cold items may cost).
 The peers (`p4_peers`: implicit-ALS, EASE, RP3beta, SASRec by default) are tuned on the same
 slice and evaluated on the same buckets in the same run; a note compares the LM model with
 the ID-only one, implicit-ALS and the best peer bucket by bucket. With `p4_cascade` the whole
@@ -57,6 +58,7 @@ from recommenders_tf.evaluation.report import render_benchmarks_md, write_result
 from recommenders_tf.evaluation.text_baselines import evaluate_text_baselines
 from recommenders_tf.features.item_vectors import ItemVectors
 from recommenders_tf.features.text_encoder import DEFAULT_MODEL
+from recommenders_tf.models.recommender import DEFAULT_SEARCH
 from recommenders_tf.runs import make_run_dir, record_run, slug
 
 PROJECT_MODELS = ("two-tower-id", "two-tower-text", "dmf-hybrid")
@@ -84,8 +86,9 @@ class BenchTextConfig:
       plot_dir: where the P4 per-bucket bar plots go (`p4-<dataset>.png`).
       p4_peers: registry peers run beside the project models in P4 (same split, validation
         slice and buckets).
-      p4_text_dropouts: item-id dropouts the P4 text two-tower tries; the one with the best
-        validation NDCG@10 is kept (one value: no choice).
+      p4_text_dropouts: item-id dropouts the P4 text two-tower's settings search tries (after
+        the two-tower's own searched settings); the first is where it starts (one value: no
+        choice).
       dmf_prior_neighbors: text neighbours of the DMF hybrid's popularity prior (its weight,
         0 among the tries, is chosen on the validation slice; 0 here: no prior).
       p4_cascade: also fit the whole cascade on the P4 train part and bucket its final lists.
@@ -205,34 +208,20 @@ def run_p3(config: BenchTextConfig, spec: str) -> Dict[str, Any]:
             "notes": [_encoding_note(embed_metrics)]}
 
 
-def _validation_ndcg(model) -> float:
-    """The validation NDCG@10 a two-tower chose its epochs by."""
-    return float(model.selection[model.best_epoch - 1][model.select_metric])
-
-
 def _fit_p4_model(config: BenchTextConfig, name: str, data, vectors: ItemVectors, val):
-    """Fits project model `name` on the P4 validation slice (epochs chosen there, refit on
-    train). The text two-tower also chooses its item-id dropout there, among
-    `config.p4_text_dropouts`; returns (model, seconds of every fit, note on the choice)."""
-    dropouts = config.p4_text_dropouts if name == "two-tower-text" else (None,)
-    best, tried, seconds = None, [], 0.0
-    for dropout in dropouts:
-        settings = dict(model_settings(config, name))
-        if dropout is not None:
-            settings["item_id_dropout"] = dropout
-        model = get_model(name, data=data, item_vectors=vectors, **settings)
-        start = time.perf_counter()
-        model.fit(val.train, validation=val.test)
-        seconds += time.perf_counter() - start
-        if len(dropouts) == 1:
-            return model, seconds, ""
-        value = _validation_ndcg(model)
-        tried.append(f"{dropout}: {value:.4f}")
-        if best is None or value > best[0]:
-            best = (value, model)
-    note = (f"item_id_dropout chosen on validation by ndcg@10 ({', '.join(tried)}); "
-            f"train s covers every fit")
-    return best[1], seconds, note
+    """Fits project model `name` on the P4 validation slice (settings and epochs chosen there,
+    refit on train). The text two-tower's search also chooses its item-id dropout, among
+    `config.p4_text_dropouts`; returns (model, seconds of the fit, note on that choice)."""
+    settings = dict(model_settings(config, name))
+    note = ""
+    if name == "two-tower-text":
+        settings["item_id_dropout"] = config.p4_text_dropouts[0]
+        settings["search"] = {**DEFAULT_SEARCH, "item_id_dropout": config.p4_text_dropouts}
+        note = "item_id_dropout chosen on validation with the other searched settings"
+    model = get_model(name, data=data, item_vectors=vectors, **settings)
+    start = time.perf_counter()
+    model.fit(val.train, validation=val.test)
+    return model, time.perf_counter() - start, note if len(config.p4_text_dropouts) > 1 else ""
 
 
 def _bucket_rows(name: str, kind: str, result, seconds: float, notes: str

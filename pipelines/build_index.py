@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -114,6 +115,15 @@ class QuerySet:
     evaluate: np.ndarray
     source: str
     note: str
+
+
+def training_settings(run_dir) -> Dict[str, Any]:
+    """A training run's config.yaml, with the settings its validation search chose (its
+    metrics.json `chosen_settings`, e.g. the history length the query tower reads) on top."""
+    metrics_file = Path(run_dir) / "metrics.json"
+    chosen = (json.loads(metrics_file.read_text(encoding="utf-8")).get("chosen_settings") or {}
+              if metrics_file.exists() else {})
+    return {**read_run_config(run_dir), **chosen}
 
 
 def _history_len(config: BuildIndexConfig, spec: Mapping[str, tf.TensorSpec],
@@ -253,7 +263,7 @@ def run_build(config: BuildIndexConfig, store: CandidateStore, store_dir: Path,
         raise FileNotFoundError(
             f"{store_dir / QUERY_TOWER_DIR} is missing: the exports need the query tower. "
             "Save the store with CandidateStore.save(..., query_tower=...).")
-    run_config = read_run_config(config.run_dir)
+    run_config = training_settings(config.run_dir)
     queries = make_queries(config, store, query_tower, run_config, log)
     sizes = vocab_sizes(config.run_dir)
     # Clients send this many recent items per user (the tower reads no more than it trained on).

@@ -337,6 +337,12 @@ def _run(config: TrainRetrievalConfig, strategy: tf.distribute.Strategy, data, r
                         if recommender.input_shards else {}),
                      **({"sharded_variables": recommender.variable_shards}
                         if recommender.variable_shards else {})},
+        # The settings the validation search chose (config.yaml keeps the declared ones and
+        # the grid, so a resumed run repeats the same search).
+        "chosen_settings": {name: getattr(recommender.config, name)
+                            for name in ("history_len", "history_pooling", "temperature",
+                                         *resolved.retrieval.search)},
+        "search": recommender.search_steps,
         "notes": recommender.notes,
         "split": {part: info["rows"] for part, info in manifest["parts"].items()},
         "validation_split": {"train rows": len(val.train), "validation rows": len(val.test)},

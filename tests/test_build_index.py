@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import yaml
 import pytest
 
 import recommenders_tf  # noqa: F401
@@ -18,6 +19,7 @@ import tensorflow as tf
 from pipelines import build_index, reindex
 from recommenders_tf.data.validation import DataValidationError
 from recommenders_tf.index import CandidateStore, latest_store_dir, store_dirs
+from recommenders_tf.runs import find_setting
 from recommenders_tf.serving.client import load_export, read_metadata
 from tiny_retrieval import CANDIDATE_SPEC, GENRES, ITEM_GENRES, ITEMS, make_training_run
 
@@ -63,6 +65,19 @@ def test_build_exports_both_indexes_with_metadata(built):
     assert json.loads((record / "metrics.json").read_text())["indexes"] == results["indexes"]
     assert "retrieval_scann/1" in (record / "summary.md").read_text()
     assert (record / "config.yaml").exists()
+
+
+def test_the_history_length_a_training_run_chose_wins_over_its_declared_one(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(
+        {"dataset": "synthetic-tiny", "retrieval": {"history_len": 50}}))
+    assert build_index.training_settings(tmp_path)["dataset"] == "synthetic-tiny"
+    assert find_setting(build_index.training_settings(tmp_path), "history_len") == 50
+    (tmp_path / "metrics.json").write_text(json.dumps(
+        {"chosen_settings": {"history_len": 200, "temperature": 0.3}}))
+    settings = build_index.training_settings(tmp_path)
+    assert find_setting(settings, "history_len") == 200
+    spec = {"history": tf.TensorSpec([None, None], tf.string)}
+    assert build_index._history_len(build_index.BuildIndexConfig(), spec, settings) == 200
 
 
 def test_bruteforce_export_returns_exact_top_k(built):

@@ -33,7 +33,10 @@ TINY = CascadeConfig(
     retrieval_k=60, ranking_k=20, k=10,
     retrieval=dict(embedding_dim=16, id_embedding_dim=16, feature_embedding_dim=8,
                    hidden_dims=(), history_len=10, temperature=0.1, learning_rate=0.01,
-                   batch_size=128, epochs=4, patience=1),
+                   batch_size=128, epochs=4, patience=1,
+                   # One searched field, so the fixture's fit runs the search and its twins
+                   # (which must repeat the chosen settings) cheaply.
+                   search={"history_len": (10, 5)}),
     ranking=RankingConfig(loss="softmax", id_features=False, num_cross_layers=1,
                           deep_dims=(8,), din_units=0, embedding_dim=8, history_len=10,
                           learning_rate=0.01, batch_size=16, epochs=6, patience=2, verbose=0),

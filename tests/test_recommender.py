@@ -2,6 +2,7 @@
 must learn, epoch selection on validation followed by the refit, item features, and the public
 retrieval API (embeddings equal to the towers' outputs, top-k with exclusions)."""
 import json
+import types
 
 import numpy as np
 import pandas as pd
@@ -38,7 +39,7 @@ def tiny_config(**overrides):
     values = dict(embedding_dim=8, id_embedding_dim=8, hidden_dims=(), history_len=3,
                   temperature=0.1, logq_correction=False, use_genres=False,
                   optimizer="adam", learning_rate=0.05, batch_size=16, epochs=15, patience=0,
-                  seed=0, verbose=0)
+                  seed=0, verbose=0, search={})
     return TwoTowerConfig(**{**values, **overrides})
 
 
@@ -136,6 +137,131 @@ def test_epoch_choice_ranks_for_a_seeded_sample_of_validation_users(tmp_path):
     assert set(rec.vocabularies["user_id"].tokens) == set(data.user_id)
     with pytest.raises(ValueError, match="max_validation_users"):
         tiny_config(max_validation_users=-1)
+
+
+def test_search_chooses_one_field_at_a_time_on_validation(tmp_path, monkeypatch):
+    """The coordinate search with known validation scores per setting (the selection runs are
+    stand-ins; the refit is real): each field is tried from the best setting so far, a tie
+    keeps the earlier setting, and the refit, the notes and search.json use the choice."""
+    data = two_groups()
+    last = data.groupby("user_id").tail(1).index
+    train, validation = data.drop(index=last), data.loc[last]
+    scores = {(0.2, "attention", 3): 0.30, (0.1, "attention", 3): 0.20,
+              (0.3, "attention", 3): 0.35, (0.3, "mean", 3): 0.35,  # a tie: attention stays
+              (0.3, "attention", 6): 0.40}
+    calls = []
+
+    def select(self, train, validation, run_dir, candidates=None):
+        key = (self.config.temperature, self.config.history_pooling, self.config.history_len)
+        calls.append((key, run_dir.relative_to(tmp_path).as_posix()))
+        self.selection = [{"epoch": 1, "ndcg@10": 0.0}, {"epoch": 2, "ndcg@10": scores[key]}]
+        self.phase_results["selection"] = types.SimpleNamespace(
+            epochs_done=2, initial_epoch=0, examples_per_second=1.0)
+        self.validation_users = {"sampled": 16, "of": 16, "seed": 0}
+        return 2
+
+    monkeypatch.setattr(TwoTowerRecommender, "_select_epochs", select)
+    search = {"temperature": (0.1, 0.2, 0.3), "history_pooling": ("attention", "mean"),
+              "history_len": (3, 6)}
+    rec = TwoTowerRecommender(tiny_config(temperature=0.2, search=search), work_dir=tmp_path,
+                              validation_evaluator=TopKEvaluator).fit(train, validation)
+    assert calls == [((0.2, "attention", 3), "selection"),
+                     ((0.1, "attention", 3), "search/1-temperature=0.1"),
+                     ((0.3, "attention", 3), "search/2-temperature=0.3"),
+                     ((0.3, "mean", 3), "search/3-history_pooling=mean"),
+                     ((0.3, "attention", 6), "search/4-history_len=6")]
+    chosen = (rec.config.temperature, rec.config.history_pooling, rec.config.history_len)
+    assert chosen == (0.3, "attention", 6) and rec.best_epoch == 2
+    # The refit is the chosen model: its query tower reads 6 history items.
+    assert rec.epochs_trained == 2
+    assert rec.query_features(["a0"])["history"].shape == (1, 6)
+    assert rec.epochs_this_session == {"selection": 10, "final": 2}
+    saved = json.loads((tmp_path / "search.json").read_text())
+    assert saved["chosen"] == {"temperature": 0.3, "history_pooling": "attention",
+                               "history_len": 6}
+    assert saved["declared"] == {"temperature": 0.2, "history_pooling": "attention",
+                                 "history_len": 3}
+    assert [s["tried"] for s in saved["steps"]] == [
+        [[0.2, 0.30], [0.1, 0.20], [0.3, 0.35]], [["attention", 0.35], ["mean", 0.35]],
+        [[3, 0.35], [6, 0.40]]]
+    assert "temperature 0.2: 0.3000, 0.1: 0.2000, 0.3: 0.3500 -> 0.3" in rec.notes
+    assert "history=6 attention" in rec.notes
+    # A second fit of the same object searches from the declared settings again.
+    calls.clear()
+    rec.fit(train, validation)
+    assert calls[0][0] == (0.2, "attention", 3) and len(calls) == 5
+
+
+def test_search_tries_run_on_a_user_sample_then_epochs_on_all(tmp_path, monkeypatch):
+    data = two_groups()
+    last = data.groupby("user_id").tail(1).index
+    train, validation = data.drop(index=last), data.loc[last]
+    calls = []
+
+    def select(self, train, validation, run_dir, candidates=None):
+        calls.append((self.config.temperature, train.user_id.nunique(),
+                      validation.user_id.nunique(), run_dir.relative_to(tmp_path).as_posix()))
+        value = {0.1: 0.2, 0.3: 0.4}[self.config.temperature]
+        epochs = 3 if len(calls) == 3 else 1
+        self.selection = [{"epoch": e + 1, "ndcg@10": value} for e in range(epochs)]
+        self.phase_results["selection"] = types.SimpleNamespace(
+            epochs_done=epochs, initial_epoch=0, examples_per_second=1.0)
+        self.epochs_this_session["selection"] = epochs
+        self.validation_users = {"sampled": 16, "of": 16, "seed": 0}
+        return epochs
+
+    monkeypatch.setattr(TwoTowerRecommender, "_select_epochs", select)
+    rec = TwoTowerRecommender(tiny_config(temperature=0.1, search={"temperature": (0.1, 0.3)},
+                                          search_max_users=6),
+                              work_dir=tmp_path, validation_evaluator=TopKEvaluator)
+    rec.fit(train, validation)
+    assert calls == [(0.1, 6, 6, "search/0-declared"), (0.3, 6, 6, "search/1-temperature=0.3"),
+                     (0.3, 16, 16, "selection")]
+    # The epochs come from the full-size selection of the chosen settings.
+    assert rec.config.temperature == 0.3 and rec.best_epoch == rec.epochs_trained == 3
+    assert rec.search_users == {"sampled": 6, "of": 16, "seed": 0}
+    assert rec.epochs_this_session["selection"] == 5
+    assert "tries on 6 of 16 train users, seed 0; epochs then chosen on all" in rec.notes
+    with pytest.raises(ValueError, match="search_max_users"):
+        tiny_config(search_max_users=-1)
+
+
+@pytest.mark.slow
+def test_search_runs_real_selections_and_keeps_the_best(tmp_path):
+    data = two_groups()
+    last = data.groupby("user_id").tail(1).index
+    train, validation = data.drop(index=last), data.loc[last]
+    rec = TwoTowerRecommender(tiny_config(epochs=2, search={"temperature": (0.1, 0.5)}),
+                              work_dir=tmp_path,
+                              validation_evaluator=TopKEvaluator).fit(train, validation)
+    saved = json.loads((tmp_path / "search.json").read_text())
+    tries = {t["settings"]["temperature"]: t for t in saved["tries"]}
+    assert set(tries) == {0.1, 0.5} and tries[0.1]["run_dir"] == "selection"
+    # Each try is its own epoch selection, recorded in its own folder.
+    for t in tries.values():
+        own = json.loads((tmp_path / t["run_dir"] / "selection.json").read_text())
+        assert own["best_epoch"] == t["best_epoch"]
+        assert own["epochs"][t["best_epoch"] - 1]["ndcg@10"] == t["ndcg@10"]
+    best = max(tries.values(), key=lambda t: (t["ndcg@10"], t["run_dir"] == "selection"))
+    assert rec.config.temperature == best["settings"]["temperature"]
+    assert rec.selection[rec.best_epoch - 1]["ndcg@10"] == best["ndcg@10"]
+
+
+def test_a_bad_search_is_refused_before_any_training():
+    with pytest.raises(ValueError, match="'seed' is not a searchable field"):
+        tiny_config(search={"seed": (0, 1)})
+    with pytest.raises(ValueError, match="'no_such_field' is not a searchable field"):
+        tiny_config(search={"no_such_field": (1,)})
+    with pytest.raises(ValueError, match=r"search\['history_pooling'\]: 'max'"):
+        tiny_config(search={"history_pooling": ("mean", "max")})
+    with pytest.raises(ValueError, match="has no values"):
+        tiny_config(search={"temperature": ()})
+    # Lists (YAML) become tuples; a tuple-valued field keeps tuple values.
+    cfg = tiny_config(search={"temperature": [0.1], "hidden_dims": [[], [8]]})
+    assert cfg.search == {"temperature": (0.1,), "hidden_dims": ((), (8,))}
+    assert TwoTowerConfig().search == {"temperature": (0.1, 0.2, 0.3),
+                                       "history_pooling": ("attention", "mean"),
+                                       "history_len": (50, 200)}
 
 
 def test_title_tokens_match_the_title_tower_standardisation():

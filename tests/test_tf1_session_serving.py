@@ -86,7 +86,7 @@ def _untrained_cascade(data, base: Path) -> Cascade:
     cfg = CascadeConfig(
         retrieval_k=30, ranking_k=10, k=K,
         retrieval=dict(embedding_dim=8, id_embedding_dim=8, feature_embedding_dim=4,
-                       hidden_dims=(), history_len=5),
+                       hidden_dims=(), history_len=5, search={}),
         ranking=RankingConfig(loss="softmax", id_features=False, num_cross_layers=1,
                               deep_dims=(8,), din_units=0, history_len=5, verbose=0),
         reranker=RerankerConfig(num_layers=1, model_dim=8, ff_dim=16, max_list_size=10,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 import recommenders_tf  # noqa: F401
 
@@ -110,6 +111,24 @@ def test_main_learns_writes_artifacts_and_resumes(tmp_path):
     changed.retrieval = dataclasses.replace(changed.retrieval, temperature=0.5)
     with pytest.raises(ConfigError, match="retrieval.temperature: 0.1 -> 0.5"):
         main(changed)
+
+
+@pytest.mark.slow
+def test_main_records_the_settings_its_search_chose(tmp_path):
+    config = tiny_config(tmp_path / "run")
+    config.retrieval = dataclasses.replace(config.retrieval, epochs=2,
+                                           search={"history_len": (10, 3)})
+    results = main(config)
+    search = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert [t["settings"]["history_len"] for t in search["tries"]] == [10, 3]
+    chosen = search["chosen"]["history_len"]
+    assert results["chosen_settings"]["history_len"] == chosen
+    assert results["search"] == search["steps"]
+    assert f"history={chosen} attention" in results["notes"]
+    # config.yaml keeps the declared settings and the grid, so a re-run repeats the search.
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["retrieval"]["history_len"] == 10
+    assert saved["retrieval"]["search"] == {"history_len": [10, 3]}
 
 
 def test_parse_args_merges_file_flags_and_overrides(tmp_path):

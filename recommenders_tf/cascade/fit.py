@@ -181,7 +181,9 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
                                         strategy=strategy,
                                         validation_evaluator=TopKEvaluator).fit(
                                             val.train, validation=val.test)
-        early = TwoTowerRecommender(dataclasses.replace(rcfg, epochs=retrieval.best_epoch),
+        # The twins repeat the fit with the settings and epochs chosen on validation.
+        chosen = dataclasses.replace(retrieval.config, epochs=retrieval.best_epoch, search={})
+        early = TwoTowerRecommender(chosen,
                                     item_ids=catalog, items=items, strategy=strategy,
                                     work_dir=run_dir / RETRIEVAL_DIRS[1]).fit(val.train)
         # Earlier cuts, each with a twin that never saw that cut's targets.
@@ -190,7 +192,7 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
             cuts.append(validation_split(cuts[-1].train, seed=cfg.seed))
         cut_twins = []
         for c, cut in enumerate(cuts[1:], start=2):
-            model = TwoTowerRecommender(dataclasses.replace(rcfg, epochs=retrieval.best_epoch),
+            model = TwoTowerRecommender(chosen,
                                         item_ids=catalog, items=items, strategy=strategy,
                                         work_dir=run_dir / f"{RETRIEVAL_DIRS[1]}_cut{c}"
                                         ).fit(cut.train)
@@ -218,9 +220,9 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
                             {n: t for n, t in tables_for_rerank.items()
                              if n in cfg.rerank_item_features},
                             None, {}, item_counts(val.train if seen is None else seen, catalog),
-                            None, rcfg.history_len, cfg.ranking.history_len, parts["users"])
+                            None, chosen.history_len, cfg.ranking.history_len, parts["users"])
 
-    vhist = histories_for(vusers, val.train, max(rcfg.history_len, cfg.ranking.history_len, 1))
+    vhist = histories_for(vusers, val.train, max(chosen.history_len, cfg.ranking.history_len, 1))
     with maybe_stage(meter, "ranker lists", users=len(vusers)):
         retrieved = run_batched(stage_graph(None).retrieve, vusers, vhist,
                                 excluded_items(val.train))
@@ -240,7 +242,7 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
         its validation slice, with positives among them."""
         users, _ = sample_users(np.unique(cut.test[USER_ID].astype(str).to_numpy()).astype(
             object), cfg.max_ranker_users, cfg.seed)
-        hist = histories_for(users, cut.train, max(rcfg.history_len, cfg.ranking.history_len,
+        hist = histories_for(users, cut.train, max(chosen.history_len, cfg.ranking.history_len,
                                                    1))
         got = run_batched(stage_graph(None, parts, cut.train).retrieve, users, hist,
                           excluded_items(cut.train))
