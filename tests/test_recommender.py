@@ -141,13 +141,15 @@ def test_epoch_choice_ranks_for_a_seeded_sample_of_validation_users(tmp_path):
 
 def test_search_chooses_one_field_at_a_time_on_validation(tmp_path, monkeypatch):
     """The coordinate search with known validation scores per setting (the selection runs are
-    stand-ins; the refit is real): each field is tried from the best setting so far, a tie
-    keeps the earlier setting, and the refit, the notes and search.json use the choice."""
+    stand-ins; the refit is real): each field is tried from the best setting so far, a gain
+    inside `search_min_gain` keeps the earlier setting, and the refit, the notes and
+    search.json use the choice."""
     data = two_groups()
     last = data.groupby("user_id").tail(1).index
     train, validation = data.drop(index=last), data.loc[last]
     scores = {(0.2, "attention", 3): 0.30, (0.1, "attention", 3): 0.20,
-              (0.3, "attention", 3): 0.35, (0.3, "mean", 3): 0.35,  # a tie: attention stays
+              # +0.9%, inside search_min_gain (1%): attention stays
+              (0.3, "attention", 3): 0.35, (0.3, "mean", 3): 0.353,
               (0.3, "attention", 6): 0.40}
     calls = []
 
@@ -182,10 +184,19 @@ def test_search_chooses_one_field_at_a_time_on_validation(tmp_path, monkeypatch)
     assert saved["declared"] == {"temperature": 0.2, "history_pooling": "attention",
                                  "history_len": 3}
     assert [s["tried"] for s in saved["steps"]] == [
-        [[0.2, 0.30], [0.1, 0.20], [0.3, 0.35]], [["attention", 0.35], ["mean", 0.35]],
+        [[0.2, 0.30], [0.1, 0.20], [0.3, 0.35]], [["attention", 0.35], ["mean", 0.353]],
         [[3, 0.35], [6, 0.40]]]
     assert "temperature 0.2: 0.3000, 0.1: 0.2000, 0.3: 0.3500 -> 0.3" in rec.notes
+    assert "history_pooling attention: 0.3500, mean: 0.3530 -> attention" in rec.notes
     assert "history=6 attention" in rec.notes
+    # Without the margin the +0.9% wins.
+    rec = TwoTowerRecommender(tiny_config(temperature=0.2, search=search, search_min_gain=0.0),
+                              work_dir=tmp_path / "no-margin",
+                              validation_evaluator=TopKEvaluator)
+    calls.clear()
+    scores[(0.3, "mean", 6)] = 0.30
+    rec.fit(train, validation)
+    assert (rec.config.history_pooling, rec.config.history_len) == ("mean", 3)
     # A second fit of the same object searches from the declared settings again.
     calls.clear()
     rec.fit(train, validation)
@@ -224,6 +235,8 @@ def test_search_tries_run_on_a_user_sample_then_epochs_on_all(tmp_path, monkeypa
     assert "tries on 6 of 16 train users, seed 0; epochs then chosen on all" in rec.notes
     with pytest.raises(ValueError, match="search_max_users"):
         tiny_config(search_max_users=-1)
+    with pytest.raises(ValueError, match="search_min_gain"):
+        tiny_config(search_min_gain=1.5)
 
 
 @pytest.mark.slow
