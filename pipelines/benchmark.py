@@ -28,33 +28,21 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from recommenders_tf import cli
-from recommenders_tf.config import dataset_retrieval_overrides
 from recommenders_tf.data import (load_dataset, sample_users, split_for_protocol,
                                   validation_split)
 from recommenders_tf.data.schema import RATING, USER_ID
-from recommenders_tf.evaluation.peer_base import GridSearchPeer
 from recommenders_tf.evaluation.protocol import TopKEvaluator, evaluate_ratings, genre_features
-from recommenders_tf.evaluation.registry import available, get_spec
+from recommenders_tf.evaluation.registry import available, build_as_benchmarked, get_spec
 from recommenders_tf.evaluation.report import (render_benchmarks_md, round_metrics,
                                                write_results)
 from recommenders_tf.runs import make_run_dir, record_run
 
 
 def build_model(name: str, config: "BenchmarkConfig", data, item_ids=None):
-    """The registry model `name` for this run: the run's seed and dataset as its context, plus
-    the two-tower's per-dataset settings from configs/ (the rest use their defaults). The
-    grid-searched peers score each setting on at most `config.max_eval_users` validation users
-    (a sample seeded by the run's seed; 0: all)."""
-    settings: Dict[str, Any] = {}
-    if name == "two-tower":
-        settings = dataset_retrieval_overrides(data.name)
-        for key in ("seed", "verbose"):  # the benchmark's seed; no per-epoch logs in tables' runs
-            settings.pop(key, None)
-    model = get_spec(name).build(item_ids=item_ids, data=data, seed=config.seed, **settings)
-    if isinstance(model, GridSearchPeer):
-        model.max_validation_users = config.max_eval_users
-        model.validation_seed = config.seed
-    return model
+    """The registry model `name` for this run (`build_as_benchmarked` with the run's seed and
+    validation-user cap)."""
+    return build_as_benchmarked(name, data, item_ids, seed=config.seed,
+                                max_validation_users=config.max_eval_users)
 
 
 PROTOCOL_TASKS = {"P1": "topk", "P2": "rating", "P4": "topk"}

@@ -229,6 +229,27 @@ def get_model(name: str, **kwargs) -> Any:
     return get_spec(name).build(**kwargs)
 
 
+def build_as_benchmarked(name: str, data: Any = None, item_ids: Optional[Sequence[str]] = None,
+                         seed: int = 0, max_validation_users: int = 0) -> Any:
+    """The registry model `name` as the P1/P2/P4 tables build it: `seed` and the dataset as
+    its context, the two-tower with its dataset's settings from configs/ (the rest with their
+    defaults), and the grid-searched peers scoring each setting on at most
+    `max_validation_users` validation users (a sample seeded by `seed`; 0: all)."""
+    from recommenders_tf.config import dataset_retrieval_overrides
+    from recommenders_tf.evaluation.peer_base import GridSearchPeer
+
+    settings: Dict[str, Any] = {}
+    if name == "two-tower" and data is not None:
+        settings = dataset_retrieval_overrides(data.name)
+        for key in ("seed", "verbose"):  # the run's seed; no per-epoch logs in tables' runs
+            settings.pop(key, None)
+    model = get_spec(name).build(item_ids=item_ids, data=data, seed=seed, **settings)
+    if isinstance(model, GridSearchPeer):
+        model.max_validation_users = max_validation_users
+        model.validation_seed = seed
+    return model
+
+
 def available(kind: Optional[str] = None, task: Optional[str] = None) -> Tuple[str, ...]:
     """Registered names in registration order, optionally only those with `kind` as their kind
     or a tag, and of `task`. An unknown kind or task fails with the list of known ones."""

@@ -28,6 +28,8 @@ PROTOCOL_TITLES = {
     "P1-cascade-losses": "P1 — each ranking loss as the cascade's ranker, behind the same retrieval",
     "P1-cascade-ablations": "P1 — what each part of the ranking stages is worth (ablations "
                             "behind the same retrieval)",
+    "P1-blend": "P1 — how far re-weighting the two-tower's score against a peer's score goes "
+                "(no ranker)",
     "P1-diversity": "P1 — accuracy-diversity trade-off of the full cascade over lambda",
     "P2": "P2 — rating prediction",
     "P3": "P3 — cold-start items",
