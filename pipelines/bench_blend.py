@@ -9,8 +9,9 @@ no ranker at all: z(two-tower) + w * z(peer), scores standardised per user over 
 items (`recommenders_tf.evaluation.blend`). Each model is fitted as the P1 tables fit it; the
 weight is chosen on the validation slice of train (models refit on its train part for that
 stage) and the P1 test metrics are reported at the chosen weight, with the test NDCG@10 at every
-weight of the grid in the notes. Results go to `<dataset>-P1-blend.json`; BENCHMARKS.md is
-re-rendered from all results files.
+weight of the grid in the notes. Results go to `<dataset>-P1-blend.json`, the curves over the
+weight to `benchmarks/p1-blend-<dataset>.png`; BENCHMARKS.md is re-rendered from all results
+files.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class BenchBlendConfig:
       max_eval_users: evaluated users per stage, a seeded sample once there are more (0: all);
         the blend scores every candidate once per weight for each of them.
       results_dir, benchmarks_md: where results JSON and the tables go.
+      plot_dir: where the plot of NDCG@10 over the weight goes (`p1-blend-<dataset>.png`).
     """
 
     dataset: str = "ml-100k"
@@ -44,6 +46,7 @@ class BenchBlendConfig:
     max_eval_users: int = 20000
     results_dir: str = "benchmarks/results"
     benchmarks_md: str = "BENCHMARKS.md"
+    plot_dir: str = "benchmarks"
 
 
 def _weight(w: float) -> str:
@@ -54,6 +57,40 @@ def _curve_note(curve) -> str:
     return ", ".join(f"{_weight(r['weight'])}: {r['ndcg@10']:.4f}" for r in curve)
 
 
+def _curves(found) -> Dict[str, Any]:
+    return {"weights": [_weight(r["weight"]) for r in found["test"]],
+            **{f"{stage}_ndcg@10": [round(r["ndcg@10"], 5) for r in found[stage]]
+               for stage in ("validation", "test")}}
+
+
+def plot_curves(rows, path: Path, dataset: str, base: str) -> Path:
+    """NDCG@10 over the peer's weight for each blend row: test solid, validation dashed, the
+    chosen weight marked; x runs from the base alone to the peer alone."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for row in (r for r in rows if "curve" in r):
+        curve = row["curve"]
+        xs = range(len(curve["weights"]))
+        line, = ax.plot(xs, curve["test_ndcg@10"], marker="o", label=f"{row['model']} (test)")
+        ax.plot(xs, curve["validation_ndcg@10"], ls="--", color=line.get_color(), alpha=0.6,
+                label=f"{row['model']} (validation)")
+        chosen = curve["weights"].index(row["chosen_weight"])
+        ax.plot([chosen], [curve["test_ndcg@10"][chosen]], marker="*", ms=14,
+                color=line.get_color())
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(curve["weights"])
+    ax.set_xlabel(f"weight w of the peer in z({base}) + w z(peer) (star: chosen on validation)")
+    ax.set_ylabel("ndcg@10")
+    ax.set_title(f"P1 score blends: {dataset}")
+    ax.legend(fontsize=7)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.14, top=0.92)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path
+
+
 def main(config: BenchBlendConfig) -> Dict[str, Any]:
     import recommenders_tf  # noqa: F401
     from recommenders_tf.data import load_dataset, temporal_split
@@ -61,6 +98,7 @@ def main(config: BenchBlendConfig) -> Dict[str, Any]:
     from recommenders_tf.evaluation.registry import build_as_benchmarked, get_spec
     from recommenders_tf.evaluation.report import (render_benchmarks_md, round_metrics,
                                                    write_results)
+    from recommenders_tf.runs import slug
 
     data = load_dataset(config.dataset)
     split = temporal_split(data.interactions, seed=config.seed, dataset=data.name)
@@ -87,6 +125,7 @@ def main(config: BenchBlendConfig) -> Dict[str, Any]:
                      "notes": "alone, fitted as in the P1 table"})
         rows.append({
             "model": f"{config.base} + w x {peer}", "kind": "blend",
+            "chosen_weight": _weight(found["chosen_weight"]), "curve": _curves(found),
             "metrics": round_metrics({k: chosen[k] for k in keys}),
             "notes": f"w={_weight(found['chosen_weight'])} chosen on validation "
                      f"(ndcg@10 by w: {_curve_note(found['validation'])}); test ndcg@10 "
@@ -111,8 +150,10 @@ def main(config: BenchBlendConfig) -> Dict[str, Any]:
                "further; it chooses nothing. A ranker that reads both scores can learn at "
                "least this re-weighting, so the margin of the best w over the better model "
                "alone is what re-weighting these two sources is worth on this dataset."])
+    plot = plot_curves(rows, Path(config.plot_dir) / f"p1-blend-{slug(data.name)}.png",
+                       data.name, config.base)
     render_benchmarks_md(Path(config.results_dir), Path(config.benchmarks_md))
-    return {"results_file": str(path), "rows": rows, "study": study}
+    return {"results_file": str(path), "rows": rows, "study": study, "plot": str(plot)}
 
 
 def parse_args(argv=None) -> BenchBlendConfig:

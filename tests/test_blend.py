@@ -138,7 +138,8 @@ def test_bad_grids_are_refused():
 def test_bench_blend_writes_its_table(tmp_path):
     config = bench_blend.BenchBlendConfig(
         dataset="synthetic-tiny", base="EASE", peers=("most-popular",), weights=(1.0,),
-        results_dir=str(tmp_path / "results"), benchmarks_md=str(tmp_path / "B.md"))
+        results_dir=str(tmp_path / "results"), benchmarks_md=str(tmp_path / "B.md"),
+        plot_dir=str(tmp_path / "plots"))
     out = bench_blend.main(config)
     payload = json.loads((tmp_path / "results" / "synthetic-tiny-P1-blend.json").read_text())
     assert payload["protocol"] == "P1-blend"
@@ -154,3 +155,11 @@ def test_bench_blend_writes_its_table(tmp_path):
         study["test"][-1]["ndcg@10"], abs=1e-5)
     assert f"w={study['chosen_weight']:g}" in chosen["notes"] or "peer alone" in chosen["notes"]
     assert "how far re-weighting" in (tmp_path / "B.md").read_text()
+    # The row carries both curves for the plot, from the base alone to the peer alone.
+    curve = chosen["curve"]
+    assert curve["weights"] == ["0", "1", "peer alone"]
+    assert curve["test_ndcg@10"][0] == payload["rows"][0]["metrics"]["ndcg@10"]
+    assert curve["test_ndcg@10"][-1] == payload["rows"][1]["metrics"]["ndcg@10"]
+    assert len(curve["validation_ndcg@10"]) == 3 and chosen["chosen_weight"] in curve["weights"]
+    assert (tmp_path / "plots" / "p1-blend-synthetic-tiny.png").stat().st_size > 1000
+    assert out["plot"].endswith("p1-blend-synthetic-tiny.png")
