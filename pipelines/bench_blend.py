@@ -16,8 +16,6 @@ files.
 from __future__ import annotations
 
 import dataclasses
-import shlex
-import sys
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -132,10 +130,7 @@ def main(config: BenchBlendConfig) -> Dict[str, Any]:
                      f"{chosen['ndcg@10'] / ends - 1:+.1%} over the better of the two alone; "
                      f"test ndcg@10 by w: {_curve_note(found['test'])} (best "
                      f"{best['ndcg@10']:.4f}, {best['ndcg@10'] / ends - 1:+.1%})"})
-    command = ("python -m pipelines.bench_blend " + " ".join(shlex.quote(a)
-                                                             for a in sys.argv[1:])
-               if sys.argv and sys.argv[0].endswith("bench_blend.py")
-               else f"python -m pipelines.bench_blend --dataset {config.dataset}")
+    command = cli.command_line("pipelines.bench_blend", f"--dataset {config.dataset}")
     stages = study["stages"]
     path = write_results(
         Path(config.results_dir), protocol="P1-blend", dataset=data.name, seed=config.seed,

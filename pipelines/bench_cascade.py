@@ -25,8 +25,6 @@ metrics against the retrieval order it re-scores to `<dataset>-P1-cascade-losses
 from __future__ import annotations
 
 import dataclasses
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -126,10 +124,7 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
                          "notes": f"lambda={best['lambda']:g} (largest diversity within -3% "
                                   f"NDCG@10): diversity@10 {best['diversity_gain']:+.1%}, "
                                   f"ndcg@10 {best['ndcg_change']:+.1%}"})
-    command = ("python -m pipelines.bench_cascade " + " ".join(shlex.quote(a)
-                                                               for a in sys.argv[1:])
-               if sys.argv and sys.argv[0].endswith("bench_cascade.py")
-               else f"python -m pipelines.bench_cascade --dataset {config.dataset}")
+    command = cli.command_line("pipelines.bench_cascade", f"--dataset {config.dataset}")
     split_info = {f"{k} rows": v["rows"] for k, v in split.manifest()["parts"].items()}
     results_dir = Path(config.results_dir)
     paths = [write_results(

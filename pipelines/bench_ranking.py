@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -341,10 +339,7 @@ def main(config: BenchRankingConfig) -> Dict[str, Any]:
     # would silently carry models over from another benchmark configuration.
     run_dir = make_run_dir(config.run_dir,
                            f"{data.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}")
-    command = ("python -m pipelines.bench_ranking " + " ".join(shlex.quote(a)
-                                                               for a in sys.argv[1:])
-               if sys.argv and sys.argv[0].endswith("bench_ranking.py")
-               else f"python -m pipelines.bench_ranking --dataset {config.dataset}")
+    command = cli.command_line("pipelines.bench_ranking", f"--dataset {config.dataset}")
     results: Dict[str, Any] = {}
     if "P2" in only:
         rows, split = run_p2(config, data, run_dir)

@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -391,9 +389,7 @@ def _remember_first_run(config: BenchTextConfig) -> Dict[str, Dict[str, Any]]:
 def main(config: BenchTextConfig) -> Dict[str, Any]:
     config.validate()
     first_runs = _remember_first_run(config)
-    command = ("python -m pipelines.bench_text " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-               if sys.argv and sys.argv[0].endswith("bench_text.py")
-               else "python -m pipelines.bench_text")
+    command = cli.command_line("pipelines.bench_text")
     run_dir = make_run_dir(config.run_dir, "text")
     written = []
     for protocol, datasets, runner in (("P3", config.p3_datasets, run_p3),

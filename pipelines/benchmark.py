@@ -21,8 +21,6 @@ validation users; the sample is recorded in the rows' notes and the results.
 from __future__ import annotations
 
 import dataclasses
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -195,9 +193,8 @@ def main(config: BenchmarkConfig) -> Dict[str, Any]:
     else:
         rows, sample = _topk_rows(config, data, split, names)
     note = sample_note(sample) if sample else ""
-    command = "python -m pipelines.benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
-        if sys.argv and sys.argv[0].endswith("benchmark.py") else \
-        f"python -m pipelines.benchmark --dataset {config.dataset} --protocol {protocol}"
+    command = cli.command_line("pipelines.benchmark",
+                               f"--dataset {config.dataset} --protocol {protocol}")
     split_info = {k: v["rows"] for k, v in manifest["parts"].items()}
     split_info = {f"{k} rows": v for k, v in split_info.items()}
     notes = [f"Metrics {note} (max_eval_users {config.max_eval_users}); tuned peers scored "

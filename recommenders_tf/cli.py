@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import (Any, Callable, Mapping, Optional, Sequence, Tuple, Type, TypeVar,
                     Union)
@@ -119,3 +120,12 @@ def run(main: Callable[[Any], Any], parse_args: Callable[[Sequence[str]], Any],
             raise
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(USAGE_ERROR)
+
+
+def command_line(module: str, default_args: str = "") -> str:
+    """The command a results file records: `python -m <module>` with this process's arguments
+    (quoted) when `module` is the script that was started, else with `default_args` (the run
+    was called from another pipeline or a test, whose argv says nothing about it)."""
+    if sys.argv and sys.argv[0].endswith(module.rsplit(".", 1)[-1] + ".py"):
+        return f"python -m {module} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return f"python -m {module} {default_args}".rstrip()

@@ -104,3 +104,13 @@ def test_run_accepts_a_pipelines_extra_user_errors(capsys):
         cli.run(main, _parse, argv=[], extra_errors=(ValueError,))
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: input 'history' takes at most 3 values, got 4\n"
+
+
+def test_the_recorded_command_is_the_started_one_quoted_or_the_callers_default(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/x/pipelines/bench_blend.py", "--set", "peers=[a, b]"])
+    assert cli.command_line("pipelines.bench_blend", "--dataset d") == \
+        "python -m pipelines.bench_blend --set 'peers=[a, b]'"
+    # Called from another pipeline (or a test): its argv is not this run's.
+    assert cli.command_line("pipelines.bench_text") == "python -m pipelines.bench_text"
+    assert cli.command_line("pipelines.benchmark", "--dataset d --protocol P1") == \
+        "python -m pipelines.benchmark --dataset d --protocol P1"
