@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from recommenders_tf import cli
-from recommenders_tf.data import (load_dataset, sample_users, split_for_protocol,
+from recommenders_tf.data import (load_dataset, sample_test_users, split_for_protocol,
                                   validation_split)
-from recommenders_tf.data.schema import RATING, USER_ID
+from recommenders_tf.data.schema import RATING
 from recommenders_tf.evaluation.protocol import TopKEvaluator, evaluate_ratings, genre_features
 from recommenders_tf.evaluation.registry import available, build_as_benchmarked, get_spec
 from recommenders_tf.evaluation.report import (render_benchmarks_md, round_metrics,
@@ -84,16 +84,6 @@ class BenchmarkConfig:
                              f"{self.max_eval_users!r}")
 
 
-def evaluation_test(test, max_users: int, seed: int):
-    """The test rows of the evaluated users and the sample's report ({"sampled", "of", "seed"}):
-    `sample_users` of the test users in row order, as `pipelines.run_all` draws them."""
-    test_users = test[USER_ID].astype(str)
-    eval_users, sample = sample_users(test_users, max_users, seed)
-    if sample["sampled"] < sample["of"]:
-        test = test[test_users.isin(eval_users).to_numpy()]
-    return test, sample
-
-
 def sample_note(sample: Dict[str, int]) -> str:
     """"evaluated on 20000 of 35412 test users (seed 0)", or "" when every user was."""
     if sample["sampled"] >= sample["of"]:
@@ -107,7 +97,7 @@ def _topk_rows(config, data, split, names) -> Tuple[List[Dict[str, Any]], Dict[s
     features = None
     if data.items is not None and "genres" in data.items.columns:
         features = genre_features(data.items)  # for intra-list diversity@10
-    test, sample = evaluation_test(split.test, config.max_eval_users, config.seed)
+    test, sample = sample_test_users(split.test, config.max_eval_users, config.seed)
     note = sample_note(sample)
     if note:
         print(f"[{config.protocol} {data.name}] {note}", flush=True)

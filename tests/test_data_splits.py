@@ -180,6 +180,20 @@ def test_temporal_split_handles_a_million_rows_in_seconds():
     assert elapsed < 15, f"P1 split of 1M rows took {elapsed:.1f}s"
 
 
+def test_sample_test_users_keeps_every_row_of_the_sampled_users():
+    from recommenders_tf.data.splits import sample_test_users
+
+    test = pd.DataFrame({schema.USER_ID: [f"u{i % 20}" for i in range(60)],
+                         schema.ITEM_ID: [f"i{i}" for i in range(60)]})
+    kept, info = sample_test_users(test, 5, seed=1)
+    assert info == {"sampled": 5, "of": 20, "seed": 1}
+    assert kept[schema.USER_ID].nunique() == 5 and len(kept) == 15  # 3 rows per user
+    assert list(kept.index) == sorted(kept.index)  # row order kept
+    assert set(kept[schema.USER_ID]) == set(sample_users(test[schema.USER_ID], 5, seed=1)[0])
+    same, info = sample_test_users(test, 0, seed=1)
+    assert same is test and info["sampled"] == 20
+
+
 def test_sample_users_is_seeded_capped_ordered_and_reported():
     users = [f"u{i}" for i in range(50)] * 2  # repeated ids count once
     kept, info = sample_users(users, 10, seed=3)

@@ -20,7 +20,7 @@ from recommenders_tf.data.schema import LoadReport, RecDataset, canonical_intera
 from recommenders_tf.data.side_info import allowed_tags, items_for_train
 from recommenders_tf.data.splits import (BUCKETS, Split, canonical_csv, cold_item_split,
                                          frame_sha256, random_split, rating_split,
-                                         sample_users, sparsity_buckets, split_boundaries, split_for_protocol,
+                                         sample_test_users, sample_users, sparsity_buckets, split_boundaries, split_for_protocol,
                                          temporal_mask, temporal_split, validation_split)
 from recommenders_tf.data.synthetic import SyntheticConfig, generate_synthetic
 from recommenders_tf.data.tfds_loader import TFDSUnavailableError, load_tfds, tfds_to_dataset
@@ -41,6 +41,6 @@ __all__ = sorted([
     "DatasetNotFoundError", "DatasetSpecError", "load_dataset", "LoadReport", "RecDataset",
     "canonical_interactions", "allowed_tags", "items_for_train", "split_boundaries",
     "BUCKETS", "Split", "canonical_csv", "cold_item_split", "frame_sha256", "random_split",
-    "rating_split", "sample_users", "sparsity_buckets", "split_for_protocol", "temporal_mask",
+    "rating_split", "sample_test_users", "sample_users", "sparsity_buckets", "split_for_protocol", "temporal_mask",
     "temporal_split", "validation_split", "SyntheticConfig", "generate_synthetic",
     "TFDSUnavailableError", "load_tfds", "tfds_to_dataset", "DataValidationError", *_LAZY])

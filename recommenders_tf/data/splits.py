@@ -253,6 +253,17 @@ def sample_users(users: Iterable[str], max_users: int, seed: int = 0
     return unique[keep], {"sampled": int(max_users), "of": int(len(unique)), "seed": seed}
 
 
+def sample_test_users(test: pd.DataFrame, max_users: int, seed: int = 0
+                      ) -> Tuple[pd.DataFrame, Dict[str, int]]:
+    """The rows of `test` whose users are in `sample_users` of its users (in row order), and
+    the sample's report: what an evaluation capped at `max_users` users scores."""
+    users = test[schema.USER_ID].astype(str)
+    kept, sample = sample_users(users, max_users, seed)
+    if sample["sampled"] < sample["of"]:
+        test = test[users.isin(kept).to_numpy()]
+    return test, sample
+
+
 def sparsity_buckets(train: pd.DataFrame, users: Optional[Iterable[str]] = None) -> pd.Series:
     """P4: bucket label ("1-20", "21-50", "51-150", ">150") per user by train interactions.
 

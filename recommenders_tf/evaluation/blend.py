@@ -25,8 +25,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from recommenders_tf.data.schema import USER_ID
-from recommenders_tf.data.splits import sample_users, validation_split
+from recommenders_tf.data.splits import sample_test_users, validation_split
 from recommenders_tf.evaluation.protocol import TopKEvaluator
 
 __all__ = ["PEER_ALONE", "standardize_rows", "blend", "blend_curve", "choose_weight",
@@ -79,13 +78,6 @@ def choose_weight(curve: Sequence[Mapping[str, float]], metric: str = "ndcg@10")
     return float(curve[best]["weight"])
 
 
-def _evaluation_test(test: pd.DataFrame, max_users: int, seed: int) -> pd.DataFrame:
-    users, sample = sample_users(test[USER_ID].astype(str), max_users, seed)
-    if sample["sampled"] < sample["of"]:
-        test = test[test[USER_ID].astype(str).isin(users).to_numpy()]
-    return test
-
-
 def blend_study(train: pd.DataFrame, test: pd.DataFrame,
                 build: Callable[[str, np.ndarray], Any], base: str, peers: Sequence[str],
                 weights: Sequence[float], seed: int = 0, dataset: str = "",
@@ -119,7 +111,7 @@ def blend_study(train: pd.DataFrame, test: pd.DataFrame,
     curves: Dict[str, Dict[str, List[Dict[str, float]]]] = {}
     users: Dict[str, Dict[str, int]] = {}
     for stage, (part_train, part_test) in stages.items():
-        evaluator = TopKEvaluator(part_train, _evaluation_test(part_test, max_users, seed),
+        evaluator = TopKEvaluator(part_train, sample_test_users(part_test, max_users, seed)[0],
                                   ks=(10, 50))
         users[stage] = {"users": len(evaluator.user_ids)}
         # Each model picks its own settings on a slice of this stage's train, as in P1.
