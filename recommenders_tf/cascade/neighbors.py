@@ -13,9 +13,11 @@ Two weightings (`CascadeConfig.neighbor_weights`):
     validation slice by NDCG@10 over its grid (`choose_ease_l2`).
 
 Measured on synthetic (one seed, P1 NDCG@10 of retrieval + ranking): cosine 0.2808, EASE
-top-50 0.2713, EASE with every item 0.2780, so cosine stays the default; EASE is kept as the
+top-50 0.2713, EASE with every item 0.2780; on ml-100k cosine 0.2753, EASE with every item
+0.2656 (and ranker training 5x slower). So cosine stays the default; EASE is kept as the
 ablation that says a stronger item-item signal in the context does not by itself lift the
-ranker (see BENCHMARKS.md).
+ranker, although a fixed validation-chosen blend of the two-tower with the EASE peer's score
+gains +3.5% on ml-100k (BENCHMARKS.md, P1-blend).
 """
 from __future__ import annotations
 
