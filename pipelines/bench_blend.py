@@ -142,9 +142,9 @@ def main(config: BenchBlendConfig) -> Dict[str, Any]:
                "candidate items; w chosen on the P1 validation slice of train (both models "
                "refit on its train part for that stage), P1 test metrics at that w. The test "
                "curve over every w is shown so that one sees whether any weight reaches "
-               "further; it chooses nothing. A ranker that reads both scores can learn at "
-               "least this re-weighting, so the margin of the best w over the better model "
-               "alone is what re-weighting these two sources is worth on this dataset."])
+               "further; it chooses nothing. A ranker that reads both scores can represent this "
+               "re-weighting, so the margin over the better model alone is what re-weighting "
+               "these two sources is worth on this dataset, whether or not a ranker learns it."])
     plot = plot_curves(rows, Path(config.plot_dir) / f"p1-blend-{slug(data.name)}.png",
                        data.name, config.base)
     render_benchmarks_md(Path(config.results_dir), Path(config.benchmarks_md))
