@@ -131,6 +131,8 @@ def test_bad_grids_are_refused():
     for weights in ((), (0.0,), (-1.0,), (PEER_ALONE,)):
         with pytest.raises(ValueError, match="positive and finite"):
             blend_study(train, test, build, base="a", peers=("b",), weights=weights)
+    with pytest.raises(ValueError, match="at least one peer"):
+        blend_study(train, test, build, base="a", peers=(), weights=(1.0,))
     with pytest.raises(ValueError, match="cannot also be a peer"):
         blend_study(train, test, build, base="a", peers=("a",), weights=(1.0,))
 
@@ -153,7 +155,9 @@ def test_bench_blend_writes_its_table(tmp_path):
         study["test"][0]["ndcg@10"], abs=1e-5)
     assert payload["rows"][1]["metrics"]["ndcg@10"] == pytest.approx(
         study["test"][-1]["ndcg@10"], abs=1e-5)
-    assert f"w={study['chosen_weight']:g}" in chosen["notes"] or "peer alone" in chosen["notes"]
+    assert chosen["chosen_weight"] == ("peer alone" if study["chosen_weight"] == PEER_ALONE
+                                       else f"{study['chosen_weight']:g}")
+    assert chosen["notes"].startswith(f"w={chosen['chosen_weight']} chosen on validation")
     assert "how far re-weighting" in (tmp_path / "B.md").read_text()
     # The row carries both curves for the plot, from the base alone to the peer alone.
     curve = chosen["curve"]

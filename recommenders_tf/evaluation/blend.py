@@ -102,6 +102,8 @@ def blend_study(train: pd.DataFrame, test: pd.DataFrame,
     weights = [float(w) for w in weights]
     if not weights or any(not (0 < w < PEER_ALONE) for w in weights):
         raise ValueError(f"blend weights must be positive and finite, got {weights}")
+    if not peers:
+        raise ValueError("blend_study needs at least one peer")
     if base in peers:
         raise ValueError(f"the base model {base!r} cannot also be a peer")
     grid = [0.0] + sorted(set(weights)) + [PEER_ALONE]

@@ -55,7 +55,9 @@ from typing import (Any, Callable, Dict, Iterable, Optional, Protocol, Sequence,
 import numpy as np
 import pandas as pd
 
+from recommenders_tf.config import dataset_retrieval_overrides
 from recommenders_tf.evaluation import peers as _peers
+from recommenders_tf.evaluation.peer_base import GridSearchPeer
 from recommenders_tf.evaluation import text_baselines as _text
 from recommenders_tf.evaluation.protocol import TopKEvaluator
 
@@ -235,9 +237,6 @@ def build_as_benchmarked(name: str, data: Any = None, item_ids: Optional[Sequenc
     its context, the two-tower with its dataset's settings from configs/ (the rest with their
     defaults), and the grid-searched peers scoring each setting on at most
     `max_validation_users` validation users (a sample seeded by `seed`; 0: all)."""
-    from recommenders_tf.config import dataset_retrieval_overrides
-    from recommenders_tf.evaluation.peer_base import GridSearchPeer
-
     settings: Dict[str, Any] = {}
     if name == "two-tower" and data is not None:
         settings = dataset_retrieval_overrides(data.name)
