@@ -515,3 +515,51 @@ def test_ranker_lists_from_earlier_cuts_train_one_ranker(fitted, tmp_path):
         cascade.ranker.context_features.popularity.shape
     with pytest.raises(ValueError, match="ranker_cuts"):
         dataclasses.replace(TINY, ranker_cuts=0)
+
+
+def test_a_ranker_started_from_the_peer_blend_keeps_what_beats_it_on_held_out_lists(
+        fitted, tmp_path):
+    """peer_score="als", ranker_start="blend": the ALS peer's fold-in score is a context
+    feature computed in graph from full-train tables, the start weight is chosen on the
+    training lists, and the served ranker is the trained one only where it beat that start."""
+    from recommenders_tf.cascade.fit import share_retrieval_fits
+    from recommenders_tf.cascade.fold_in import choose_als
+    from recommenders_tf.cascade.start import START_WEIGHTS
+    from recommenders_tf.data.splits import validation_split
+    from recommenders_tf.models.candidate_features import RETRIEVAL_SCORE
+
+    data, split, cascade, evaluator, _, run_dir = fitted
+    blend = dataclasses.replace(TINY, peer_score="als", ranker_start="blend", ranker_cuts=2)
+    share_retrieval_fits(run_dir, tmp_path / "blend", blend, split.train)
+    second = fit_cascade(split.train, blend, tmp_path / "blend", items=data.items,
+                         text_vectors=_topic_text(data), log=lambda *_: None)
+    report = second.report
+    assert report["peer_score"]["peer"] == "implicit-ALS"
+    layer = second.ranker.context_features
+    assert layer.feature_names[-1] == "peer_z"
+    for name, fit in report["ranking_fits"].items():
+        start = fit["start"]
+        assert [w for w, _ in start["curve"]] == [
+            "peer alone" if w == float("inf") else w for w in START_WEIGHTS]
+        assert start["weight"] == max(start["curve"], key=lambda c: c[1])[0]
+        assert start["kept"] == ("trained" if start["held_out_ndcg_10_trained"] >
+                                 start["held_out_ndcg_10_start"] else "start")
+    # Serving reads the peer refit on all of train with the setting chosen on validation.
+    val = validation_split(split.train, seed=0)
+    peer = choose_als(val.train, val.test, second.catalog, TINY.max_ranker_users, 0)
+    y, p = peer.fold_in_tables(second.catalog)
+    np.testing.assert_allclose(layer.fold_y.values.numpy()[1:], y, rtol=1e-5, atol=1e-6)
+    # In graph, the feature is the peer's own score of its own users, standardised per list.
+    users = evaluator.user_ids[:4]
+    hist = second.histories_for(users)
+    ids = np.tile(second.catalog[None, :12].astype(str), (len(users), 1))
+    feats = layer({"item_id": ids, "history": hist.astype(str),
+                   RETRIEVAL_SCORE: np.zeros(ids.shape, np.float32)}).numpy()[..., -1]
+    own = np.stack([y[:12] @ p[[list(second.catalog).index(h) for h in row if h]].sum(0)
+                    for row in hist])
+    own_z = (own - own.mean(1, keepdims=True)) / own.std(1, keepdims=True)
+    expected = (own_z - layer.feature_mean.numpy()[-1]) / layer.feature_std.numpy()[-1]
+    np.testing.assert_allclose(feats, expected, rtol=1e-3, atol=1e-3)
+    assert second.run(users).final_ids.shape == (4, 10)
+    with pytest.raises(ValueError, match="ranker_start"):
+        dataclasses.replace(TINY, ranker_start="ease")

@@ -11,6 +11,8 @@ from recommenders_tf.models.rules import BusinessRules
 RERANK_ITEM_FEATURES = ("context", "genres", "text", "embedding")
 RERANK_USER_FEATURES = ("embedding", "none")
 DIVERSITY = ("none", "mmr", "dpp")
+PEER_SCORES = ("none", "als")
+RANKER_STARTS = ("none", "blend")
 
 
 def _default_ranking() -> RankingConfig:
@@ -45,6 +47,14 @@ class CascadeConfig:
         co-occurrence or "ease" (EASE weights, λ chosen on the validation slice; measured no
         better, see that module).
       ease_max_items: the largest catalogue EASE neighbours are computed for (items³ cost).
+      peer_score: "als" adds the implicit-ALS peer's score of each candidate for the user's
+        history to the ranker's context features (`peer_z`, `cascade.fold_in`; the peer's
+        setting chosen on the validation slice by its P1 grid, 15 ALS fits); "none" leaves
+        it out.
+      ranker_start: "blend" starts the ranker from z(retrieval) + w z(peer), w chosen on its
+        training lists (`cascade.start`; the retrieval order alone without a peer score), and
+        keeps the trained model only if it beats that start on held-out lists; "none" trains
+        from a random start.
       rerank_item_features: what the re-ranker sees of each entry (see `rerank_inputs`).
       rerank_user: "embedding" (the retrieval query vector) or "none".
       cross_fit_folds: user folds of the ranker's out-of-fold scores for the re-ranker. Each
@@ -82,6 +92,8 @@ class CascadeConfig:
     neighbors: int = 50
     neighbor_weights: str = "cosine"
     ease_max_items: int = 5000
+    peer_score: str = "als"
+    ranker_start: str = "blend"
     rerank_item_features: Tuple[str, ...] = ("context", "genres")
     rerank_user: str = "none"
     cross_fit_folds: int = 5
@@ -122,6 +134,12 @@ class CascadeConfig:
         if self.neighbor_weights not in ("cosine", "ease"):
             raise ValueError(f"CascadeConfig.neighbor_weights must be cosine or ease, got "
                              f"{self.neighbor_weights!r}")
+        if self.peer_score not in PEER_SCORES:
+            raise ValueError(f"CascadeConfig.peer_score must be one of {PEER_SCORES}, got "
+                             f"{self.peer_score!r}")
+        if self.ranker_start not in RANKER_STARTS:
+            raise ValueError(f"CascadeConfig.ranker_start must be one of {RANKER_STARTS}, got "
+                             f"{self.ranker_start!r}")
         if not 0.0 < self.trend_share <= 1.0:
             raise ValueError(f"CascadeConfig.trend_share must be in (0, 1], got "
                              f"{self.trend_share!r}")

@@ -3,8 +3,11 @@
 Stages (sizes from `CascadeConfig`):
   1 retrieval   the TFRS two-tower (`TwoTowerRecommender`): full catalog -> top `retrieval_k`
   2 ranking     `RankingModel` over those candidates, fed the retrieval score, item popularity
-                (overall and recent) and text similarity to the user's history
-                (`CandidateContext`) -> top `ranking_k`
+                (overall and recent), text and co-occurrence similarity to the user's history
+                and the implicit-ALS peer's fold-in score (`CandidateContext`) -> top
+                `ranking_k`. It starts training from z(retrieval) + w z(peer), w chosen on its
+                own training lists (`cascade.start`), and serves the trained weights only if
+                they beat that start on its held-out lists
   3 re-ranking  the PRM-style `Reranker` over the ranked list, then optional MMR/DPP
                 diversity and the business rules -> top `k`
 
@@ -24,8 +27,10 @@ from; a P1 test part is never an argument here):
     ranker's order exactly) is served instead, and the report says so.
   * Those lists are computed by `CascadeGraph` (`retrieve` with R_early, `rank` with each
     fold's ranker), the same computation the cascade is evaluated and served by.
-  * Popularity tables are counted on val.train while training and switched to all of train
-    for serving, the way the retrieval model is refit.
+  * Popularity, neighbour and peer-score tables are computed from val.train while training
+    and switched to all of train for serving, the way the retrieval model is refit. The ALS
+    peer's setting is chosen on val.test by its P1 grid; the serving tables come from that
+    peer refit on all of train.
   * With `ranker_cuts` > 1 the ranker also learns from earlier time cuts: cut 2 is the
     validation slice of val.train, and so on. Each cut has its own retrieval twin (fitted on
     that cut's train part with the chosen epochs) and its own context tables, whose features
@@ -60,13 +65,16 @@ from recommenders_tf.data.schema import GENRES, ITEM_ID, USER_ID
 from recommenders_tf.data.splits import frame_sha256, sample_users, validation_split
 from recommenders_tf.evaluation.protocol import TopKEvaluator
 from recommenders_tf.features.item_vectors import ItemVectors
+from recommenders_tf.cascade.fold_in import als_fold_in, choose_als
 from recommenders_tf.cascade.neighbors import (choose_ease_l2, describe, neighbor_method,
                                                neighbor_table)
+from recommenders_tf.cascade.start import choose_start, start_weights
 from recommenders_tf.models.candidate_features import (CONTEXT_KEY, RETRIEVAL_SCORE,
                                                        CandidateContext)
 from recommenders_tf.index.scann_index import build_index
 from recommenders_tf.models.ranking import RankingModel, fit_ranking_model
-from recommenders_tf.models.ranking_data import RankingLists, histories_for, scoring_lists
+from recommenders_tf.models.ranking_data import (RankingLists, histories_for, list_ndcg_at_10,
+                                                 scoring_lists)
 from recommenders_tf.models.recommender import TwoTowerConfig, TwoTowerRecommender
 from recommenders_tf.resources import StageMeter, maybe_stage
 from recommenders_tf.config import ConfigError, to_dict
@@ -267,12 +275,21 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
         # The penalty EASE itself would choose on these lists' window.
         l2, l2_note = choose_ease_l2(val.train, val.test, catalog, cfg.max_ranker_users)
     report["neighbors"] = {"per_item": cfg.neighbors, **describe(method, l2, l2_note)}
+    als = None
+    if cfg.peer_score == "als":
+        with maybe_stage(meter, "peer score tables"):
+            # Chosen on the ranker's validation window, then refit on all of train (serving).
+            als = choose_als(val.train, val.test, catalog, cfg.max_ranker_users, cfg.seed)
+        report["peer_score"] = {"peer": "implicit-ALS", "params": als.chosen_params,
+                                "choice": als.notes}
 
-    def tables(frame):
+    def tables(frame, fold_in=None):
+        if als is not None and fold_in is None:
+            fold_in = als_fold_in(frame, catalog, als.chosen_params, cfg.seed)
         return dict(counts=item_counts(frame, catalog),
                     recent_counts=item_counts(frame, catalog, cfg.trend_share),
                     neighbors=(neighbor_table(frame, catalog, cfg.neighbors, method, l2)
-                               if method else None))
+                               if method else None), fold_in=fold_in)
 
     early_tables = tables(val.train)
 
@@ -280,7 +297,8 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
         """`part` carrying its context features from its own cut's tables (`own`)."""
         layer = CandidateContext(catalog, own["counts"], text_vectors=text,
                                  recent=cfg.recent_items, recent_counts=own["recent_counts"],
-                                 neighbors=own["neighbors"], name="cut_context")
+                                 neighbors=own["neighbors"], fold_in=own["fold_in"],
+                                 name="cut_context")
         return part.with_extra(**{CONTEXT_KEY: layer.raw_values(part.features())})
 
     extra_lists = None
@@ -292,26 +310,42 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
                                            for part, cut in zip(earlier, cuts[1:])])
         del earlier
 
-    def context(part: RankingLists) -> CandidateContext:
+    def context(part: RankingLists) -> Tuple[CandidateContext, np.ndarray]:
+        """The ranker's context layer, standardised on `part`, and `part`'s raw features."""
         layer = CandidateContext(catalog, early_tables["counts"], text_vectors=text,
                                  recent=cfg.recent_items,
                                  recent_counts=early_tables["recent_counts"],
-                                 neighbors=early_tables["neighbors"], name="candidate_context")
-        layer.adapt(part.features())
-        return layer
+                                 neighbors=early_tables["neighbors"],
+                                 fold_in=early_tables["fold_in"], name="candidate_context")
+        features = part.features()
+        raw = (features[CONTEXT_KEY] if CONTEXT_KEY in features
+               else layer.raw_values(features))
+        layer.adapt({**features, CONTEXT_KEY: raw})
+        return layer, raw
 
     def fit_ranker(part: RankingLists, name: str) -> RankingModel:
         fit_part, held = part.split(cfg.held_out_share, seed=cfg.seed)
         if extra_lists is not None:
             # Held-out lists stay cut 1's: early stopping judges the cut next to serving.
             fit_part = RankingLists.concat([fit_part, extra_lists])
+        layer, raw = context(fit_part)
+        start, chosen_start = None, {}
+        if cfg.ranker_start == "blend":
+            if als is None:
+                start, chosen_start = {"retrieval_z": 1.0}, {"weights": {"retrieval_z": 1.0}}
+            else:
+                weight, chosen_start = choose_start(raw, layer.feature_names, fit_part.label,
+                                                    fit_part.mask)
+                start = start_weights(weight)
+        del raw
         model, result, _ = fit_ranking_model(cfg.ranking, fit_part, held, val.train,
                                              str(run_dir / name), items=items, users=users,
-                                             context_features=context(fit_part))
+                                             context_features=layer, start=start)
         report.setdefault("ranking_fits", {})[name] = {
             "lists": len(fit_part), "held_out": len(held), "epochs": result.best_epoch,
             "held_out_ndcg_10": result.best_value,
-            "examples_per_second": result.examples_per_second}
+            "examples_per_second": result.examples_per_second,
+            **({"start": {**chosen_start, **result.start}} if start else {})}
         return model
 
     # Cross-fitting runs on a sample of the lists (its cost is folds x lists); only the
@@ -354,9 +388,9 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
         reranker, report["reranking"] = fit_reranking_stage(cfg, oof, run_dir / "reranking")
 
     # Serve with what all of train says about popularity, like the refit retrieval model.
-    full_tables = tables(train)
+    full_tables = tables(train, als.fold_in_tables(catalog) if als is not None else None)
     ranker.context_features.set_tables(full_tables["counts"], full_tables["recent_counts"],
-                                       full_tables["neighbors"])
+                                       full_tables["neighbors"], full_tables["fold_in"])
     report["fit_seconds"] = round(time.perf_counter() - t0, 2)
     (run_dir / "cascade_report.json").write_text(json.dumps(report, indent=2, default=str))
     return Cascade(cfg, retrieval, ranker, reranker, ranker.context_features, catalog,
@@ -398,8 +432,8 @@ def fit_reranking_stage(config: CascadeConfig, parts: List[Dict[str, np.ndarray]
     # The bar the re-ranker must clear: the ranker's own order on the same held-out lists,
     # both measured by one function (lists without a positive left out).
     labels = np.maximum(held_out["label"], 0.0)
-    base = _ndcg_at_10(labels, held_out["item_scores"][:, :, 0], held_out["mask"])
-    trained = _ndcg_at_10(labels, rerank_scores(reranker, held_out), held_out["mask"])
+    base = list_ndcg_at_10(labels, held_out["item_scores"][:, :, 0], held_out["mask"])
+    trained = list_ndcg_at_10(labels, rerank_scores(reranker, held_out), held_out["mask"])
     kept = trained > base
     if not kept:
         # Untrained, the re-ranker reproduces its input order exactly (skip term, zero head):
@@ -413,15 +447,3 @@ def fit_reranking_stage(config: CascadeConfig, parts: List[Dict[str, np.ndarray]
                       "held_out_ndcg_10_ranker_order": base, "trained_model_kept": bool(kept),
                       "item_features": list(config.rerank_item_features),
                       "seconds": round(time.perf_counter() - start, 2)}
-
-
-def _ndcg_at_10(labels: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> float:
-    """Mean NDCG@10 (gain 2^y - 1, TF-Ranking's default) of lists with a positive label."""
-    scores = np.where(mask, scores, -np.inf)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :10]
-    gains = np.power(2.0, np.take_along_axis(labels * mask, order, 1)) - 1.0
-    discounts = 1.0 / np.log2(np.arange(2, gains.shape[1] + 2))
-    ideal = np.power(2.0, np.sort(labels * mask, axis=1)[:, ::-1][:, :10]) - 1.0
-    idcg = (ideal * discounts[:ideal.shape[1]]).sum(1)
-    ok = idcg > 0
-    return float(((gains * discounts).sum(1)[ok] / idcg[ok]).mean()) if ok.any() else 0.0

@@ -159,6 +159,33 @@ class ImplicitALS(_ImplicitPeer):
             random_state=self.random_state,
         )
 
+    def fold_in_tables(self, item_ids: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """(Y, P) [len(item_ids), factors] float32 such that Σ_{h in history} P[h] is the
+        factor this fitted model gives a user with that history, and Y[c] · (that sum) the
+        user's score of item c.
+
+        With binary interactions and alpha = 1 (how `fit` builds the matrix, and the default)
+        implicit's least squares solves u = (YᵀY + λI)⁻¹ Σ_h y_h over the history's factors
+        y_h, so P = Y (YᵀY + λI)⁻¹ and a user's score is linear in their history: any history,
+        including one this model never saw, is scored without a solve. Rows of items outside
+        the model's train items are zeros.
+        """
+        if self._model is None:
+            raise RuntimeError("ImplicitALS.fold_in_tables called before fit")
+        alpha = float(self.chosen_params.get("alpha", 1.0))
+        if alpha != 1.0:
+            # With other confidences every history item adds (alpha - 1) y_h y_hᵀ to the
+            # system: a per-user solve, not a table.
+            raise ValueError(f"fold_in_tables needs alpha = 1, got {alpha}")
+        factors = self._item_factors
+        system = factors.T @ factors + float(self.chosen_params["regularization"]) * np.eye(
+            factors.shape[1])
+        pos = self._train_items.get_indexer(np.asarray([str(i) for i in item_ids], object))
+        known = (pos >= 0)[:, None]
+        y = np.where(known, factors[np.maximum(pos, 0)], 0.0)
+        p = np.linalg.solve(system, y.T).T  # the system is symmetric: y A⁻¹ = (A⁻¹ yᵀ)ᵀ
+        return y.astype(np.float32), p.astype(np.float32)
+
 
 class ImplicitBPR(_ImplicitPeer):
     """`implicit` Bayesian personalized ranking (SGD with sampled negatives).

@@ -20,6 +20,9 @@ knowledge, and the large-model text signal, as a few dense features per candidat
                      each item's `neighbors` most similar kept): mean and max similarity of the
                      candidate to the recent / whole history; the co-occurrence signal a
                      two-tower's dot product blurs
+  peer_z             a peer's score of the candidate for the history given, standardised within
+                     the list like retrieval_z: the implicit-ALS fold-in (`fold_in` tables
+                     (Y, P), score = Y[c] · Σ_h P[h], see `cascade.fold_in`)
 
 Everything is looked up inside the layer from raw item ids (frozen tables built from train
 files), so a SavedModel that contains it still takes raw ids. Training lists may instead carry
@@ -118,12 +121,14 @@ class CandidateContext(tf.keras.layers.Layer):
       recent_counts: optional interaction count of each item over a recent time window
         (same order), for the trend feature.
       neighbors: optional `item_neighbors(...)` tables for the collaborative features.
+      fold_in: optional (Y, P) [len(item_ids), d] tables of the peer score feature.
     """
 
     def __init__(self, item_ids: Sequence[str], counts: Sequence[float],
                  text_vectors: Optional[np.ndarray] = None, use_retrieval_score: bool = True,
                  recent: int = 5, recent_counts: Optional[Sequence[float]] = None,
-                 neighbors: Optional[Tuple[np.ndarray, np.ndarray]] = None, **kwargs):
+                 neighbors: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+                 fold_in: Optional[Tuple[np.ndarray, np.ndarray]] = None, **kwargs):
         super().__init__(**kwargs)
         ids = [str(i) for i in item_ids]
         if len(set(ids)) != len(ids):
@@ -152,6 +157,9 @@ class CandidateContext(tf.keras.layers.Layer):
         self.neighbor_idx = self.neighbor_sim = None
         if neighbors is not None:
             self._set_neighbors(neighbors)
+        self.fold_y = self.fold_p = None
+        if fold_in is not None:
+            self._set_fold_in(fold_in)
         self.text = None
         if text_vectors is not None:
             vectors = np.asarray(text_vectors, np.float32)
@@ -177,8 +185,24 @@ class CandidateContext(tf.keras.layers.Layer):
         self.neighbor_idx = FrozenTable(rows, "context_neighbor_rows", zero_row=True)
         self.neighbor_sim = FrozenTable(sim, "context_neighbor_weights", zero_row=True)
 
+    def _set_fold_in(self, fold_in: Tuple[np.ndarray, np.ndarray]) -> None:
+        y, p = (np.asarray(a, np.float32) for a in fold_in)
+        if y.ndim != 2 or y.shape[0] != len(self.item_ids) or p.shape != y.shape:
+            raise ValueError(f"fold_in must be two [{len(self.item_ids)}, d] arrays, got "
+                             f"{y.shape} and {p.shape}")
+        if self.fold_y is not None:
+            if self.fold_y.values.shape[1:] != y.shape[1:]:
+                raise ValueError(f"fold_in tables must keep width {self.fold_y.values.shape[1]}"
+                                 f", got {y.shape[1]}")
+            self.fold_y.values.assign(np.concatenate([np.zeros_like(y[:1]), y]))
+            self.fold_p.values.assign(np.concatenate([np.zeros_like(p[:1]), p]))
+            return
+        self.fold_y = FrozenTable(y, "context_fold_in_items", zero_row=True)
+        self.fold_p = FrozenTable(p, "context_fold_in_history", zero_row=True)
+
     def set_tables(self, counts: Sequence[float], recent_counts: Optional[Sequence[float]] = None,
-                   neighbors: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> None:
+                   neighbors: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+                   fold_in: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> None:
         """Swaps the count-based tables (same items, same standardisation constants)."""
         self.popularity = tf.constant(self.popularity_table(np.asarray(counts)))
         if self.trend is not None:
@@ -189,6 +213,10 @@ class CandidateContext(tf.keras.layers.Layer):
             if neighbors is None:
                 raise ValueError("this layer has collaborative features: pass neighbors")
             self._set_neighbors(neighbors)
+        if self.fold_y is not None:
+            if fold_in is None:
+                raise ValueError("this layer has the peer score feature: pass fold_in")
+            self._set_fold_in(fold_in)
 
     def raw_values(self, features: Mapping[str, np.ndarray], batch_size: int = 256
                    ) -> np.ndarray:
@@ -232,6 +260,8 @@ class CandidateContext(tf.keras.layers.Layer):
             names += ["text_recent", "text_history", "text_max_recent"]
         if self.neighbor_idx is not None:
             names += ["cf_recent", "cf_max_recent", "cf_history", "cf_max_history"]
+        if self.fold_y is not None:
+            names.append("peer_z")
         return names
 
     @property
@@ -286,7 +316,7 @@ class CandidateContext(tf.keras.layers.Layer):
         parts.append(tf.gather(self.popularity, rows) * weights)
         if self.trend is not None:
             parts.append(tf.gather(self.trend, rows) * weights)
-        if self.text is not None or self.neighbor_idx is not None:
+        if self.text is not None or self.neighbor_idx is not None or self.fold_y is not None:
             # Compacted: "recent" is the right end however the caller padded.
             history = compact_right(features["history"])
         if self.text is not None:
@@ -309,4 +339,9 @@ class CandidateContext(tf.keras.layers.Layer):
             recent_rows, recent_known = hist_rows[:, -self.recent:], known[:, -self.recent:]
             parts += [p * weights for p in self._cf(rows, recent_rows, recent_known)]
             parts += [p * weights for p in self._cf(rows, hist_rows, known)]
+        if self.fold_y is not None:
+            # Unknown and padding ids look up row 0, whose zeros add nothing to the user.
+            user = tf.reduce_sum(tf.gather(self.fold_p.values, self.lookup(history)), 1)
+            score = tf.einsum("bsd,bd->bs", tf.gather(self.fold_y.values, rows), user)
+            parts.append(_masked_standardize(score, mask))
         return tf.stack(parts, -1)

@@ -45,7 +45,7 @@ from recommenders_tf.data.schema import GENRES, ITEM_ID, USER_ID
 from recommenders_tf.features.vocab import Vocabulary, build_vocabularies
 from recommenders_tf.features.id_lists import compact_right
 from recommenders_tf.models.losses import RankingLoss, get_loss
-from recommenders_tf.models.ranking_data import HISTORY_RATING, RankingLists
+from recommenders_tf.models.ranking_data import HISTORY_RATING, RankingLists, list_ndcg_at_10
 from recommenders_tf.models.towers import (
     CandidateTower,
     ItemIdEmbedding,
@@ -341,6 +341,36 @@ class RankingModel(tfrs.Model):
         scores = tf.reshape(scores, tf.stack([batch, size]))
         return scores if wide is None else scores + wide
 
+    def start_from(self, weights: Mapping[str, float]) -> None:
+        """Makes the (built) model score Σ_f weights[f] · f over its context features, plus a
+        constant: the wide term carries those weights and the scorer's output unit is zeroed,
+        so training starts from that fixed scorer (e.g. a validation-chosen blend of the
+        retrieval score and a peer's score) and learns corrections to it.
+
+        The context layer standardises each feature with constants of the training lists; its
+        wide weight is scaled back by the feature's std, so the term is the blend of the
+        features as the layer computes them before that step (its means only add a constant
+        to every entry, which no list order sees).
+        """
+        layer = self.context_features
+        if layer is None or not self.wide.built or not self.scorer.output_layer.built:
+            raise ValueError("start_from needs a built model with context features (call it "
+                             "on a batch first)")
+        names = list(layer.feature_names)
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise ValueError(f"start_from: no context feature(s) {unknown}; the layer has "
+                             f"{names}")
+        std = (np.ones(len(names), np.float32) if layer.feature_std is None
+               else np.asarray(layer.feature_std, np.float32))
+        kernel = np.zeros((len(names), 1), np.float32)
+        for name, weight in weights.items():
+            kernel[names.index(name), 0] = float(weight) * std[names.index(name)]
+        self.wide.kernel.assign(kernel)
+        output = self.scorer.output_layer
+        output.kernel.assign(tf.zeros_like(output.kernel))
+        output.bias.assign(tf.zeros_like(output.bias))
+
     def _penalty(self, features, mask) -> tf.Tensor:
         tower = self.query_tower
         users = tower.user_embedding(tower.user_lookup(features["user_id"]))
@@ -504,7 +534,8 @@ def fit_ranking_model(config: RankingConfig, train_lists: RankingLists,
                       val_lists: Optional[RankingLists], interactions, run_dir: str, *,
                       items=None, users=None, strategy: Optional[tf.distribute.Strategy] = None,
                       towers: Optional[Tuple[QueryTower, CandidateTower]] = None,
-                      context_features: Optional[tf.keras.layers.Layer] = None
+                      context_features: Optional[tf.keras.layers.Layer] = None,
+                      start: Optional[Mapping[str, float]] = None
                       ) -> Tuple[RankingModel, FitResult, Dict[str, Vocabulary]]:
     """Builds a ranking model from `interactions`' vocabularies and trains it on lists.
 
@@ -522,6 +553,11 @@ def fit_ranking_model(config: RankingConfig, train_lists: RankingLists,
       towers: optional towers to reuse (see `build_ranking_model`).
       context_features: optional dense per-candidate feature layer (see `RankingModel`); the
         lists must then carry the extra features it reads (e.g. "retrieval_score").
+      start: {context feature: weight} of a fixed scorer to start training from
+        (`RankingModel.start_from`). Both that scorer and the trained model are judged on
+        `val_lists` by NDCG@10 (`list_ndcg_at_10`); the trained weights are kept only if they
+        beat it, otherwise the model is put back at the start, so a loss that cannot improve
+        on the blend never serves something below it. Recorded in `FitResult.start`.
 
     Returns:
       (model with the best epoch's weights, FitResult, {"user_id", "item_id"} vocabularies).
@@ -551,6 +587,17 @@ def fit_ranking_model(config: RankingConfig, train_lists: RankingLists,
     train_ds = train_lists.to_dataset(config.batch_size, shuffle=True, seed=config.seed)
     val_ds = (None if val_lists is None
               else val_lists.to_dataset(config.batch_size, shuffle=False))
+    initial = None
+    if start is not None:
+        if context_features is None or val_lists is None or not len(val_lists):
+            raise ValueError("fit_ranking_model(start=...) needs context_features and "
+                             "held-out val_lists to judge the start by")
+        with strategy.scope():
+            model(next(iter(train_ds)))  # creates the variables start_from sets
+        model.start_from(start)
+        initial = ([v.numpy() for v in model.weights],
+                   list_ndcg_at_10(val_lists.label, predict_lists(model, val_lists),
+                                   val_lists.mask))
     metric_callbacks, local = [], None
     if parameter_servers:
         # Keras does not evaluate a validation set under parameter servers (see
@@ -584,4 +631,15 @@ def fit_ranking_model(config: RankingConfig, train_lists: RankingLists,
         # Which tables were split, and where: the copy's record of the cluster's layout.
         local.variable_shards = variable_shards(model)
         model = local
+    if initial is not None:
+        values, start_ndcg = initial
+        trained_ndcg = list_ndcg_at_10(val_lists.label, predict_lists(model, val_lists),
+                                       val_lists.mask)
+        kept = "trained" if trained_ndcg > start_ndcg else "start"
+        if kept == "start":
+            for variable, value in zip(model.weights, values):
+                variable.assign(value)
+        result.start = {"weights": {k: float(v) for k, v in start.items()},
+                        "held_out_ndcg_10_start": start_ndcg,
+                        "held_out_ndcg_10_trained": trained_ndcg, "kept": kept}
     return model, result, vocabs

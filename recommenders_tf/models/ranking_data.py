@@ -487,3 +487,17 @@ def pair_lists(pairs: pd.DataFrame, context: pd.DataFrame, list_size: int,
                    else np.full((n_lists, width), PAD, dtype=object))
     return RankingLists(list_users, history, item_id, labels, rows >= 0,
                         history_rating=rated), rows
+
+
+def list_ndcg_at_10(labels: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> float:
+    """Mean NDCG@10 (gain 2^y - 1, TF-Ranking's default) of lists [L, S] with a positive label;
+    entries outside `mask` never rank. The one judge of "does this stage beat its input order"
+    on held-out lists (the ranker's start, the re-ranker's fallback)."""
+    scores = np.where(mask, scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    gains = np.power(2.0, np.take_along_axis(labels * mask, order, 1)) - 1.0
+    discounts = 1.0 / np.log2(np.arange(2, gains.shape[1] + 2))
+    ideal = np.power(2.0, np.sort(labels * mask, axis=1)[:, ::-1][:, :10]) - 1.0
+    idcg = (ideal * discounts[:ideal.shape[1]]).sum(1)
+    ok = idcg > 0
+    return float(((gains * discounts).sum(1)[ok] / idcg[ok]).mean()) if ok.any() else 0.0

@@ -58,7 +58,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import recommenders_tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
@@ -192,6 +192,8 @@ class FitResult:
       train_seconds: wall time of this session's training (without validation).
       examples_per_epoch: examples in one pass over the train dataset.
       run_dir: where the artifacts are.
+      start: what a fit that started from a fixed scorer found (`fit_ranking_model(start=)`):
+        that scorer's and the trained model's held-out NDCG@10 and which one was kept.
     """
 
     history: Dict[str, List[float]]
@@ -205,6 +207,7 @@ class FitResult:
     train_seconds: float
     examples_per_epoch: int
     run_dir: str
+    start: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
