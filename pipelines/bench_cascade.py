@@ -257,6 +257,8 @@ RANKER_ABLATIONS: Dict[str, Tuple[Dict[str, Any], str]] = {
                         "co-occurrence in the collaborative context: a stronger item-item "
                         "signal"),
     "no-neighbours": ({"neighbors": 0}, "no collaborative context features"),
+    "no-text": ({"use_text": False}, "no language-model text features in the ranker's context "
+                "or the re-ranker's inputs"),
     "random-start": ({"ranker_start": "none"}, "the ALS peer score among the context "
                      "features, but training from a random start"),
     "no-peer-score": ({"peer_score": "none", "ranker_start": "none"}, "neither: the "

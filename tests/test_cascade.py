@@ -521,7 +521,8 @@ def test_a_ranker_started_from_the_peer_blend_keeps_what_beats_it_on_held_out_li
         fitted, tmp_path):
     """peer_score="als", ranker_start="blend": the ALS peer's fold-in score is a context
     feature computed in graph from full-train tables, the start weight is chosen on the
-    training lists, and the served ranker is the trained one only where it beat that start."""
+    training lists, and the served ranker is the trained one only if, cross-fitted, it beat
+    that start."""
     from recommenders_tf.cascade.fit import share_retrieval_fits
     from recommenders_tf.cascade.fold_in import choose_als
     from recommenders_tf.cascade.start import START_WEIGHTS
@@ -542,8 +543,14 @@ def test_a_ranker_started_from_the_peer_blend_keeps_what_beats_it_on_held_out_li
         assert [w for w, _ in start["curve"]] == [
             "peer alone" if w == float("inf") else w for w in START_WEIGHTS]
         assert start["weight"] == max(start["curve"], key=lambda c: c[1])[0]
-        assert start["kept"] == ("trained" if start["held_out_ndcg_10_trained"] >
-                                 start["held_out_ndcg_10_start"] else "start")
+        assert set(start["weights"]) <= {"retrieval_z", "peer_z"}
+    verdict = report["ranker_start"]
+    assert verdict["lists"] == 60  # the cross-fitted sample (max_rerank_lists)
+    oof = verdict["out_of_fold_ndcg_10"]
+    assert verdict["served"] == ("trained" if oof["trained"] > oof["start"] else "start")
+    if verdict["served"] == "start":
+        # The served ranker scores its start blend: its output unit is zero.
+        assert not second.ranker.scorer.output_layer.kernel.numpy().any()
     # Serving reads the peer refit on all of train with the setting chosen on validation.
     val = validation_split(split.train, seed=0)
     peer = choose_als(val.train, val.test, second.catalog, TINY.max_ranker_users, 0)

@@ -126,7 +126,7 @@ def test_end_to_end_notebook_runs_on_tiny_data(tmp_path, monkeypatch):
     # Every stage's wall time and peak memory, in run order.
     measured = [row["stage"] for row in metrics["cost"]]
     assert measured == ["data", "split", "text vectors", "retrieval training", "ranker lists",
-                        "ranker training", "re-ranker training", "evaluation",
+                        "context tables", "ranker training", "re-ranker training", "evaluation",
                         "diversity curves", "export"], measured
     assert all(row["seconds"] > 0 and row["peak_rss_mb"] > 100 for row in metrics["cost"])
     # The notebook caps the evaluation at 100 of synthetic-tiny's 119 test users: the metrics

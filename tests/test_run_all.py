@@ -13,7 +13,7 @@ from pipelines.run_all import RunAllConfig, main
 from recommenders_tf.features.item_vectors import ItemVectors
 
 STAGES = ["data", "split", "text vectors", "retrieval training", "ranker lists",
-          "ranker training", "re-ranker training", "evaluation", "diversity curves", "export"]
+          "context tables", "ranker training", "re-ranker training", "evaluation", "diversity curves", "export"]
 
 
 @pytest.mark.slow

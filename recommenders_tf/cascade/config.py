@@ -53,8 +53,8 @@ class CascadeConfig:
         it out.
       ranker_start: "blend" starts the ranker from z(retrieval) + w z(peer), w chosen on its
         training lists (`cascade.start`; the retrieval order alone without a peer score), and
-        keeps the trained model only if it beats that start on held-out lists; "none" trains
-        from a random start.
+        keeps the trained model only if it beats that start on the cross-fitted folds (lists
+        it never trained or stopped early on); "none" trains from a random start.
       rerank_item_features: what the re-ranker sees of each entry (see `rerank_inputs`).
       rerank_user: "embedding" (the retrieval query vector) or "none".
       cross_fit_folds: user folds of the ranker's out-of-fold scores for the re-ranker. Each

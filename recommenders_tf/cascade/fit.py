@@ -25,6 +25,10 @@ from; a P1 test part is never an argument here):
     rankings. The serving ranker is then fitted on all lists. If the trained re-ranker does
     not beat the ranker's order on its held-out lists, the untrained one (which keeps the
     ranker's order exactly) is served instead, and the report says so.
+  * With a blend start, the same cross-fitting judges the ranker: each fold's trained ranker
+    and the blend it started from score the fold left out, and the serving ranker keeps its
+    trained weights only if they won there over all folds (`ranker_start` in the report);
+    otherwise it serves its start, and the re-ranker learns from the folds' starts.
   * Those lists are computed by `CascadeGraph` (`retrieve` with R_early, `rank` with each
     fold's ranker), the same computation the cascade is evaluated and served by.
   * Popularity, neighbour and peer-score tables are computed from val.train while training
@@ -72,7 +76,7 @@ from recommenders_tf.cascade.start import choose_start, start_weights
 from recommenders_tf.models.candidate_features import (CONTEXT_KEY, RETRIEVAL_SCORE,
                                                        CandidateContext)
 from recommenders_tf.index.scann_index import build_index
-from recommenders_tf.models.ranking import RankingModel, fit_ranking_model
+from recommenders_tf.models.ranking import RankingModel, fit_ranking_model, predict_lists
 from recommenders_tf.models.ranking_data import (RankingLists, histories_for, list_ndcg_at_10,
                                                  scoring_lists)
 from recommenders_tf.models.recommender import TwoTowerConfig, TwoTowerRecommender
@@ -270,18 +274,7 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
 
     method = (neighbor_method(cfg.neighbor_weights, len(catalog), cfg.ease_max_items)
               if cfg.neighbors > 0 else None)
-    l2, l2_note = None, ""
-    if method == "ease":
-        # The penalty EASE itself would choose on these lists' window.
-        l2, l2_note = choose_ease_l2(val.train, val.test, catalog, cfg.max_ranker_users)
-    report["neighbors"] = {"per_item": cfg.neighbors, **describe(method, l2, l2_note)}
-    als = None
-    if cfg.peer_score == "als":
-        with maybe_stage(meter, "peer score tables"):
-            # Chosen on the ranker's validation window, then refit on all of train (serving).
-            als = choose_als(val.train, val.test, catalog, cfg.max_ranker_users, cfg.seed)
-        report["peer_score"] = {"peer": "implicit-ALS", "params": als.chosen_params,
-                                "choice": als.notes}
+    l2, l2_note, als = None, "", None
 
     def tables(frame, fold_in=None):
         if als is not None and fold_in is None:
@@ -291,7 +284,17 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
                     neighbors=(neighbor_table(frame, catalog, cfg.neighbors, method, l2)
                                if method else None), fold_in=fold_in)
 
-    early_tables = tables(val.train)
+    with maybe_stage(meter, "context tables", items=len(catalog)):
+        if method == "ease":
+            # The penalty EASE itself would choose on these lists' window.
+            l2, l2_note = choose_ease_l2(val.train, val.test, catalog, cfg.max_ranker_users)
+        if cfg.peer_score == "als":
+            # Chosen on the ranker's validation window, then refit on all of train (serving).
+            als = choose_als(val.train, val.test, catalog, cfg.max_ranker_users, cfg.seed)
+            report["peer_score"] = {"peer": "implicit-ALS", "params": als.chosen_params,
+                                    "choice": als.notes}
+        early_tables = tables(val.train)
+    report["neighbors"] = {"per_item": cfg.neighbors, **describe(method, l2, l2_note)}
 
     def described(part: RankingLists, own) -> RankingLists:
         """`part` carrying its context features from its own cut's tables (`own`)."""
@@ -323,30 +326,35 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
         layer.adapt({**features, CONTEXT_KEY: raw})
         return layer, raw
 
-    def fit_ranker(part: RankingLists, name: str) -> RankingModel:
+    def fit_ranker(part: RankingLists, name: str
+                   ) -> Tuple[RankingModel, Optional[Dict[str, float]]]:
+        """A ranker trained on `part` (a share held out for early stopping) and the blend it
+        started from (None without `ranker_start`); the trained weights are kept, the
+        cross-fitted folds judge them against the start."""
         fit_part, held = part.split(cfg.held_out_share, seed=cfg.seed)
         if extra_lists is not None:
             # Held-out lists stay cut 1's: early stopping judges the cut next to serving.
             fit_part = RankingLists.concat([fit_part, extra_lists])
         layer, raw = context(fit_part)
-        start, chosen_start = None, {}
+        blend, chosen = None, {}
         if cfg.ranker_start == "blend":
             if als is None:
-                start, chosen_start = {"retrieval_z": 1.0}, {"weights": {"retrieval_z": 1.0}}
+                blend = {"retrieval_z": 1.0}
             else:
-                weight, chosen_start = choose_start(raw, layer.feature_names, fit_part.label,
-                                                    fit_part.mask)
-                start = start_weights(weight)
+                weight, chosen = choose_start(raw, layer.feature_names, fit_part.label,
+                                              fit_part.mask)
+                blend = start_weights(weight)
         del raw
         model, result, _ = fit_ranking_model(cfg.ranking, fit_part, held, val.train,
                                              str(run_dir / name), items=items, users=users,
-                                             context_features=layer, start=start)
+                                             context_features=layer, start=blend,
+                                             judge_start=False)
         report.setdefault("ranking_fits", {})[name] = {
             "lists": len(fit_part), "held_out": len(held), "epochs": result.best_epoch,
             "held_out_ndcg_10": result.best_value,
             "examples_per_second": result.examples_per_second,
-            **({"start": {**chosen_start, **result.start}} if start else {})}
-        return model
+            **({"start": {**chosen, **result.start}} if blend else {})}
+        return model, blend
 
     # Cross-fitting runs on a sample of the lists (its cost is folds x lists); only the
     # serving ranker trains on all of them.
@@ -360,25 +368,46 @@ def fit_cascade(train: pd.DataFrame, config: CascadeConfig, run_dir, *,
     start = time.perf_counter()
     folds = _user_folds(crossed_lists.user_id, cfg.cross_fit_folds, cfg.seed)
     row_of = {u: r for r, u in enumerate(vusers)}
-    oof: List[Dict[str, np.ndarray]] = []
+    # The re-ranker's inputs from each fold's trained ranker and, with a blend start, from
+    # that fold's start; which ones it learns from follows the verdict below.
+    oof: Dict[str, List[Dict[str, np.ndarray]]] = {"trained": [], "start": []}
+    judged = {"trained": [], "start": []}  # out-of-fold NDCG@10 x lists, per fold
     with maybe_stage(meter, "ranker training", lists=len(lists),
                      cross_fitted_lists=len(crossed_lists), fits=cfg.cross_fit_folds + 1):
         for f in range(cfg.cross_fit_folds):
             held = folds == f
-            model = fit_ranker(crossed_lists.subset(np.flatnonzero(~held)), f"ranking_fold{f}")
-            oof.append(out_of_fold_inputs(
-                stage_graph(model), crossed_lists.subset(np.flatnonzero(held)),
-                vhist[[row_of[u] for u in crossed_lists.user_id[held]]]))
+            model, blend = fit_ranker(crossed_lists.subset(np.flatnonzero(~held)),
+                                      f"ranking_fold{f}")
+            fold = crossed_lists.subset(np.flatnonzero(held))
+            fold_hist = vhist[[row_of[u] for u in fold.user_id]]
+            for kind in ("trained", "start") if blend else ("trained",):
+                if kind == "start":
+                    model.start_from(blend)
+                oof[kind].append(out_of_fold_inputs(stage_graph(model), fold, fold_hist))
+                judged[kind].append(len(fold) * list_ndcg_at_10(
+                    fold.label, predict_lists(model, fold), fold.mask))
             # A fold's ranker (id tables, optimizer slots, traced steps) is done once it has
             # scored its fold; Keras models hold reference cycles, so without a collection
             # every fold's model stayed resident until the end of the fit.
-            del model
+            del model, fold
             gc.collect()
+        served = "trained"
+        if judged["start"]:
+            # Judged on lists no fold ranker trained or stopped early on: the held-out share
+            # that chose each ranker's epoch would favour the trained weights.
+            n = len(crossed_lists)
+            verdict = {k: float(sum(v) / n) for k, v in judged.items()}
+            served = "trained" if verdict["trained"] > verdict["start"] else "start"
+            report["ranker_start"] = {"out_of_fold_ndcg_10": verdict, "lists": n,
+                                      "served": served}
         # The early twin and its index only produced lists; the serving fits do not use them.
         twin.clear()
         del crossed_lists, retrieved, cids, cscores
         gc.collect()
-        ranker = fit_ranker(lists, "ranking")
+        ranker, blend = fit_ranker(lists, "ranking")
+        if served == "start":
+            ranker.start_from(blend)
+        oof = oof[served]
         del lists, vhist
         gc.collect()
     report["ranking_seconds"] = round(time.perf_counter() - start, 2)

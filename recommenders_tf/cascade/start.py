@@ -8,8 +8,8 @@ start on about 840 lists, added 1.3%. The ranker can represent that blend (its w
 linear in the features) but did not learn it. So it starts there: `choose_start` picks the
 weight w of z(retrieval) + w z(peer) by NDCG@10 over the lists the ranker trains on (labelled
 by the validation slice of train, never test), `RankingModel.start_from` sets it, and
-`fit_ranking_model(start=)` keeps the trained model only if it beats the start on held-out
-lists.
+the cascade's cross-fitting keeps the trained model only if it beats the start on the folds'
+lists it never saw (`cascade.fit`).
 """
 from __future__ import annotations
 

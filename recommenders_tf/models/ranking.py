@@ -535,7 +535,7 @@ def fit_ranking_model(config: RankingConfig, train_lists: RankingLists,
                       items=None, users=None, strategy: Optional[tf.distribute.Strategy] = None,
                       towers: Optional[Tuple[QueryTower, CandidateTower]] = None,
                       context_features: Optional[tf.keras.layers.Layer] = None,
-                      start: Optional[Mapping[str, float]] = None
+                      start: Optional[Mapping[str, float]] = None, judge_start: bool = True
                       ) -> Tuple[RankingModel, FitResult, Dict[str, Vocabulary]]:
     """Builds a ranking model from `interactions`' vocabularies and trains it on lists.
 
@@ -558,6 +558,11 @@ def fit_ranking_model(config: RankingConfig, train_lists: RankingLists,
         `val_lists` by NDCG@10 (`list_ndcg_at_10`); the trained weights are kept only if they
         beat it, otherwise the model is put back at the start, so a loss that cannot improve
         on the blend never serves something below it. Recorded in `FitResult.start`.
+        The held-out lists also chose the best epoch, which favours the trained model; a
+        caller with lists neither saw (cross-fitting, `cascade.fit`) passes
+        `judge_start=False`, judges there, and calls `model.start_from(start)` to go back.
+      judge_start: with `start`, judge it against the trained model on `val_lists` as above;
+        False keeps the trained model.
 
     Returns:
       (model with the best epoch's weights, FitResult, {"user_id", "item_id"} vocabularies).
@@ -587,17 +592,19 @@ def fit_ranking_model(config: RankingConfig, train_lists: RankingLists,
     train_ds = train_lists.to_dataset(config.batch_size, shuffle=True, seed=config.seed)
     val_ds = (None if val_lists is None
               else val_lists.to_dataset(config.batch_size, shuffle=False))
-    initial = None
+    start_ndcg = None
     if start is not None:
-        if context_features is None or val_lists is None or not len(val_lists):
-            raise ValueError("fit_ranking_model(start=...) needs context_features and "
-                             "held-out val_lists to judge the start by")
+        if context_features is None:
+            raise ValueError("fit_ranking_model(start=...) needs context_features")
+        if judge_start and (val_lists is None or not len(val_lists)):
+            raise ValueError("fit_ranking_model(start=...) needs held-out val_lists to judge "
+                             "the start by (or judge_start=False)")
         with strategy.scope():
             model(next(iter(train_ds)))  # creates the variables start_from sets
         model.start_from(start)
-        initial = ([v.numpy() for v in model.weights],
-                   list_ndcg_at_10(val_lists.label, predict_lists(model, val_lists),
-                                   val_lists.mask))
+        if judge_start:
+            start_ndcg = list_ndcg_at_10(val_lists.label, predict_lists(model, val_lists),
+                                         val_lists.mask)
     metric_callbacks, local = [], None
     if parameter_servers:
         # Keras does not evaluate a validation set under parameter servers (see
@@ -631,15 +638,15 @@ def fit_ranking_model(config: RankingConfig, train_lists: RankingLists,
         # Which tables were split, and where: the copy's record of the cluster's layout.
         local.variable_shards = variable_shards(model)
         model = local
-    if initial is not None:
-        values, start_ndcg = initial
+    if start is not None:
+        result.start = {"weights": {k: float(v) for k, v in start.items()}}
+    if start_ndcg is not None:
         trained_ndcg = list_ndcg_at_10(val_lists.label, predict_lists(model, val_lists),
                                        val_lists.mask)
         kept = "trained" if trained_ndcg > start_ndcg else "start"
         if kept == "start":
-            for variable, value in zip(model.weights, values):
-                variable.assign(value)
-        result.start = {"weights": {k: float(v) for k, v in start.items()},
-                        "held_out_ndcg_10_start": start_ndcg,
-                        "held_out_ndcg_10_trained": trained_ndcg, "kept": kept}
+            # The output unit zeroed again: whatever the deep stack learned no longer counts.
+            model.start_from(start)
+        result.start.update(held_out_ndcg_10_start=start_ndcg,
+                            held_out_ndcg_10_trained=trained_ndcg, kept=kept)
     return model, result, vocabs
