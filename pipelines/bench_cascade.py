@@ -104,7 +104,7 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
         ("retrieval + ranking", "ranking",
          f"ranker {cfg.ranking.loss} over the top {cfg.retrieval_k}; context features "
          f"{', '.join(cascade.context.feature_names)}; {ranking_fit['lists']} training lists, "
-         f"epochs {ranking_fit['epochs']}"),
+         f"epochs {ranking_fit['epochs']}{start_note(report)}"),
         ("full cascade", "final",
          f"re-ranker over the ranked top {cfg.ranking_k} (inputs "
          f"{', '.join(cfg.rerank_item_features)}), rules; held-out NDCG@10 "
@@ -185,6 +185,19 @@ def main(config: BenchCascadeConfig) -> Dict[str, Any]:
             "run_dir": str(out_dir)}
 
 
+def start_note(report: Dict[str, Any]) -> str:
+    """What a cascade report says of the ranker's blend start ("" without one)."""
+    verdict = report.get("ranker_start")
+    if not verdict:
+        return ""
+    weights = report["ranking_fits"]["ranking"]["start"]["weights"]
+    blend = " + ".join(f"{w:g} {name}" for name, w in weights.items() if w)
+    oof = verdict["out_of_fold_ndcg_10"]
+    return (f"; started from {blend}, out-of-fold ndcg_10 trained {oof['trained']:.4f} vs "
+            f"start {oof['start']:.4f} over {verdict['lists']} lists, so the "
+            f"{verdict['served']} ranker serves")
+
+
 def fit_behind_retrieval(config: BenchCascadeConfig, out_dir: Path, run_dir: Path,
                          cascade, split) -> Dict[str, Any]:
     """`run_all` metrics of `cascade` (a CascadeConfig) fitted in `run_dir` behind the
@@ -233,7 +246,8 @@ def loss_sweep(config: BenchCascadeConfig, out_dir: Path, base: Dict[str, Any], 
                              "ndcg@10", "recall@10", "hr@10", "mrr@10")}),
                          "notes": (f"ndcg@10 {change:+.1%} vs the retrieval order; epochs "
                                    f"{fit['epochs']} (held-out ndcg_10 "
-                                   f"{fit['held_out_ndcg_10']:.4f}, {fit['lists']} lists)")
+                                   f"{fit['held_out_ndcg_10']:.4f}, {fit['lists']} lists)"
+                                   f"{start_note(report)}")
                          if stage == "ranking" else
                          ("trained re-ranker served" if report["reranking"]["trained_model_kept"]
                           else "untrained re-ranker (= ranker order) served")})
@@ -307,6 +321,7 @@ def ablation_sweep(config: BenchCascadeConfig, out_dir: Path, base: Dict[str, An
             note = (f"{why}; ndcg@10 {ranked / retrieval['ndcg@10'] - 1:+.1%} vs the retrieval "
                     f"order, {ranked / configured - 1:+.1%} vs as configured; held-out ndcg_10 "
                     f"{fit['held_out_ndcg_10']:.4f} over {fit['lists']} training lists"
+                    f"{start_note(report)}"
                     if stage == "ranking" else
                     ("trained re-ranker served" if report["reranking"]["trained_model_kept"]
                      else "untrained re-ranker (= ranker order) served"))

@@ -96,3 +96,14 @@ def test_each_ablation_changes_one_thing_behind_the_shared_retrieval(tmp_path, m
     with pytest.raises(ValueError, match="unknown ranker ablation"):
         bench_cascade.ablation_sweep(dataclasses.replace(config, ranker_ablations=("x",)),
                                      tmp_path / "run", base, split, "cmd", {})
+
+
+def test_start_note_says_which_ranker_serves_and_why():
+    report = {"ranking_fits": {"ranking": {"start": {"weights": {"retrieval_z": 1.0,
+                                                                 "peer_z": 0.25}}}},
+              "ranker_start": {"out_of_fold_ndcg_10": {"trained": 0.31, "start": 0.32},
+                               "lists": 900, "served": "start"}}
+    assert bench_cascade.start_note(report) == (
+        "; started from 1 retrieval_z + 0.25 peer_z, out-of-fold ndcg_10 trained 0.3100 vs "
+        "start 0.3200 over 900 lists, so the start ranker serves")
+    assert bench_cascade.start_note({"ranking_fits": {}}) == ""
