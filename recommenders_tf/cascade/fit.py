@@ -7,7 +7,7 @@ Stages (sizes from `CascadeConfig`):
                 and the implicit-ALS peer's fold-in score (`CandidateContext`) -> top
                 `ranking_k`. It starts training from z(retrieval) + w z(peer), w chosen on its
                 own training lists (`cascade.start`), and serves the trained weights only if
-                they beat that start on its held-out lists
+                they beat that start out of fold (below)
   3 re-ranking  the PRM-style `Reranker` over the ranked list, then optional MMR/DPP
                 diversity and the business rules -> top `k`
 
