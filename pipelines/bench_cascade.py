@@ -278,8 +278,7 @@ RANKER_ABLATIONS: Dict[str, Tuple[Dict[str, Any], str]] = {
     "no-peer-score": ({"peer_score": "none", "ranker_start": "none"}, "neither: the "
                       "configuration before the peer score and the blend start"),
     "start-from-retrieval": ({"peer_score": "none"}, "no peer score; training starts from the "
-                             "retrieval order and serves only if it beats it on held-out "
-                             "lists"),
+                             "retrieval order and serves only if it beats it out of fold"),
 }
 
 

@@ -350,7 +350,9 @@ class RankingModel(tfrs.Model):
         The context layer standardises each feature with constants of the training lists; its
         wide weight is scaled back by the feature's std, so the term is the blend of the
         features as the layer computes them before that step (its means only add a constant
-        to every entry, which no list order sees).
+        to every entry, which no list order sees). Called on a trained model it puts the
+        model back at that scorer: the deep stack's output reaches the score only through
+        the output unit it zeroes.
         """
         layer = self.context_features
         if layer is None or not self.wide.built or not self.scorer.output_layer.built:
