@@ -13,17 +13,17 @@ lists it never saw (`cascade.fit`).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
+# The blend study's token for "the peer alone": one meaning in both places.
+from recommenders_tf.evaluation.blend import PEER_ALONE
 from recommenders_tf.models.ranking_data import list_ndcg_at_10
 
 __all__ = ["PEER_ALONE", "START_WEIGHTS", "start_weights", "choose_start"]
 
 RETRIEVAL, PEER = "retrieval_z", "peer_z"
-PEER_ALONE = math.inf  # the peer's score alone (the retrieval weight 0)
 START_WEIGHTS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, PEER_ALONE)
 
 
