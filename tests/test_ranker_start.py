@@ -41,6 +41,21 @@ def test_fold_in_tables_give_implicits_own_user_factors():
         ImplicitALS(grid={}).fold_in_tables(items)
 
 
+def test_als_factors_do_not_depend_on_the_thread_count():
+    """The cascade fits its ALS peer on every core (`cascade.fold_in`): that is only safe
+    while the factors are the same on one thread and on several."""
+    from recommenders_tf.cascade.fold_in import als_fold_in
+
+    frame = _interactions(users=300, items=120, per_user=12)
+    items = [f"i{i}" for i in range(120)]
+    params = {"factors": 16, "regularization": 1.0, "alpha": 1.0}
+    one = als_fold_in(frame, items, params, seed=3, num_threads=1)
+    several = als_fold_in(frame, items, params, seed=3, num_threads=4)
+    for a, b in zip(one, several):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(one[0]).sum() > 0
+
+
 def test_peer_z_is_the_fold_in_score_standardised_within_the_list():
     items = ["a", "b", "c", "d"]
     y = np.array([[1, 0], [0, 1], [1, 1], [2, 0]], np.float32)
