@@ -86,9 +86,14 @@ class TopKPeer:
         users = np.asarray([str(u) for u in user_ids], dtype=object)
         pos, known_item = self._columns(item_ids)
         cols = pos[known_item]
-        out = np.empty((len(users), len(pos)), dtype=np.float64)
         sub, known_user = self._known_user_scores(users, cols)
-        sub = np.where(known_user[:, None], sub, self._popularity[cols][None, :])
+        if not known_user.all():
+            sub = np.where(known_user[:, None], sub, self._popularity[cols][None, :])
+        if known_item.all():
+            # The usual case (every catalogue item in train): no copy of a users x catalogue
+            # matrix into a second one.
+            return np.asarray(sub, dtype=np.float64)
+        out = np.empty((len(users), len(pos)), dtype=np.float64)
         out[:, known_item] = sub
         if (~known_item).any():
             # Unseen items rank below every seen item of the row.
