@@ -6,6 +6,7 @@ import scipy.sparse as sp
 
 import recommenders_tf  # noqa: F401
 
+from recommenders_tf.cascade.fold_in import als_fold_in
 from recommenders_tf.cascade.start import PEER_ALONE, choose_start, start_weights
 from recommenders_tf.evaluation.peers import ImplicitALS
 from recommenders_tf.models.candidate_features import CandidateContext
@@ -44,8 +45,6 @@ def test_fold_in_tables_give_implicits_own_user_factors():
 def test_als_factors_do_not_depend_on_the_thread_count():
     """The cascade fits its ALS peer on every core (`cascade.fold_in`): that is only safe
     while the factors are the same on one thread and on several."""
-    from recommenders_tf.cascade.fold_in import als_fold_in
-
     frame = _interactions(users=300, items=120, per_user=12)
     items = [f"i{i}" for i in range(120)]
     params = {"factors": 16, "regularization": 1.0, "alpha": 1.0}
